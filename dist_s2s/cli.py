@@ -1,0 +1,94 @@
+"""The `dist-s2s` command line (also `python -m dist_s2s`, which launchers need).
+
+    dist-s2s <command> --config configs/NAME.yaml [--section.key=value ...]
+
+Every config key can be overridden; `dist-s2s <command> --help` lists them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from dist_s2s.config import Config, describe_options, load_config
+from dist_s2s.errors import UserError
+
+
+def _prepare(config: Config, args: argparse.Namespace) -> None:
+    from dist_s2s.data.prepare import prepare
+    from dist_s2s.data.report import summary
+
+    print(summary(prepare(config), config.data.out_dir))
+
+
+def _download(config: Config, args: argparse.Namespace) -> None:
+    from dist_s2s.data.download import download
+
+    download(config.data.root, args.corpus, mirror=args.mirror)
+
+
+COMMANDS: dict[str, tuple[str, Callable[[Config, argparse.Namespace], None]]] = {
+    "prepare": ("tokenize raw parallel text into vocabularies and Arrow shards (Ray)", _prepare),
+    "download": ("fetch the public corpora into data.root, checksummed", _download),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dist-s2s",
+        description="Sequence to Sequence Learning with Neural Networks (Sutskever et al., 2014), pipeline-parallel.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+    for name, (summary, _) in COMMANDS.items():
+        command = commands.add_parser(
+            name, help=summary, description=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog="config overrides (--section.key=value):\n" + describe_options(),
+        )
+        command.add_argument("--config", metavar="FILE", help="YAML config (configs/*.yaml); defaults are the paper's")
+        if name == "download":
+            command.add_argument("--corpus", nargs="+", default=["multi30k"], metavar="NAME",
+                                 help="corpora to fetch (multi30k, wmt14_dev, wmt14_test, wmt14_train)")
+            command.add_argument("--mirror", metavar="URL",
+                                 help="fetch data.root's layout from this base URL instead of the upstream sites")
+    return parser
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate `--section.key=value` (or `--section.key value`) from ordinary options."""
+    options, overrides = [], []
+    index = 0
+    while index < len(argv):
+        item = argv[index]
+        name = item[2:].split("=", 1)[0] if item.startswith("--") else ""
+        if "." in name:
+            if "=" not in item:
+                if index + 1 >= len(argv):
+                    raise UserError(f"override {item} needs a value: {item}=VALUE")
+                item = f"{item}={argv[index + 1]}"
+                index += 1
+            overrides.append(item)
+        else:
+            options.append(item)
+        index += 1
+    return options, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        options, overrides = split_overrides(argv)
+        args = build_parser().parse_args(options)
+        config = load_config(args.config, overrides)
+        COMMANDS[args.command][1](config, args)
+    except UserError as error:
+        print(f"dist-s2s: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
