@@ -1,0 +1,96 @@
+"""Config: typed sections from YAML, command-line overrides, errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from dist_s2s.config import Config, describe_options, load_config
+from dist_s2s.errors import UserError
+
+from conftest import REPO
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_papers_numbers():
+    config = Config()
+    assert (config.data.src_vocab_size, config.data.tgt_vocab_size) == (160_000, 80_000)
+    assert (config.model.num_layers, config.model.hidden_size, config.model.embedding_dim) == (4, 1000, 1000)
+    assert (config.optim.lr, config.optim.max_grad_norm, config.optim.epochs) == (0.7, 5.0, 7.5)
+    assert (config.optim.decay_start_epoch, config.optim.halve_lr_every) == (5.0, 0.5)
+    assert config.train.batch_size == 128 and config.model.init_range == 0.08
+    assert config.data.reverse_source is True
+    assert config.data.root == "../shared/data"
+
+
+@pytest.mark.parametrize("name", ["paper", "multi30k", "tiny"])
+def test_every_shipped_config_loads(name):
+    config = load_config(REPO / "configs" / f"{name}.yaml")
+    assert config.data.corpora, "every config names its corpora"
+    assert config.data.root == "../shared/data"
+
+
+def test_paper_config_has_the_paper_layout():
+    config = load_config(REPO / "configs" / "paper.yaml")
+    assert config.parallel.stages == 8
+    assert config.data.tgt_vocab_size // config.model.softmax_shards == 20_000
+
+
+def test_overrides_replace_values_with_the_fields_type(tmp_path):
+    config = load_config(write(tmp_path, "train: {batch_size: 64}\n"),
+                         ["--train.batch_size=32", "--optim.lr=1", "--data.reverse_source=false",
+                          "--train.max_steps=5", "--tracking.experiment=123"])
+    assert config.train.batch_size == 32
+    assert config.optim.lr == 1.0 and isinstance(config.optim.lr, float)
+    assert config.data.reverse_source is False
+    assert config.train.max_steps == 5
+    assert config.tracking.experiment == "123", "a string key keeps digits as text"
+
+
+def test_override_can_reset_an_optional_to_null():
+    config = load_config(None, ["--train.max_steps=7", "--train.max_steps=null"])
+    assert config.train.max_steps is None
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    ("data: {rooot: x}\n", [], "unknown config key data.rooot"),
+    ("bogus: {a: 1}\n", [], "unknown config key bogus"),
+    ("", ["--train.bacth_size=3"], "unknown config key train.bacth_size"),
+    ("train: {batch_size: many}\n", [], "config key train.batch_size must be int"),
+    ("train: {batch_size: 1.5}\n", [], "config key train.batch_size must be int"),
+    ("data: {reverse_source: 1}\n", [], "config key data.reverse_source must be bool"),
+    ("data: {corpora: [{name: x, splitz: {}}]}\n", [], "unknown config key data.corpora[0].splitz"),
+    ("data: {corpora: [{name: x, splits: {train: 3}}]}\n", [], "config key data.corpora[0].splits.train must be str"),
+    ("train: [1, 2]\n", [], "config key train must be a mapping"),
+    ("model: {hidden_size: 0}\n", [], "model.hidden_size must be positive"),
+    ("parallel: {stages: -2}\n", [], "parallel.stages must be positive"),
+    ("data: {bucket_boundaries: [10, 5]}\n", [], "data.bucket_boundaries must be increasing"),
+    ("data: {corpora: [{file: t/all, split_fractions: {train: 0.5, test: 0.4}}]}\n", [], "must sum to 1"),
+    ("data: {corpora: [{file: t/all, splits: {train: t/train}}]}\n", [], "give either `splits` or `file`"),
+    ("", ["--train"], "must look like --section.key=value"),
+])
+def test_bad_config_is_an_error_naming_the_key(tmp_path, text, overrides, message):
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(write(tmp_path, text), overrides)
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(UserError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    with pytest.raises(UserError, match="config.yaml: not valid YAML"):
+        load_config(write(tmp_path, "data: [unclosed\n"))
+
+
+def test_help_lists_every_key_with_its_docstring():
+    text = describe_options()
+    assert "--data.root=../shared/data" in text
+    assert "Directory of raw parallel corpora" in text
+    assert "--optim.halve_lr_every=0.5" in text
+    assert "--ray.address=None" in text

@@ -1,0 +1,107 @@
+"""Batches: similar lengths, every sentence once per epoch, seeded, resumable, split across replicas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dist_s2s.data.loader import BatchLoader
+from dist_s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from dist_s2s.errors import UserError
+
+
+def loader(config, **kwargs) -> BatchLoader:
+    return BatchLoader(config.data.out_dir, "train", kwargs.pop("batch_size", 16), seed=kwargs.pop("seed", 1), **kwargs)
+
+
+def keys(batch) -> list[tuple[int, int]]:
+    return [tuple(row) for row in batch.lines.tolist()]
+
+
+def test_an_epoch_yields_every_sentence_exactly_once(prepared_tiny):
+    train = loader(prepared_tiny)
+    seen = [key for batch in train for key in keys(batch)]
+    assert len(seen) == len(set(seen)) == train.num_rows
+    assert train.epoch == 1 and train.next_batch == 0
+
+
+def padding_fraction(train: BatchLoader, batches) -> float:
+    padded = used = 0
+    for rows in batches:
+        src, tgt = train.src_len[rows], train.tgt_len[rows] + 1
+        padded += len(rows) * (src.max() + tgt.max())
+        used += src.sum() + tgt.sum()
+    return 1 - used / padded
+
+
+def test_batches_of_similar_length_pad_a_fraction_of_what_random_batches_pad(prepared_tiny):
+    train = loader(prepared_tiny, batch_size=64)
+    shuffled = np.random.default_rng(0).permutation(train.num_rows)
+    random_batches = [shuffled[i:i + 64] for i in range(0, len(shuffled), 64)]
+    assert padding_fraction(train, train.plan(0)) < padding_fraction(train, random_batches) / 8
+
+
+def test_batch_sizes_stay_between_half_and_full(prepared_tiny):
+    sizes = [len(b) for b in loader(prepared_tiny, batch_size=128)]
+    assert max(sizes) == 128 and min(sizes) >= 64
+
+
+def test_same_seed_same_order_other_seed_or_epoch_other_order(prepared_tiny):
+    first = [keys(b) for b in loader(prepared_tiny, seed=3)]
+    assert first == [keys(b) for b in loader(prepared_tiny, seed=3)]
+    assert first != [keys(b) for b in loader(prepared_tiny, seed=4)]
+    two_epochs = loader(prepared_tiny, seed=3)
+    list(two_epochs)
+    assert first != [keys(b) for b in two_epochs]
+
+
+def test_resuming_from_state_dict_continues_with_the_same_batches(prepared_tiny):
+    uninterrupted = loader(prepared_tiny)
+    list(uninterrupted)  # epoch 0
+    expected = [keys(b) for b in uninterrupted][10:]
+    interrupted = loader(prepared_tiny)
+    list(interrupted)
+    for _, _ in zip(range(10), interrupted):
+        pass
+    state = interrupted.state_dict()
+    resumed = loader(prepared_tiny)
+    resumed.load_state_dict(state)
+    assert [keys(b) for b in resumed] == expected
+    assert resumed.epoch == 2
+
+
+def test_resume_refuses_a_different_batch_size(prepared_tiny):
+    state = loader(prepared_tiny, batch_size=16).state_dict()
+    with pytest.raises(UserError, match="batch_size was 16, is now 32"):
+        loader(prepared_tiny, batch_size=32).load_state_dict(state)
+
+
+def test_replicas_split_each_global_batch_between_them(prepared_tiny):
+    single = [keys(b) for b in loader(prepared_tiny)]
+    replicas = [loader(prepared_tiny, replica=r, replicas=2) for r in range(2)]
+    for global_keys, (a, b) in zip(single, zip(*replicas)):
+        assert sorted(keys(a) + keys(b)) == sorted(global_keys)
+        assert a.step_sentences == b.step_sentences == len(global_keys), "the loss divides by the global batch"
+
+
+def test_padding_and_target_shift(prepared_tiny):
+    batch = next(iter(loader(prepared_tiny)))
+    for row in range(len(batch)):
+        n_src, n_tgt = int(batch.src_lengths[row]), int(batch.tgt_lengths[row])
+        assert (batch.src[row, n_src:] == PAD_ID).all() and (batch.src[row, :n_src] != PAD_ID).all()
+        assert batch.tgt_in[row, 0] == BOS_ID and batch.tgt_out[row, n_tgt - 1] == EOS_ID
+        assert torch.equal(batch.tgt_in[row, 1:n_tgt], batch.tgt_out[row, :n_tgt - 1])
+        assert (batch.tgt_in[row, n_tgt:] == PAD_ID).all() and (batch.tgt_out[row, n_tgt:] == PAD_ID).all()
+    assert list(batch.src_lengths) == sorted(batch.src_lengths.tolist(), reverse=True)
+    assert batch.words == int(batch.src_lengths.sum() + batch.tgt_lengths.sum()) - len(batch)
+
+
+def test_missing_prepared_data_says_to_run_prepare(tmp_path):
+    with pytest.raises(UserError, match="run `dist-s2s prepare`"):
+        BatchLoader(tmp_path, "train", 16)
+
+
+def test_unknown_split_lists_the_known_ones(prepared_tiny):
+    with pytest.raises(UserError, match="split 'test2099' is not in the prepared data .*test2016"):
+        BatchLoader(prepared_tiny.data.out_dir, "test2099", 16)
