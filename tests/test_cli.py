@@ -1,0 +1,59 @@
+"""The command line: one shape for every command, help that lists options, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from dist_s2s.cli import main, split_overrides
+
+from conftest import REPO, SHARED_DATA
+
+
+def run(*args: str, executable=(sys.executable, "-m", "dist_s2s")) -> subprocess.CompletedProcess:
+    return subprocess.run([*executable, *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_python_dash_m_and_the_console_script_are_the_same_cli():
+    module = run("--help")
+    script = run("--help", executable=(str(REPO / ".venv" / "bin" / "dist-s2s"),))
+    assert module.returncode == script.returncode == 0
+    assert "prepare" in module.stdout and "download" in module.stdout
+    assert module.stdout.replace("__main__.py", "dist-s2s") == script.stdout
+
+
+def test_command_help_lists_every_config_key():
+    result = run("prepare", "--help")
+    assert result.returncode == 0
+    for key in ("--config", "--data.root", "--data.out_dir", "--train.run_dir", "--data.reverse_source",
+                "--ray.address", "--tracking.uri", "--parallel.stages"):
+        assert key in result.stdout
+
+
+def test_overrides_accept_equals_or_a_separate_value():
+    options, overrides = split_overrides(["--config", "c.yaml", "--train.max_steps", "5", "--data.root=/x"])
+    assert options == ["--config", "c.yaml"]
+    assert overrides == ["--train.max_steps=5", "--data.root=/x"]
+
+
+def test_a_config_error_is_one_line_and_exit_code_2(capsys):
+    code = main(["prepare", "--config", str(REPO / "configs" / "tiny.yaml"), "--data.bogus=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == ["dist-s2s: error: unknown config key data.bogus (known in data: "
+                   + err[0].split("(known in data: ")[1]]
+
+
+def test_a_missing_input_is_one_line_naming_the_file(tmp_path):
+    result = run("prepare", "--config", "configs/tiny.yaml", f"--data.root={tmp_path}", f"--data.out_dir={tmp_path}/o")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("dist-s2s: error: input file not found: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_prepare_end_to_end_through_the_cli(tmp_path):
+    result = run("prepare", "--config", "configs/tiny.yaml", f"--data.root={SHARED_DATA}",
+                 f"--data.out_dir={tmp_path}", "--ray.num_cpus=1")
+    assert result.returncode == 0, result.stderr
+    assert "train" in result.stdout and "29000 in" in result.stdout
+    assert (tmp_path / "manifest.json").is_file()

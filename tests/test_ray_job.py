@@ -1,0 +1,87 @@
+"""`prepare` submitted with `ray job submit` to a Ray head started on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import REPO, SHARED_DATA
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers (401 under Ray's token authentication): it is up
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def client_env(token) -> dict[str, str]:
+    """This process' environment, with the head's auth token and no inherited cluster address."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    return {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+
+
+@pytest.fixture
+def local_head(tmp_path):
+    """A Ray head in its own process group (`--block`), so stopping it spares the test's own Ray."""
+    dashboard = free_port()
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**client_env(token), "RAY_PORT": str(free_port()), "RAY_DASHBOARD_PORT": str(dashboard),
+           "RAY_NUM_CPUS": "2"}
+    head = subprocess.Popen(["bash", str(REPO / "cluster" / "start-local-head.sh"), "--block"], env=env,
+                            stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        wait_for(f"{address}/api/version", 90)
+        yield address, client_env(token)
+    finally:
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        try:
+            head.wait(timeout=60)
+        finally:
+            try:
+                os.killpg(head.pid, signal.SIGKILL)  # anything left in the group
+            except ProcessLookupError:
+                pass
+
+
+def test_prepare_runs_as_a_ray_job_and_writes_the_manifest(local_head, tmp_path):
+    address, env = local_head
+    out_dir = tmp_path / "shards"
+    result = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "ray"), "job", "submit", "--address", address,
+         "--working-dir", str(REPO / "configs"), "--",
+         "dist-s2s", "prepare", "--config", "tiny.yaml", f"--data.root={SHARED_DATA}", f"--data.out_dir={out_dir}"],
+        capture_output=True, text=True, timeout=400, env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "succeeded" in result.stdout
+    assert "joining Ray cluster" in result.stdout, "the job's prepare ran on the head's cluster, not a private Ray"
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["rows_in"] == 29_000
+    assert {"shards", "vocab", "filtered"} <= set(manifest)
