@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
+
+import pytest
 
 from dist_s2s.cli import main, split_overrides
 
@@ -57,3 +61,18 @@ def test_prepare_end_to_end_through_the_cli(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "train" in result.stdout and "29000 in" in result.stdout
     assert (tmp_path / "manifest.json").is_file()
+
+
+def test_in_process_prepare_ignores_a_cluster_that_ray_start_left_behind(tmp_path):
+    """`ray.init()` would try to join the cluster in /tmp/ray/ray_current_cluster, even a dead one."""
+    pointer = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    if pointer.exists():
+        pytest.skip("a Ray cluster started with `ray start` is registered on this machine")
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.write_text("127.0.0.1:9")  # nothing listens there
+    try:
+        result = run("prepare", "--config", "configs/tiny.yaml", f"--data.root={SHARED_DATA}",
+                     f"--data.out_dir={tmp_path}", "--ray.num_cpus=1")
+    finally:
+        pointer.unlink()
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+from pathlib import Path
 import secrets
 import signal
 import socket
@@ -39,6 +41,13 @@ def wait_for(url: str, seconds: float) -> None:
             time.sleep(0.5)
 
 
+def forget_cluster(port: str) -> None:
+    """Remove Ray's pointer to this head (`ray stop` would, but it stops every Ray on the machine)."""
+    pointer = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    if pointer.is_file() and pointer.read_text().strip().endswith(f":{port}"):
+        pointer.unlink()
+
+
 def client_env(token) -> dict[str, str]:
     """This process' environment, with the head's auth token and no inherited cluster address."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
@@ -68,6 +77,7 @@ def local_head(tmp_path):
                 os.killpg(head.pid, signal.SIGKILL)  # anything left in the group
             except ProcessLookupError:
                 pass
+            forget_cluster(env["RAY_PORT"])
 
 
 def test_prepare_runs_as_a_ray_job_and_writes_the_manifest(local_head, tmp_path):

@@ -77,8 +77,9 @@ def _connect(config: Config) -> bool:
         log.info("prepare: joining Ray cluster at %s", address)
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     else:
-        ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, logging_level=logging.WARNING,
-                 object_store_memory=256 * 1024**2)
+        # address="local": a private instance, even where `ray start` once left a cluster to join.
+        ray.init(address="local", num_cpus=config.ray.num_cpus, include_dashboard=False,
+                 logging_level=logging.WARNING, object_store_memory=256 * 1024**2)
     return True
 
 
