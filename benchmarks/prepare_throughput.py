@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/prepare_throughput.py --config configs/tatoeba.yaml --cpus 1 2 --output benchmarks/results/prepare.json
 
 Ray is started before the clock (its start-up is reported apart); memory is the peak summed
-RSS of the driver and every process under it (raylet, workers), sampled every 0.1 s.
+RSS of the driver and every process under it (raylet, workers), sampled every 0.1 s, next to
+the same sum for Ray sitting idle before the work starts.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def measure(config_path: str, cpus: int, overrides: list[str]) -> dict:
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="WARNING", object_store_memory=256 * 1024**2)
         startup = time.perf_counter() - started
         try:
+            time.sleep(2)
+            with TreeMemory() as idle:  # Ray's own daemons and idle workers, before any work
+                time.sleep(1)
             with TreeMemory() as memory:
                 started = time.perf_counter()
                 manifest = prepare(config)
@@ -72,7 +76,7 @@ def measure(config_path: str, cpus: int, overrides: list[str]) -> dict:
     pairs = sum(split["rows_in"] for split in manifest["splits"].values())
     return {"config": config_path, "ray_cpus": cpus, "pairs": pairs, "seconds": round(elapsed, 2),
             "pairs_per_sec": round(pairs / elapsed), "ray_startup_seconds": round(startup, 2),
-            "peak_rss_mb": round(memory.peak / 2**20)}
+            "peak_rss_mb": round(memory.peak / 2**20), "ray_idle_rss_mb": round(idle.peak / 2**20)}
 
 
 def main() -> None:
@@ -84,7 +88,8 @@ def main() -> None:
     runs = [measure(args.config, cpus, overrides) for cpus in args.cpus]
     for run in runs:
         print(f"{run['config']:<24} {run['ray_cpus']} Ray CPUs: {run['pairs']:>7} pairs in {run['seconds']:>6.1f} s "
-              f"= {run['pairs_per_sec']:>6} pairs/s, peak RSS {run['peak_rss_mb']} MB (Ray start {run['ray_startup_seconds']} s)")
+              f"= {run['pairs_per_sec']:>6} pairs/s, peak RSS {run['peak_rss_mb']} MB "
+              f"(Ray idle {run['ray_idle_rss_mb']} MB, start {run['ray_startup_seconds']} s)")
     if len(runs) > 1:
         print(f"speed-up {runs[-1]['ray_cpus']} vs {runs[0]['ray_cpus']} CPUs: "
               f"{runs[-1]['pairs_per_sec'] / runs[0]['pairs_per_sec']:.2f}x")
