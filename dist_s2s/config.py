@@ -224,8 +224,9 @@ def validate(config: Config) -> None:
                        "data.tgt_vocab_size": config.data.tgt_vocab_size}.items():
         if value < 5:
             raise UserError(f"config key {key} must leave room for 4 specials and a word, got {value}")
-    if config.data.max_len < 0:
-        raise UserError(f"config key data.max_len must be >= 0, got {config.data.max_len}")
+    for key, value in {"data.max_len": config.data.max_len, "data.split_seed": config.data.split_seed}.items():
+        if value < 0:
+            raise UserError(f"config key {key} must be >= 0, got {value}")
     if config.train.max_steps is not None and config.train.max_steps <= 0:
         raise UserError(f"config key train.max_steps must be positive, got {config.train.max_steps}")
     bounds = config.data.bucket_boundaries

@@ -69,6 +69,8 @@ def test_override_can_reset_an_optional_to_null():
     ("model: {hidden_size: 0}\n", [], "model.hidden_size must be positive"),
     ("parallel: {stages: -2}\n", [], "parallel.stages must be positive"),
     ("data: {bucket_boundaries: [10, 5]}\n", [], "data.bucket_boundaries must be increasing"),
+    ("data: {split_seed: -1}\n", [], "data.split_seed must be >= 0"),
+    ("data: {max_len: -5}\n", [], "data.max_len must be >= 0"),
     ("data: {corpora: [{file: t/all, split_fractions: {train: 0.5, test: 0.4}}]}\n", [], "must sum to 1"),
     ("data: {corpora: [{file: t/all, splits: {train: t/train}}]}\n", [], "give either `splits` or `file`"),
     ("", ["--train"], "must look like --section.key=value"),

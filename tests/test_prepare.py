@@ -169,3 +169,10 @@ def test_pretokenized_europarl_counts_its_35_empty_english_lines(ray_local, tmp_
     assert manifest["splits"]["train"]["rows"] + sum(manifest["filtered"]["train"].values()) == 20_000
     vocab = Vocab.load(tmp_path / "vocab.fr.txt")
     assert "&apos;" not in vocab.ids and "l'" in vocab.ids, "HTML escapes are undone"
+
+
+def test_an_output_directory_that_cannot_be_created_is_named(ray_local, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    config = tiny_config(tmp_path, f"--data.out_dir={tmp_path / 'a_file' / 'out'}")
+    with pytest.raises(UserError, match="cannot create data.out_dir .*a_file/out"):
+        prepare(config)

@@ -62,7 +62,12 @@ def local_head(tmp_path):
     token.write_text(secrets.token_hex(32))
     env = {**client_env(token), "RAY_PORT": str(free_port()), "RAY_DASHBOARD_PORT": str(dashboard),
            "RAY_NUM_CPUS": "2"}
-    head = subprocess.Popen(["bash", str(REPO / "cluster" / "start-local-head.sh"), "--block"], env=env,
+    # Every raylet's dashboard agent listens on 52365 unless told otherwise, and this session's
+    # in-process Ray (and ray.init cannot move it) may hold that port: without its agent the
+    # head answers every submission with "No available agent to submit job".
+    agent_port = str(free_port())
+    head = subprocess.Popen(["bash", str(REPO / "cluster" / "start-local-head.sh"), "--block",
+                             f"--dashboard-agent-listen-port={agent_port}"], env=env,
                             stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     try:
@@ -80,15 +85,25 @@ def local_head(tmp_path):
             forget_cluster(env["RAY_PORT"])
 
 
+def submit(address: str, env: dict[str, str], *entrypoint: str, seconds: float = 120) -> subprocess.CompletedProcess:
+    """`ray job submit`, retried while the head's job agent is still starting (Ray says: try again later)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = subprocess.run(
+            [str(REPO / ".venv" / "bin" / "ray"), "job", "submit", "--address", address,
+             "--working-dir", str(REPO / "configs"), "--", *entrypoint],
+            capture_output=True, text=True, timeout=400, env=env,
+        )
+        if "No available agent to submit job" not in result.stderr or time.monotonic() > deadline:
+            return result
+        time.sleep(2)
+
+
 def test_prepare_runs_as_a_ray_job_and_writes_the_manifest(local_head, tmp_path):
     address, env = local_head
     out_dir = tmp_path / "shards"
-    result = subprocess.run(
-        [str(REPO / ".venv" / "bin" / "ray"), "job", "submit", "--address", address,
-         "--working-dir", str(REPO / "configs"), "--",
-         "dist-s2s", "prepare", "--config", "tiny.yaml", f"--data.root={SHARED_DATA}", f"--data.out_dir={out_dir}"],
-        capture_output=True, text=True, timeout=400, env=env,
-    )
+    result = submit(address, env, "dist-s2s", "prepare", "--config", "tiny.yaml",
+                    f"--data.root={SHARED_DATA}", f"--data.out_dir={out_dir}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout
     assert "joining Ray cluster" in result.stdout, "the job's prepare ran on the head's cluster, not a private Ray"

@@ -47,6 +47,12 @@ def prepare(config: Config) -> dict[str, Any]:
     data = config.data
     out_dir = Path(data.out_dir).resolve()
     pairs = input_pairs(data)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create data.out_dir {out_dir}: {error.strerror}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise UserError(f"data.out_dir {out_dir} is not writable")
     started_ray = _connect(config)
     try:
         started = time.perf_counter()
