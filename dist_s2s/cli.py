@@ -23,6 +23,14 @@ def _prepare(config: Config, args: argparse.Namespace) -> None:
     print(summary(prepare(config), config.data.out_dir))
 
 
+def _train(config: Config, args: argparse.Namespace) -> None:
+    from dist_s2s.train.trainer import train
+
+    summary = train(config)
+    print(f"trained to step {summary['step']}: valid ppl {summary.get('valid/ppl', float('nan')):.2f}; "
+          f"checkpoint {summary['checkpoint']}; MLflow run {summary['mlflow_run_id']} at {summary['tracking_uri']}")
+
+
 def _download(config: Config, args: argparse.Namespace) -> None:
     from dist_s2s.data.download import download
 
@@ -31,6 +39,7 @@ def _download(config: Config, args: argparse.Namespace) -> None:
 
 COMMANDS: dict[str, tuple[str, Callable[[Config, argparse.Namespace], None]]] = {
     "prepare": ("tokenize raw parallel text into vocabularies and Arrow shards (Ray)", _prepare),
+    "train": ("train the paper's model on one device (prepares the data first when needed)", _train),
     "download": ("fetch the public corpora into data.root, checksummed", _download),
 }
 

@@ -131,6 +131,10 @@ class TrainConfig:
     """Steps between validation perplexity evaluations."""
     checkpoint_every: int = 1000
     """Steps between checkpoints (one is also written at the end)."""
+    keep_checkpoints: int = 3
+    """Most recent checkpoints kept in run_dir/checkpoints."""
+    valid_split: str = "valid"
+    """Prepared split whose perplexity is reported every valid_every steps."""
     resume: bool = False
     """Continue from the last checkpoint in run_dir, data cursor included."""
     device: str = "auto"
@@ -215,6 +219,10 @@ def validate(config: Config) -> None:
         "parallel.data": config.parallel.data,
         "parallel.micro_batches": config.parallel.micro_batches,
         "train.batch_size": config.train.batch_size,
+        "train.log_every": config.train.log_every,
+        "train.valid_every": config.train.valid_every,
+        "train.checkpoint_every": config.train.checkpoint_every,
+        "train.keep_checkpoints": config.train.keep_checkpoints,
         "eval.beam_size": config.eval.beam_size,
     }
     for key, value in positive.items():

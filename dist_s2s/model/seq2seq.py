@@ -1,0 +1,89 @@
+"""Sutskever, Vinyals & Le (2014): a deep LSTM reads the (reversed) source, another writes the target.
+
+Decoder layer k starts from the final (h, c) of encoder layer k (§3.2: "the LSTM's final
+hidden state ... initialises" the decoder); the output is a plain softmax over the target
+vocabulary, computed in vocabulary shards (§3.5). No attention, no input feeding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dist_s2s.config import ModelConfig
+from dist_s2s.data.batch import Batch
+from dist_s2s.data.vocab import PAD_ID
+from dist_s2s.model.layers import LSTMLayer, SoftmaxShard, SoftmaxState, shard_bounds
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, config: ModelConfig, src_vocab_size: int, tgt_vocab_size: int):
+        super().__init__()
+        self.config = config
+        self.src_vocab_size, self.tgt_vocab_size = src_vocab_size, tgt_vocab_size
+        size, width = config.hidden_size, config.embedding_dim
+        self.src_embed = nn.Embedding(src_vocab_size, width)
+        self.tgt_embed = nn.Embedding(tgt_vocab_size, width)
+        self.encoder = nn.ModuleList([LSTMLayer(width if k == 0 else size, size) for k in range(config.num_layers)])
+        self.decoder = nn.ModuleList([LSTMLayer(width if k == 0 else size, size) for k in range(config.num_layers)])
+        self.softmax = nn.ModuleList([SoftmaxShard(size, start, count)
+                                      for start, count in shard_bounds(tgt_vocab_size, config.softmax_shards)])
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Every parameter uniform in [-init_range, init_range] (§3.4: [-0.08, 0.08])."""
+        for parameter in self.parameters():
+            nn.init.uniform_(parameter, -self.config.init_range, self.config.init_range)
+
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The final (h, c) of each encoder layer, the decoder's initial states."""
+        hidden = self.src_embed(src)
+        states = []
+        for layer in self.encoder:
+            hidden, state = layer(hidden, src_lengths)
+            states.append(state)
+        return states
+
+    def decode(self, tgt_in: torch.Tensor, states: list[tuple[torch.Tensor, torch.Tensor]]):
+        """Top decoder layer's outputs [B, T, H] and each layer's final state."""
+        hidden = self.tgt_embed(tgt_in)
+        finals = []
+        for layer, state in zip(self.decoder, states):
+            hidden, final = layer(hidden, state=state)
+            finals.append(final)
+        return hidden, finals
+
+    def token_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """-log p(target) for each row of hidden [N, H], folding the softmax shards in order."""
+        state = SoftmaxState.empty(hidden[:, 0])
+        for shard in self.softmax:
+            state = shard(hidden, targets, state)
+        return state.nll()
+
+    def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Full log-distribution over the target vocabulary [N, V] (decoding, not training)."""
+        return torch.log_softmax(torch.cat([shard.logits(hidden) for shard in self.softmax], dim=-1), dim=-1)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed negative log-likelihood of the batch's target words, and how many there are."""
+        hidden, _ = self.decode(batch.tgt_in, self.encode(batch.src, batch.src_lengths))
+        real = batch.tgt_out != PAD_ID
+        nll = self.token_nll(hidden[real], batch.tgt_out[real])
+        return nll.sum(), real.sum()
+
+    def unsharded_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights with the softmax as one `softmax.weight` [V, H] and `softmax.bias` [V]:
+        the checkpoint format, the same whatever the number of shards or pipeline stages."""
+        state = {k: v.detach().clone() for k, v in self.state_dict().items() if not k.startswith("softmax.")}
+        state["softmax.weight"] = torch.cat([shard.weight.detach() for shard in self.softmax])
+        state["softmax.bias"] = torch.cat([shard.bias.detach() for shard in self.softmax])
+        return state
+
+    def load_unsharded_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of `unsharded_state_dict`, cutting the softmax into this model's shards."""
+        state = dict(state)
+        weight, bias = state.pop("softmax.weight"), state.pop("softmax.bias")
+        for index, shard in enumerate(self.softmax):
+            state[f"softmax.{index}.weight"] = weight[shard.start:shard.start + shard.size]
+            state[f"softmax.{index}.bias"] = bias[shard.start:shard.start + shard.size]
+        self.load_state_dict(state)

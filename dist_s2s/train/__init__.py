@@ -1,0 +1,1 @@
+"""Training: the paper's SGD recipe, checkpoints with exact resume, MLflow tracking."""

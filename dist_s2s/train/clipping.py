@@ -1,0 +1,36 @@
+"""Gradient-norm rescaling exactly as the paper states it (§3.4), in one place.
+
+"if s = ||g||_2 > 5, we set g = 5g / s". The single-device trainer and the pipeline (whose
+stages each hold part of g) both use `rescale`, so their updates match to the last bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+def squared_norm(parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor:
+    """Σ ||grad||² over the parameters that have a gradient, in float64 (order-insensitive enough)."""
+    total = torch.zeros((), dtype=torch.float64)
+    for parameter in parameters:
+        if parameter.grad is not None:
+            total = total + parameter.grad.detach().double().pow(2).sum().cpu()
+    return total
+
+
+def rescale(parameters: Iterable[torch.nn.Parameter], norm: float, max_norm: float) -> None:
+    """Scale every gradient by max_norm / norm when norm exceeds max_norm."""
+    if norm > max_norm:
+        scale = max_norm / norm
+        for parameter in parameters:
+            if parameter.grad is not None:
+                parameter.grad.mul_(scale)
+
+
+def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Rescale in place; returns the norm before rescaling (what the log reports)."""
+    norm = float(squared_norm(parameters).sqrt())
+    rescale(parameters, norm, max_norm)
+    return norm

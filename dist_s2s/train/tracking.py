@@ -1,0 +1,109 @@
+"""MLflow tracking that never stops training.
+
+Every metric also goes to `run_dir/metrics.jsonl`, the local record. The tracking URI is
+MLFLOW_TRACKING_URI when set, else `tracking.uri`, else a sqlite store inside the run
+directory (artifacts beside it). If MLflow fails (a server that does not answer), the
+tracker warns once and carries on with the local record only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from dist_s2s.config import Config
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "mlflow_run_id"
+
+
+def tracking_uri(config: Config, run_dir: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.uri or f"sqlite:///{run_dir.resolve()}/mlflow.db"
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{'train': {'seed': 1}} → {'train.seed': '1'}; lists as JSON."""
+    flat = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return flat
+
+
+class Tracker:
+    def __init__(self, config: Config, run_dir: Path, run_name: str | None = None):
+        self.run_dir = Path(run_dir)
+        self.local = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.client = None
+        self.run_id: str | None = None
+        self._warned = False
+        self.uri = tracking_uri(config, self.run_dir)
+        # A server that does not answer should cost seconds, not MLflow's minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self._guard(self._start, config, run_name)
+
+    def _start(self, config: Config, run_name: str | None) -> None:
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.uri)
+        experiment = client.get_experiment_by_name(config.tracking.experiment)
+        if experiment is None:
+            artifacts = (self.run_dir.resolve() / "mlruns").as_uri() if self.uri.startswith("sqlite:///") else None
+            experiment_id = client.create_experiment(config.tracking.experiment, artifact_location=artifacts)
+        else:
+            experiment_id = experiment.experiment_id
+        id_file = self.run_dir / RUN_ID_FILE
+        if id_file.is_file():  # a resumed run continues its MLflow run
+            self.run_id = id_file.read_text().strip()
+            client.update_run(self.run_id, status="RUNNING")
+        else:
+            self.run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+            id_file.write_text(self.run_id + "\n")
+            params = [Param(k, v[:6000]) for k, v in flatten(config.to_dict()).items()]
+            for start in range(0, len(params), 100):
+                client.log_batch(self.run_id, params=params[start:start + 100])
+        self.client = client
+        log.info("tracking: MLflow run %s at %s", self.run_id, self.uri)
+
+    def _guard(self, action, *args) -> None:
+        """Run an MLflow call; on failure warn once and continue without MLflow."""
+        try:
+            action(*args)
+        except Exception as error:  # any failure of the tracking service must not stop training
+            if not self._warned:
+                log.warning("tracking: MLflow at %s failed (%s: %s); training goes on, metrics are kept in %s",
+                            self.uri, type(error).__name__, str(error).splitlines()[0][:200],
+                            self.run_dir / "metrics.jsonl")
+            self._warned = True
+            self.client = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        record = {"step": step, "time": time.time(), **metrics}
+        self.local.write(json.dumps(record) + "\n")
+        self.local.flush()
+        if self.client is not None:
+            self._guard(self._send, metrics, step, int(record["time"] * 1000))
+
+    def _send(self, metrics: dict[str, float], step: int, timestamp: int) -> None:
+        from mlflow.entities import Metric
+
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), timestamp, step) for k, v in metrics.items()])
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        if self.client is not None:
+            self._guard(self.client.log_artifact, self.run_id, str(path), folder)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.client is not None:
+            self._guard(self.client.set_terminated, self.run_id, status)
+        self.local.close()

@@ -1,0 +1,119 @@
+"""The paper's model: sharded softmax = one softmax, padding changes nothing, paper sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dist_s2s.config import ModelConfig
+from dist_s2s.data.batch import Batch
+from dist_s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from dist_s2s.model.layers import SoftmaxShard, SoftmaxState, shard_bounds
+from dist_s2s.model.seq2seq import Seq2Seq
+
+
+def small_model(shards=2, vocab=(37, 41), seed=0) -> Seq2Seq:
+    torch.manual_seed(seed)
+    config = ModelConfig(embedding_dim=8, hidden_size=12, num_layers=2, softmax_shards=shards, init_range=0.08)
+    return Seq2Seq(config, *vocab).double()
+
+
+def make_batch(sentences: list[tuple[list[int], list[int]]]) -> Batch:
+    """Pad (source ids, target words) pairs the way the loader does."""
+    width_src = max(len(s) for s, _ in sentences)
+    width_tgt = max(len(t) for _, t in sentences) + 1
+    src = torch.full((len(sentences), width_src), PAD_ID)
+    tgt_in = torch.full((len(sentences), width_tgt), PAD_ID)
+    tgt_out = torch.full((len(sentences), width_tgt), PAD_ID)
+    for row, (s, t) in enumerate(sentences):
+        src[row, :len(s)] = torch.tensor(s)
+        tgt_in[row, :len(t) + 1] = torch.tensor([BOS_ID, *t])
+        tgt_out[row, :len(t) + 1] = torch.tensor([*t, EOS_ID])
+    return Batch(src=src, src_lengths=torch.tensor([len(s) for s, _ in sentences]), tgt_in=tgt_in, tgt_out=tgt_out,
+                 tgt_lengths=torch.tensor([len(t) + 1 for _, t in sentences]), lines=torch.zeros(len(sentences), 2),
+                 step_sentences=len(sentences))
+
+
+@pytest.mark.parametrize("shards", [1, 2, 4])
+@pytest.mark.parametrize("vocab", [80, 103])
+def test_sharded_softmax_loss_and_gradients_equal_one_full_softmax(shards, vocab):
+    torch.manual_seed(shards)
+    hidden = torch.randn(50, 16, dtype=torch.float64, requires_grad=True) * 3
+    targets = torch.randint(0, vocab, (50,))
+    full_weight = torch.randn(vocab, 16, dtype=torch.float64, requires_grad=True)
+    full_bias = torch.randn(vocab, dtype=torch.float64, requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(hidden @ full_weight.T + full_bias, targets, reduction="none")
+    state = SoftmaxState.empty(hidden[:, 0])
+    pieces = []
+    for start, size in shard_bounds(vocab, shards):
+        shard = SoftmaxShard(16, start, size).double()
+        with torch.no_grad():
+            shard.weight.copy_(full_weight[start:start + size])
+            shard.bias.copy_(full_bias[start:start + size])
+        pieces.append(shard)
+        state = shard(hidden, targets, state)
+    assert torch.allclose(state.nll(), expected, rtol=1e-6, atol=0)
+    grad_sharded = torch.autograd.grad(state.nll().sum(), [hidden, *[p.weight for p in pieces]])
+    grad_full = torch.autograd.grad(expected.sum(), [hidden, full_weight])
+    assert torch.allclose(grad_sharded[0], grad_full[0], rtol=1e-6, atol=1e-12)
+    assert torch.allclose(torch.cat(grad_sharded[1:]), grad_full[1], rtol=1e-6, atol=1e-12)
+
+
+def test_shards_of_a_vocabulary_that_does_not_divide():
+    assert shard_bounds(10, 4) == [(0, 3), (3, 3), (6, 2), (8, 2)]
+    assert sum(size for _, size in shard_bounds(80_000, 4)) == 80_000
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_model_loss_is_independent_of_the_number_of_softmax_shards(shards):
+    batch = make_batch([([5, 6, 7], [8, 9]), ([10, 11], [12, 13, 14])])
+    reference, sharded = small_model(shards=1), small_model(shards=shards)
+    sharded.load_state_dict({**{k: v for k, v in reference.state_dict().items() if not k.startswith("softmax")},
+                             **_split_softmax(reference, sharded)})
+    assert torch.allclose(reference(batch)[0], sharded(batch)[0], rtol=1e-10)
+
+
+def _split_softmax(reference: Seq2Seq, target: Seq2Seq) -> dict[str, torch.Tensor]:
+    weight, bias = reference.softmax[0].weight.data, reference.softmax[0].bias.data
+    return {f"softmax.{i}.{name}": tensor[shard.start:shard.start + shard.size]
+            for i, shard in enumerate(target.softmax) for name, tensor in (("weight", weight), ("bias", bias))}
+
+
+def test_padding_changes_neither_loss_nor_gradients():
+    model = small_model()
+    sentences = [([5, 6, 7, 8, 9], [10, 11]), ([12, 13], [14, 15, 16, 17, 18]), ([19], [20])]
+    loss, words = model(make_batch(sentences))
+    batched = torch.autograd.grad(loss, list(model.parameters()))
+    single_loss, single_words = 0, 0
+    single = [torch.zeros_like(p) for p in model.parameters()]
+    for sentence in sentences:
+        one_loss, one_words = model(make_batch([sentence]))
+        for total, grad in zip(single, torch.autograd.grad(one_loss, list(model.parameters()))):
+            total += grad
+        single_loss, single_words = single_loss + one_loss, single_words + one_words
+    assert words == single_words == 2 + 5 + 1 + 3
+    assert torch.allclose(loss, single_loss, rtol=1e-12)
+    for a, b in zip(batched, single):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-14)
+
+
+def test_the_encoder_final_state_ignores_padding():
+    model = small_model()
+    padded = model.encode(torch.tensor([[5, 6, 7, PAD_ID, PAD_ID]]), torch.tensor([3]))
+    exact = model.encode(torch.tensor([[5, 6, 7]]), torch.tensor([3]))
+    for (h1, c1), (h2, c2) in zip(padded, exact):
+        assert torch.equal(h1, h2) and torch.equal(c1, c2)
+
+
+def test_every_parameter_starts_uniform_in_the_init_range():
+    model = small_model()
+    values = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert values.abs().max() <= 0.08 and values.abs().max() > 0.07
+
+
+def test_the_paper_model_has_384m_parameters():
+    with torch.device("meta"):
+        model = Seq2Seq(ModelConfig(), 160_000, 80_000)
+    count = sum(p.numel() for p in model.parameters())
+    assert 384e6 <= count < 385e6, count
+    assert [shard.weight.shape for shard in model.softmax] == [(20_000, 1000)] * 4

@@ -1,0 +1,139 @@
+"""The single-device trainer on the tiny config: learns, resumes bit-exactly, tracks, refuses bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from dist_s2s.errors import UserError
+from dist_s2s.train.checkpoint import CheckpointDir, load_checkpoint
+from dist_s2s.train.trainer import train
+
+from conftest import tiny_config
+
+
+def config_for(prepared, run_dir: Path, *overrides: str):
+    """The session's prepared tiny data, a fresh run directory."""
+    return tiny_config(run_dir.parent, f"--data.out_dir={prepared.data.out_dir}", f"--train.run_dir={run_dir}",
+                       "--train.log_every=2", "--train.valid_every=1000", *overrides)
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(CheckpointDir(run_dir / "checkpoints", 3).latest())["model"]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(prepared_tiny, tmp_path_factory):
+    """One 40-step tiny run, shared by the tests that only read it."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    summary = train(config_for(prepared_tiny, run_dir, "--train.max_steps=40", "--train.valid_every=20",
+                               "--train.checkpoint_every=10", "--train.keep_checkpoints=2"))
+    return run_dir, summary
+
+
+def test_training_lowers_the_loss(trained):
+    run_dir, summary = trained
+    # Per token: the loss per sentence swings with the lengths of each bucketed batch.
+    perplexities = [m["train/ppl"] for m in metrics(run_dir) if "train/ppl" in m]
+    assert sum(perplexities[-5:]) / 5 < 0.6 * sum(perplexities[:5]) / 5
+    valid = [m["valid/ppl"] for m in metrics(run_dir) if "valid/ppl" in m]
+    assert len(valid) == 2 and valid[1] < valid[0] < 500
+
+
+def test_log_records_carry_the_paper_quantities(trained):
+    record = next(m for m in metrics(trained[0]) if "train/loss" in m)
+    assert {"train/loss", "train/ppl", "train/lr", "train/grad_norm", "train/words_per_sec"} <= set(record)
+    assert record["train/lr"] == 0.7
+
+
+def test_only_the_last_checkpoints_are_kept(trained):
+    files = sorted(p.name for p in (trained[0] / "checkpoints").glob("*.pt"))
+    assert files == ["step-00000030.pt", "step-00000040.pt"]
+
+
+def test_the_run_is_in_mlflow_with_params_metrics_and_artifacts(trained):
+    from mlflow.tracking import MlflowClient
+
+    run_dir, summary = trained
+    client = MlflowClient(summary["tracking_uri"])
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.hidden_size"] == "16" and run.data.params["train.max_steps"] == "40"
+    assert {"train/loss", "train/ppl", "train/lr", "train/grad_norm", "train/words_per_sec", "valid/ppl"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 20
+    artifacts = {a.path for folder in ("inputs", "plots", "checkpoints") for a in client.list_artifacts(run.info.run_id, folder)}
+    assert {"inputs/config.yaml", "inputs/manifest.json", "inputs/vocab.en.txt", "plots/loss_curve.png",
+            "checkpoints/step-00000040.pt"} <= artifacts
+
+
+def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(prepared_tiny, tmp_path):
+    straight = tmp_path / "straight"
+    train(config_for(prepared_tiny, straight, "--train.max_steps=12", "--train.checkpoint_every=100"))
+    stopped = tmp_path / "stopped"
+    train(config_for(prepared_tiny, stopped, "--train.max_steps=5", "--train.checkpoint_every=100"))
+    train(config_for(prepared_tiny, stopped, "--train.max_steps=12", "--train.checkpoint_every=100",
+                     "--train.resume=true"))
+    expected, resumed = final_weights(straight), final_weights(stopped)
+    assert expected.keys() == resumed.keys()
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+    a = load_checkpoint(CheckpointDir(straight / "checkpoints", 3).latest())
+    b = load_checkpoint(CheckpointDir(stopped / "checkpoints", 3).latest())
+    assert a["loader"] == b["loader"], "the data cursor agrees too"
+    assert [m["step"] for m in metrics(stopped) if "train/loss" in m] == [2, 4, 5, 6, 8, 10, 12]
+
+
+def test_a_run_directory_with_checkpoints_needs_resume(trained, prepared_tiny):
+    with pytest.raises(UserError, match="already has checkpoints .* --train.resume=true"):
+        train(config_for(prepared_tiny, trained[0], "--train.max_steps=50"))
+
+
+def test_a_truncated_checkpoint_is_named(trained, tmp_path):
+    latest = CheckpointDir(trained[0] / "checkpoints", 3).latest()
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(latest.read_bytes()[:5000])
+    with pytest.raises(UserError, match=r"checkpoint .*damaged\.pt is corrupt or truncated"):
+        load_checkpoint(damaged)
+
+
+def test_a_checkpoint_whose_bytes_changed_fails_its_checksum(trained, tmp_path):
+    directory = CheckpointDir(trained[0] / "checkpoints", 3)
+    latest = directory.latest()
+    with pytest.raises(UserError, match="sha256 differs"):
+        load_checkpoint(latest, expected_sha256="0" * 64)
+
+
+def test_a_checkpoint_with_pickled_objects_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "dist-s2s/checkpoint/v1", "payload": Path("/etc/passwd")}, path)
+    with pytest.raises(UserError, match="pickled Python objects; refusing"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_from_another_model_shape_names_the_mismatch(trained, prepared_tiny, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained[0], run_dir)
+    with pytest.raises(UserError, match="trained with model.hidden_size=16, the config gives model.hidden_size=24"):
+        train(config_for(prepared_tiny, run_dir, "--train.max_steps=50", "--train.resume=true",
+                         "--model.hidden_size=24"))
+
+
+def test_an_unreachable_tracking_server_does_not_stop_training(prepared_tiny, tmp_path, caplog):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    run_dir = tmp_path / "run"
+    summary = train(config_for(prepared_tiny, run_dir, "--train.max_steps=4", f"--tracking.uri=http://127.0.0.1:{port}"))
+    assert summary["step"] == 4
+    assert len([m for m in metrics(run_dir) if "train/loss" in m]) == 2, "the local record has every metric"
+    warnings = [r for r in caplog.records if "MLflow at http://127.0.0.1" in r.getMessage()]
+    assert len(warnings) == 1, "warned once"
