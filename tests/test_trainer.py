@@ -137,3 +137,15 @@ def test_an_unreachable_tracking_server_does_not_stop_training(prepared_tiny, tm
     assert len([m for m in metrics(run_dir) if "train/loss" in m]) == 2, "the local record has every metric"
     warnings = [r for r in caplog.records if "MLflow at http://127.0.0.1" in r.getMessage()]
     assert len(warnings) == 1, "warned once"
+
+
+def test_train_prepares_missing_data_and_prepares_again_when_the_data_config_changed(ray_local, tmp_path):
+    from dist_s2s.data.manifest import load_manifest
+
+    config = tiny_config(tmp_path, "--train.max_steps=1")
+    train(config)
+    assert load_manifest(Path(config.data.out_dir))["vocab"]["tgt_size"] == 500
+    changed = tiny_config(tmp_path, "--train.max_steps=1", "--data.tgt_vocab_size=300",
+                          f"--train.run_dir={tmp_path / 'run2'}")
+    train(changed)
+    assert load_manifest(Path(config.data.out_dir))["vocab"]["tgt_size"] == 300

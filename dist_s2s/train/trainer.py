@@ -154,11 +154,12 @@ def train(config: Config) -> dict[str, Any]:
                     summary.update(_log_window(window, step, loader.epoch_progress, lr, tracker))
                     window = Window(started=time.perf_counter())
                 if step % config.train.valid_every == 0 or step == total_steps:
+                    validation_started = time.perf_counter()
                     nll_sum, tokens = validation_nll(model, valid, device)
                     summary["valid/ppl"] = math.exp(nll_sum / tokens)
                     tracker.log_metrics({"valid/ppl": summary["valid/ppl"]}, step)
                     log.info("step %d | valid ppl %.2f", step, summary["valid/ppl"])
-                    window.started = time.perf_counter()  # validation time is not training throughput
+                    window.started += time.perf_counter() - validation_started  # not training time
                 if step % config.train.checkpoint_every == 0 or step == total_steps:
                     _save(checkpoints, step, model, optimizer, loader, config, manifest, tracker.run_id)
         status = "FINISHED"
