@@ -84,9 +84,21 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return options, overrides
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now: a progress bar that redirects it keeps log lines above the bar."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_CurrentStderr()])
     try:
         options, overrides = split_overrides(argv)
         args = build_parser().parse_args(options)

@@ -238,9 +238,10 @@ class _progress:
 
     def __enter__(self):
         if sys.stderr.isatty():
+            from rich.console import Console
             from rich.progress import Progress
 
-            self.bar = Progress(transient=True)
+            self.bar = Progress(transient=True, console=Console(stderr=True), redirect_stderr=True)
             self.bar.start()
             self.task = self.bar.add_task("training", total=self.total, completed=self.done)
         return self.advance
