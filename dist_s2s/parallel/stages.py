@@ -1,0 +1,102 @@
+"""The model's layers as pipeline units: tuple in, tuple out, as DeepSpeed's PipelineModule runs them.
+
+Paper §3.5: each LSTM layer on its own GPU, the softmax split over 4 more. Unit k of the LSTM
+part holds encoder layer k *and* decoder layer k: the decoder layer starts from that encoder
+layer's final (h, c), so no recurrent state ever crosses a stage. The softmax shards follow,
+each folding its vocabulary slice into the running log-sum-exp passed along with the decoder
+output; integer tensors (lengths, targets) ride along, every float tensor passed on receives a
+gradient (DeepSpeed requires it), and tensors leave a unit contiguous (gloo requires it).
+These wrap the model's modules (shared parameters), so a pipeline starts from the very weights
+of the single-device model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dist_s2s.data.vocab import PAD_ID
+from dist_s2s.errors import UserError
+from dist_s2s.model.layers import LSTMLayer, SoftmaxShard, SoftmaxState
+from dist_s2s.model.seq2seq import Seq2Seq
+
+
+class EmbeddingStage(nn.Module):
+    """(src ids, src lengths, tgt_in ids, tgt_out ids) → embedded source and target."""
+
+    def __init__(self, src_embed: nn.Embedding, tgt_embed: nn.Embedding):
+        super().__init__()
+        self.src_embed, self.tgt_embed = src_embed, tgt_embed
+
+    def forward(self, inputs):
+        src, src_lengths, tgt_in, tgt_out = inputs
+        return self.src_embed(src), src_lengths, self.tgt_embed(tgt_in), tgt_out
+
+
+class LSTMLayerStage(nn.Module):
+    """Encoder layer k and decoder layer k; the top pair passes on the decoder output only."""
+
+    def __init__(self, encoder_layer: LSTMLayer, decoder_layer: LSTMLayer, top: bool):
+        super().__init__()
+        self.encoder_layer, self.decoder_layer, self.top = encoder_layer, decoder_layer, top
+
+    def forward(self, inputs):
+        src_x, src_lengths, tgt_x, tgt_out = inputs
+        src_h, state = self.encoder_layer(src_x, src_lengths)
+        tgt_h, _ = self.decoder_layer(tgt_x, state=state)
+        if self.top:  # nothing reads the top encoder outputs: they would get no gradient
+            return tgt_h.contiguous(), tgt_out
+        return src_h.contiguous(), src_lengths, tgt_h.contiguous(), tgt_out
+
+
+class SoftmaxShardStage(nn.Module):
+    """One vocabulary slice of the softmax; the last returns each target word's NLL [N]."""
+
+    def __init__(self, shard: SoftmaxShard, first: bool, last: bool):
+        super().__init__()
+        self.shard, self.first, self.last = shard, first, last
+
+    def forward(self, inputs):
+        if self.first:
+            tgt_h, tgt_out = inputs
+            real = tgt_out != PAD_ID
+            hidden, targets = tgt_h[real].contiguous(), tgt_out[real].contiguous()
+            state = SoftmaxState.empty(hidden[:, 0])
+        else:
+            hidden, targets, *running = inputs
+            state = SoftmaxState(*running)
+        state = self.shard(hidden, targets, state)
+        if self.last:
+            return state.nll()
+        return (hidden, targets, *state)
+
+
+def pipeline_units(model: Seq2Seq) -> list[nn.Module]:
+    """[embeddings, LSTM pair 0 … L-1, softmax shard 0 … S-1], sharing the model's parameters."""
+    layers = len(model.encoder)
+    shards = len(model.softmax)
+    return [
+        EmbeddingStage(model.src_embed, model.tgt_embed),
+        *[LSTMLayerStage(model.encoder[k], model.decoder[k], top=k == layers - 1) for k in range(layers)],
+        *[SoftmaxShardStage(model.softmax[s], first=s == 0, last=s == shards - 1) for s in range(shards)],
+    ]
+
+
+def stage_boundaries(num_layers: int, num_shards: int, stages: int) -> list[int]:
+    """DeepSpeed `parts`: unit index where each stage starts, plus the end.
+
+    The L LSTM pairs and S shards are dealt to the stages in order, as evenly as counts allow;
+    the embeddings join the first stage (placing by parameter count would give the 240M
+    embedding parameters of the paper's model a stage to themselves). With L + S stages this is
+    the paper's layout: one LSTM layer pair or one softmax shard per device.
+    """
+    units = num_layers + num_shards
+    if stages > units:
+        raise UserError(f"parallel.stages={stages} exceeds the {num_layers} LSTM layers + {num_shards} softmax "
+                        f"shards that can be placed (model.num_layers + model.softmax_shards = {units})")
+    base, extra = divmod(units, stages)
+    parts, start = [0], 1  # unit 0 (embeddings) always goes with the first stage
+    for stage in range(stages):
+        start += base + (1 if stage < extra else 0)
+        parts.append(start)
+    return parts

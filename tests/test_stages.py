@@ -1,0 +1,57 @@
+"""Pipeline units: run in sequence they are the model, exactly; their placement over stages."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dist_s2s.errors import UserError
+from dist_s2s.parallel.stages import pipeline_units, stage_boundaries
+
+from test_model import make_batch, small_model
+
+
+@pytest.mark.parametrize("layers, shards", [(1, 1), (2, 3), (4, 4)])
+def test_the_units_run_in_sequence_give_the_models_loss_and_gradients_exactly(layers, shards):
+    torch.manual_seed(0)
+    from dist_s2s.config import ModelConfig
+    from dist_s2s.model.seq2seq import Seq2Seq
+
+    model = Seq2Seq(ModelConfig(embedding_dim=8, hidden_size=12, num_layers=layers, softmax_shards=shards), 37, 41)
+    batch = make_batch([([5, 6, 7, 8], [9, 10]), ([11, 12], [13, 14, 15, 16, 17]), ([18], [19])])
+    expected_loss, _ = model(batch)
+    expected = torch.autograd.grad(expected_loss, list(model.parameters()))
+    activations = (batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out)
+    for unit in pipeline_units(model):
+        activations = unit(activations)
+    loss = activations.sum()
+    assert torch.equal(loss, expected_loss)
+    for a, b in zip(torch.autograd.grad(loss, list(model.parameters())), expected):
+        assert torch.equal(a, b)
+
+
+def test_every_float_passed_between_units_is_contiguous_and_needs_a_gradient():
+    model = small_model(shards=2).float()
+    batch = make_batch([([5, 6, 7], [8, 9]), ([10], [11, 12, 13])])
+    activations = (batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out)
+    for unit in pipeline_units(model)[:-1]:
+        activations = unit(activations)
+        for tensor in activations:
+            assert tensor.is_contiguous()
+            assert tensor.requires_grad == tensor.is_floating_point()
+
+
+@pytest.mark.parametrize("stages, parts", [
+    (8, [0, 2, 3, 4, 5, 6, 7, 8, 9]),   # the paper: embeddings + LSTM 0 | LSTM 1 | … | shard 3
+    (4, [0, 3, 5, 7, 9]),
+    (2, [0, 5, 9]),
+    (1, [0, 9]),
+    (3, [0, 4, 7, 9]),
+])
+def test_units_are_dealt_to_stages_in_order_with_the_embeddings_on_the_first(stages, parts):
+    assert stage_boundaries(4, 4, stages) == parts
+
+
+def test_more_stages_than_layers_and_shards_is_an_error_naming_the_keys():
+    with pytest.raises(UserError, match=r"parallel.stages=9 exceeds the 4 LSTM layers \+ 4 softmax shards"):
+        stage_boundaries(4, 4, 9)
