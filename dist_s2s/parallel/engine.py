@@ -1,0 +1,119 @@
+"""DeepSpeed pipeline engine around the model's units, with two DeepSpeed 0.19.8 bugs worked around.
+
+Both are verified in ../shared/PLATFORM.md:
+- `clip_fp32_gradients` counts only pipeline stage 0's parameters in the norm, so every stage
+  would clip by stage 0's norm. We replace it on the engine with the paper's rescale (§3.4)
+  by the global norm, all-reduced over the pipeline group (data-parallel gradients are
+  already averaged by then).
+- `_allocate_or_extend_buffers` keys received buffers by tuple position only, so a float
+  gradient can be written into an int64 buffer of the same position. We key them by
+  (position, dtype).
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from dist_s2s.config import Config
+from dist_s2s.data.batch import Batch
+from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.parallel.stages import pipeline_units, stage_boundaries
+from dist_s2s.train.clipping import rescale, squared_norm
+
+
+def placed_pipeline_class():
+    """PipelineModule with explicit stage boundaries (imported lazily: DeepSpeed takes seconds to import)."""
+    from deepspeed.pipe import PipelineModule
+
+    class PlacedPipeline(PipelineModule):
+        def __init__(self, layers: list[nn.Module], parts: list[int], **kwargs):
+            object.__setattr__(self, "_explicit_parts", list(parts))
+            super().__init__(layers, **kwargs)
+
+        def _partition_layers(self, method: str = "uniform") -> None:
+            self.parts = list(self._explicit_parts)
+            stage = self._topo.get_coord(self.global_rank).pipe
+            self._set_bounds(start=self.parts[stage], stop=self.parts[stage + 1])
+
+    return PlacedPipeline
+
+
+class SentenceLoss:
+    """Summed token NLL / sentences of the whole step, scaled so DeepSpeed's averaging undoes it.
+
+    DeepSpeed divides each micro-batch's loss by the number of micro-batches and averages
+    gradients over data replicas; multiplying by both gives the single-device gradient.
+    """
+
+    def __init__(self, micro_batches: int, replicas: int):
+        self.factor = micro_batches * replicas
+
+    def __call__(self, token_nll: torch.Tensor, step_sentences: torch.Tensor) -> torch.Tensor:
+        return token_nll.sum() * self.factor / step_sentences.to(token_nll.dtype)
+
+
+def deepspeed_config(config: Config) -> dict:
+    micro = config.parallel.micro_batches
+    per_micro = max(1, config.train.batch_size // (config.parallel.data * micro))
+    return {
+        "train_micro_batch_size_per_gpu": per_micro,
+        "gradient_accumulation_steps": micro,
+        "train_batch_size": per_micro * micro * config.parallel.data,
+        "gradient_clipping": config.optim.max_grad_norm,  # > 0 so clip_fp32_gradients (ours) runs
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def build_engine(config: Config, model: Seq2Seq):
+    """The pipeline engine of `model`'s units on this rank's stage; every rank builds the full model
+    from the same seed first, so each stage starts from the single-device weights."""
+    import deepspeed
+
+    parts = stage_boundaries(config.model.num_layers, config.model.softmax_shards, config.parallel.stages)
+    module = placed_pipeline_class()(
+        pipeline_units(model), parts, num_stages=config.parallel.stages,
+        loss_fn=SentenceLoss(config.parallel.micro_batches, config.parallel.data),
+        partition_method="uniform", dynamic_shape=True,
+    )
+    optimizer = torch.optim.SGD(module.parameters(), lr=config.optim.lr, momentum=0.0)
+    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(config))
+    engine.max_grad_norm = config.optim.max_grad_norm
+    engine.last_grad_norm = float("nan")
+    engine.clip_fp32_gradients = types.MethodType(_clip_by_global_norm, engine)
+    engine._allocate_or_extend_buffers = types.MethodType(_buffers_by_position_and_dtype, engine)
+    return engine
+
+
+def _clip_by_global_norm(engine) -> None:
+    import deepspeed.comm as dist
+
+    # Tied copies on later stages carry ds_pipe_replicated=True (every parameter has the attribute).
+    parameters = [p for p in engine.module.parameters() if not getattr(p, "ds_pipe_replicated", False)]
+    squared = squared_norm(parameters).to(engine.device)
+    dist.all_reduce(squared, group=engine.grid.get_pipe_parallel_group())
+    engine.last_grad_norm = float(squared.sqrt())
+    rescale(parameters, engine.last_grad_norm, engine.max_grad_norm)
+
+
+def _buffers_by_position_and_dtype(engine, index: int, shape, dtype):
+    pool = engine.__dict__.setdefault("_typed_buffers", {})
+    numel = math.prod(shape) if len(shape) else 1
+    buffer = pool.get((index, dtype))
+    if buffer is None or buffer.numel() < numel:
+        buffer = engine._allocate_buffer(shape, dtype=dtype, num_buffers=1)[0]
+        pool[(index, dtype)] = buffer
+        return buffer
+    return buffer.flatten()[:numel].view(shape)
+
+
+def micro_batches(batch: Batch, parts: int) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+    """DeepSpeed's (inputs, labels) per micro-batch: ids and lengths in, the step's sentence count as label."""
+    label = torch.tensor(batch.step_sentences)
+    for part in batch.split(parts):
+        yield (part.src, part.src_lengths, part.tgt_in, part.tgt_out), label

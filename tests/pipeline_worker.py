@@ -1,0 +1,64 @@
+"""Run under torchrun by test_pipeline.py: N pipeline steps vs the single-device trainer step, same batches.
+
+Each rank writes rank-<r>.json with the largest parameter difference on its stage and the losses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from dist_s2s.config import load_config
+from dist_s2s.data.loader import BatchLoader
+from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.train.clipping import clip_gradients
+
+
+def main() -> None:
+    out_dir, steps, overrides = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", overrides)
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    from dist_s2s.parallel.engine import build_engine, micro_batches
+
+    vocab = json.loads((Path(config.data.out_dir) / "manifest.json").read_text())["vocab"]
+    torch.manual_seed(config.train.seed)
+    model = Seq2Seq(config.model, vocab["src_size"], vocab["tgt_size"])
+    torch.manual_seed(config.train.seed)
+    reference = Seq2Seq(config.model, vocab["src_size"], vocab["tgt_size"])
+    engine = build_engine(config, model)
+    replica = engine.grid.data_parallel_id
+    pipeline_batches = iter(BatchLoader(config.data.out_dir, "train", config.train.batch_size, seed=config.train.seed,
+                                        replica=replica, replicas=config.parallel.data))
+    reference_batches = iter(BatchLoader(config.data.out_dir, "train", config.train.batch_size, seed=config.train.seed))
+    optimizer = torch.optim.SGD(reference.parameters(), lr=config.optim.lr)
+    losses, reference_losses, norms, reference_norms = [], [], [], []
+    for _ in range(steps):
+        losses.append(float(engine.train_batch(data_iter=micro_batches(next(pipeline_batches),
+                                                                        config.parallel.micro_batches))))
+        norms.append(engine.last_grad_norm)
+        batch = next(reference_batches)
+        optimizer.zero_grad()
+        nll, _ = reference(batch)
+        (nll / batch.step_sentences).backward()
+        reference_norms.append(clip_gradients(list(reference.parameters()), config.optim.max_grad_norm))
+        optimizer.step()
+        reference_losses.append(float(nll.detach()) / batch.step_sentences)
+    names = {id(p): name for name, p in model.named_parameters()}
+    expected = dict(reference.named_parameters())
+    local = [names[id(p)] for p in engine.module.parameters()]
+    difference = max(float((p - expected[names[id(p)]]).abs().max()) for p in engine.module.parameters())
+    rank = int(os.environ["RANK"])
+    (out_dir / f"rank-{rank}.json").write_text(json.dumps({
+        "stage": engine.stage_id, "local": local, "max_difference": difference,
+        "losses": losses, "reference_losses": reference_losses, "norms": norms, "reference_norms": reference_norms,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""The DeepSpeed pipeline (gloo, CPU) trains to the single-device trainer's parameters."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def run_pipeline(prepared, tmp_path, processes: int, *overrides: str, steps: int = 4) -> list[dict]:
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               str(REPO / "tests" / "pipeline_worker.py"), str(tmp_path), str(steps),
+               f"--data.out_dir={prepared.data.out_dir}", *overrides]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in range(processes)]
+
+
+@pytest.mark.parametrize("stages, data, micro", [(2, 1, 2), (4, 1, 1), (2, 2, 2)])
+def test_pipeline_parameters_and_losses_match_the_single_device_trainer(prepared_tiny, tmp_path, stages, data, micro):
+    ranks = run_pipeline(prepared_tiny, tmp_path, stages * data, f"--parallel.stages={stages}",
+                         f"--parallel.data={data}", f"--parallel.micro_batches={micro}",
+                         "--model.num_layers=2", "--model.softmax_shards=2", "--optim.max_grad_norm=1.0")
+    assert sorted({r["stage"] for r in ranks}) == list(range(stages))
+    for rank in ranks:
+        assert rank["max_difference"] < 1e-5, rank
+        assert rank["norms"] == pytest.approx(rank["reference_norms"], rel=1e-5), "clipping used the global norm"
+        assert min(rank["reference_norms"]) > 1.0, "clipping triggered at every step"
+    last = [r for r in ranks if r["stage"] == stages - 1][0]
+    assert last["losses"] == pytest.approx(last["reference_losses"], rel=1e-5)
