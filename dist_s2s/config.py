@@ -237,6 +237,10 @@ def validate(config: Config) -> None:
             raise UserError(f"config key {key} must be >= 0, got {value}")
     if config.train.max_steps is not None and config.train.max_steps <= 0:
         raise UserError(f"config key train.max_steps must be positive, got {config.train.max_steps}")
+    parts = config.parallel.data * config.parallel.micro_batches
+    if config.train.batch_size < 2 * parts:
+        raise UserError(f"config key train.batch_size={config.train.batch_size} must be at least 2 × parallel.data × "
+                        f"parallel.micro_batches = {2 * parts} (an epoch's smallest batch has batch_size/2 sentences)")
     bounds = config.data.bucket_boundaries
     if not bounds or any(b <= 0 for b in bounds) or sorted(set(bounds)) != bounds:
         raise UserError(f"config key data.bucket_boundaries must be increasing positive integers, got {bounds}")

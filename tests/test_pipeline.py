@@ -24,11 +24,17 @@ def run_pipeline(prepared, tmp_path, processes: int, *overrides: str, steps: int
     return [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in range(processes)]
 
 
-@pytest.mark.parametrize("stages, data, micro", [(2, 1, 2), (4, 1, 1), (2, 2, 2)])
-def test_pipeline_parameters_and_losses_match_the_single_device_trainer(prepared_tiny, tmp_path, stages, data, micro):
+@pytest.mark.parametrize("stages, data, micro, layers, shards", [
+    (2, 1, 2, 2, 2),
+    (4, 1, 1, 2, 2),   # a softmax stage receives (float, int64, float, float, float): the dtype-aliasing case
+    (2, 2, 2, 2, 2),   # 2 stages × 2 data replicas
+    (8, 1, 4, 4, 4),   # the paper's layout: 4 LSTM layer stages + 4 softmax shard stages
+])
+def test_pipeline_parameters_and_losses_match_the_single_device_trainer(prepared_tiny, tmp_path, stages, data, micro,
+                                                                        layers, shards):
     ranks = run_pipeline(prepared_tiny, tmp_path, stages * data, f"--parallel.stages={stages}",
                          f"--parallel.data={data}", f"--parallel.micro_batches={micro}",
-                         "--model.num_layers=2", "--model.softmax_shards=2", "--optim.max_grad_norm=1.0")
+                         f"--model.num_layers={layers}", f"--model.softmax_shards={shards}", "--optim.max_grad_norm=1.0")
     assert sorted({r["stage"] for r in ranks}) == list(range(stages))
     for rank in ranks:
         assert rank["max_difference"] < 1e-5, rank

@@ -55,3 +55,13 @@ def test_units_are_dealt_to_stages_in_order_with_the_embeddings_on_the_first(sta
 def test_more_stages_than_layers_and_shards_is_an_error_naming_the_keys():
     with pytest.raises(UserError, match=r"parallel.stages=9 exceeds the 4 LSTM layers \+ 4 softmax shards"):
         stage_boundaries(4, 4, 9)
+
+
+def test_stages_times_replicas_must_equal_the_launched_processes():
+    from dist_s2s.config import load_config
+    from dist_s2s.parallel.engine import check_world_size
+
+    config = load_config(None, ["--parallel.stages=4", "--parallel.data=2"])
+    check_world_size(config, 8)
+    with pytest.raises(UserError, match=r"parallel.stages × parallel.data = 4 × 2 = 8, but 6 processes were launched"):
+        check_world_size(config, 6)

@@ -21,6 +21,7 @@ from torch import nn
 
 from dist_s2s.config import Config
 from dist_s2s.data.batch import Batch
+from dist_s2s.errors import UserError
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.stages import pipeline_units, stage_boundaries
 from dist_s2s.train.clipping import rescale, squared_norm
@@ -70,10 +71,21 @@ def deepspeed_config(config: Config) -> dict:
     }
 
 
+def check_world_size(config: Config, world_size: int) -> None:
+    """Every process is one stage of one replica: the launcher must start exactly stages × data."""
+    needed = config.parallel.stages * config.parallel.data
+    if needed != world_size:
+        raise UserError(f"parallel.stages × parallel.data = {config.parallel.stages} × {config.parallel.data} = {needed}, "
+                        f"but {world_size} processes were launched (set --nproc_per_node / --num_gpus to {needed})")
+
+
 def build_engine(config: Config, model: Seq2Seq):
     """The pipeline engine of `model`'s units on this rank's stage; every rank builds the full model
     from the same seed first, so each stage starts from the single-device weights."""
     import deepspeed
+    import deepspeed.comm as dist
+
+    check_world_size(config, dist.get_world_size())
 
     parts = stage_boundaries(config.model.num_layers, config.model.softmax_shards, config.parallel.stages)
     module = placed_pipeline_class()(
