@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -42,3 +43,22 @@ def test_pipeline_parameters_and_losses_match_the_single_device_trainer(prepared
         assert min(rank["reference_norms"]) > 1.0, "clipping triggered at every step"
     last = [r for r in ranks if r["stage"] == stages - 1][0]
     assert last["losses"] == pytest.approx(last["reference_losses"], rel=1e-5)
+
+
+def test_a_two_node_job_meeting_at_127_0_0_1_matches_the_single_device_trainer(prepared_tiny, tmp_path):
+    """Two `torchrun --nnodes 2 --node_rank i` processes, one stage each, as on two machines."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1",
+         "--master_addr=127.0.0.1", f"--master_port={port}", str(REPO / "tests" / "pipeline_worker.py"),
+         str(tmp_path), "3", f"--data.out_dir={prepared_tiny.data.out_dir}", "--parallel.stages=2",
+         "--parallel.micro_batches=2", "--model.num_layers=2", "--model.softmax_shards=2", "--optim.max_grad_norm=1.0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path) for rank in range(2)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    ranks = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in range(2)]
+    assert sorted(r["stage"] for r in ranks) == [0, 1]
+    assert all(r["max_difference"] < 1e-5 for r in ranks)
