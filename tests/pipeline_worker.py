@@ -54,6 +54,12 @@ def main() -> None:
     local = [names[id(p)] for p in engine.module.parameters()]
     difference = max(float((p - expected[names[id(p)]]).abs().max()) for p in engine.module.parameters())
     rank = int(os.environ["RANK"])
+    from dist_s2s.parallel.checkpoint import stage_state
+
+    if replica == 0:
+        torch.save(stage_state(engine, model), out_dir / f"stage-{engine.stage_id}.pt")
+    if rank == 0:
+        torch.save(reference.unsharded_state_dict(), out_dir / "reference.pt")
     (out_dir / f"rank-{rank}.json").write_text(json.dumps({
         "stage": engine.stage_id, "local": local, "max_difference": difference,
         "losses": losses, "reference_losses": reference_losses, "norms": norms, "reference_norms": reference_norms,

@@ -43,6 +43,26 @@ def test_pipeline_parameters_and_losses_match_the_single_device_trainer(prepared
         assert min(rank["reference_norms"]) > 1.0, "clipping triggered at every step"
     last = [r for r in ranks if r["stage"] == stages - 1][0]
     assert last["losses"] == pytest.approx(last["reference_losses"], rel=1e-5)
+    assert_stages_merge_into_the_single_device_checkpoint(tmp_path, stages, layers, shards)
+
+
+def assert_stages_merge_into_the_single_device_checkpoint(tmp_path, stages: int, layers: int, shards: int) -> None:
+    """The stages' parameters, merged, are the single-device trainer's; they load under another shard count."""
+    import torch
+
+    from dist_s2s.config import ModelConfig
+    from dist_s2s.model.seq2seq import Seq2Seq
+    from dist_s2s.parallel.checkpoint import merge_stage_states
+
+    sizes = dict(embedding_dim=16, hidden_size=16, num_layers=layers)
+    with torch.device("meta"):
+        layout = Seq2Seq(ModelConfig(**sizes, softmax_shards=shards), 500, 500)
+    merged = merge_stage_states([torch.load(tmp_path / f"stage-{s}.pt", weights_only=True) for s in range(stages)],
+                                layout)
+    reference = torch.load(tmp_path / "reference.pt", weights_only=True)
+    assert merged.keys() == reference.keys()
+    assert all(torch.allclose(merged[k], reference[k], rtol=0, atol=1e-5) for k in merged)
+    Seq2Seq(ModelConfig(**sizes, softmax_shards=3), 500, 500).load_unsharded_state_dict(merged)
 
 
 def test_a_two_node_job_meeting_at_127_0_0_1_matches_the_single_device_trainer(prepared_tiny, tmp_path):

@@ -65,3 +65,18 @@ def test_stages_times_replicas_must_equal_the_launched_processes():
     check_world_size(config, 8)
     with pytest.raises(UserError, match=r"parallel.stages × parallel.data = 4 × 2 = 8, but 6 processes were launched"):
         check_world_size(config, 6)
+
+
+def test_merging_stage_parameters_refuses_a_missing_or_doubled_stage():
+    from dist_s2s.parallel.checkpoint import merge_stage_states
+
+    model = small_model(shards=2)
+    state = model.state_dict()
+    first = {k: v for k, v in state.items() if not k.startswith("softmax.")}
+    second = {k: v for k, v in state.items() if k.startswith("softmax.")}
+    merged = merge_stage_states([first, second], model)
+    assert all(torch.equal(merged[k], v) for k, v in model.unsharded_state_dict().items())
+    with pytest.raises(UserError, match="the stages hold no softmax.0.bias .*a stage is missing"):
+        merge_stage_states([first], model)
+    with pytest.raises(UserError, match="stage 1 holds softmax.0.bias, already held by an earlier stage"):
+        merge_stage_states([second, second], model)

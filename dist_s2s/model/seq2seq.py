@@ -74,10 +74,7 @@ class Seq2Seq(nn.Module):
     def unsharded_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights with the softmax as one `softmax.weight` [V, H] and `softmax.bias` [V]:
         the checkpoint format, the same whatever the number of shards or pipeline stages."""
-        state = {k: v.detach().clone() for k, v in self.state_dict().items() if not k.startswith("softmax.")}
-        state["softmax.weight"] = torch.cat([shard.weight.detach() for shard in self.softmax])
-        state["softmax.bias"] = torch.cat([shard.bias.detach() for shard in self.softmax])
-        return state
+        return merge_softmax_shards({k: v.detach().clone() for k, v in self.state_dict().items()})
 
     def load_unsharded_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Inverse of `unsharded_state_dict`, cutting the softmax into this model's shards."""
@@ -87,3 +84,12 @@ class Seq2Seq(nn.Module):
             state[f"softmax.{index}.weight"] = weight[shard.start:shard.start + shard.size]
             state[f"softmax.{index}.bias"] = bias[shard.start:shard.start + shard.size]
         self.load_state_dict(state)
+
+
+def merge_softmax_shards(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`softmax.<i>.weight|bias` of any number of shards → one `softmax.weight` and `softmax.bias`."""
+    merged = {k: v for k, v in state.items() if not k.startswith("softmax.")}
+    count = len([k for k in state if k.startswith("softmax.") and k.endswith(".weight")])
+    merged["softmax.weight"] = torch.cat([state[f"softmax.{i}.weight"] for i in range(count)])
+    merged["softmax.bias"] = torch.cat([state[f"softmax.{i}.bias"] for i in range(count)])
+    return merged
