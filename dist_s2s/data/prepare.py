@@ -27,7 +27,7 @@ from dist_s2s.config import Config, DataConfig, config_hash
 from dist_s2s.data.manifest import FORMAT, MANIFEST, write_manifest
 from dist_s2s.data.shards import sha256_file
 from dist_s2s.data.passes import COUNTS, ShardPlan, encode_shard, read_counts, tokenize_chunk
-from dist_s2s.data.sources import Chunk, FileScan, InputPair, check_aligned, chunks, input_pairs, scan_file
+from dist_s2s.data.sources import FileScan, InputPair, check_aligned, chunks, input_pairs, scan_file
 from dist_s2s.data.vocab import SPECIALS, Vocab
 from dist_s2s.errors import UserError
 

@@ -12,7 +12,6 @@ of the single-device model.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from dist_s2s.data.vocab import PAD_ID
