@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -50,3 +54,28 @@ def write_corpus(root: Path, prefix: str, src: bytes | str, tgt: bytes | str) ->
         path = root / f"{prefix}.{suffix}"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content.encode() if isinstance(content, str) else content)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (closed again before returning)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, seconds: float, alive=lambda: True) -> None:
+    """Poll until `url` answers at all (an HTTP error status counts: the server is up).
+
+    Gives up after `seconds`, or as soon as `alive()` says the server process has died.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if time.monotonic() > deadline or not alive():
+                raise
+            time.sleep(0.5)

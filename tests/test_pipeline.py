@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -67,9 +66,7 @@ def assert_stages_merge_into_the_single_device_checkpoint(tmp_path, stages: int,
 
 def test_a_two_node_job_meeting_at_127_0_0_1_matches_the_single_device_trainer(prepared_tiny, tmp_path):
     """Two `torchrun --nnodes 2 --node_rank i` processes, one stage each, as on two machines."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     nodes = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1",

@@ -8,37 +8,14 @@ import tempfile
 from pathlib import Path
 import secrets
 import signal
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, SHARED_DATA, free_port, wait_for_http
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(url: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except urllib.error.HTTPError:
-            return  # it answers (401 under Ray's token authentication): it is up
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def forget_cluster(port: str) -> None:
@@ -71,7 +48,7 @@ def local_head(tmp_path):
                             stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        wait_for(f"{address}/api/version", 90)
+        wait_for_http(f"{address}/api/version", 90)  # 401 under token auth: up
         yield address, client_env(token)
     finally:
         head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started

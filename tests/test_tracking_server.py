@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import time
-import urllib.request
 
 import pytest
 
 from dist_s2s.train.trainer import train
 
-from conftest import REPO, tiny_config
+from conftest import REPO, free_port, tiny_config, wait_for_http
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [str(REPO / ".venv" / "bin" / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
@@ -31,16 +26,11 @@ def mlflow_server(tmp_path):
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                os.killpg(server.pid, signal.SIGKILL)
-                raise RuntimeError((tmp_path / "server.log").read_text()[-2000:])
-            time.sleep(0.5)
+    try:
+        wait_for_http(f"{url}/health", 90, alive=lambda: server.poll() is None)
+    except OSError:
+        os.killpg(server.pid, signal.SIGKILL)
+        raise RuntimeError((tmp_path / "server.log").read_text()[-2000:]) from None
     yield url
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)

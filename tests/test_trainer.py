@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from dist_s2s.errors import UserError
 from dist_s2s.train.checkpoint import CheckpointDir, load_checkpoint
 from dist_s2s.train.trainer import train
 
-from conftest import tiny_config
+from conftest import free_port, tiny_config
 
 
 def config_for(prepared, run_dir: Path, *overrides: str):
@@ -134,9 +133,7 @@ def test_a_checkpoint_from_another_model_shape_names_the_mismatch(trained, prepa
 
 
 def test_an_unreachable_tracking_server_does_not_stop_training(prepared_tiny, tmp_path, caplog):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # closed again: nothing listens there
     run_dir = tmp_path / "run"
     summary = train(config_for(prepared_tiny, run_dir, "--train.max_steps=4", f"--tracking.uri=http://127.0.0.1:{port}"))
     assert summary["step"] == 4
