@@ -11,11 +11,20 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dist_s2s.config import DataConfig, config_hash
 from dist_s2s.data.shards import sha256_file
 from dist_s2s.errors import UserError
 
 MANIFEST = "manifest.json"
 FORMAT = "dist-s2s/shards/v1"
+
+LOCATION_KEYS = ("root", "out_dir", "chunk_lines")
+"""Data config keys that say where or how fast, not what: they change no output byte."""
+
+
+def data_config_hash(data: DataConfig) -> str:
+    """What the manifest records as `config_hash`: prepared data is current when it matches."""
+    return config_hash(data, exclude=LOCATION_KEYS)
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:

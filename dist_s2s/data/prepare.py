@@ -23,8 +23,8 @@ import ray
 import sacremoses
 
 import dist_s2s
-from dist_s2s.config import Config, DataConfig, config_hash
-from dist_s2s.data.manifest import FORMAT, MANIFEST, write_manifest
+from dist_s2s.config import Config, DataConfig
+from dist_s2s.data.manifest import FORMAT, LOCATION_KEYS, MANIFEST, data_config_hash, write_manifest
 from dist_s2s.data.shards import sha256_file
 from dist_s2s.data.passes import COUNTS, ShardPlan, encode_shard, read_counts, tokenize_chunk
 from dist_s2s.data.sources import FileScan, InputPair, check_aligned, chunks, input_pairs, scan_file
@@ -34,8 +34,6 @@ from dist_s2s.errors import UserError
 log = logging.getLogger(__name__)
 
 WORK = ".work"
-LOCATION_KEYS = ("root", "out_dir", "chunk_lines")
-"""Data config keys that say where or how fast, not what: they change no output byte."""
 
 _scan = ray.remote(num_cpus=1, max_retries=3)(scan_file)
 _tokenize = ray.remote(num_cpus=1, max_retries=3)(tokenize_chunk)
@@ -57,7 +55,7 @@ def prepare(config: Config) -> dict[str, Any]:
     try:
         started = time.perf_counter()
         scans = _scan_inputs(pairs, data.chunk_lines)
-        content_hash = config_hash(data, exclude=LOCATION_KEYS)
+        content_hash = data_config_hash(data)
         receipts = _pass_tokenize(pairs, scans, data, out_dir / WORK / content_hash[:16])
         src_vocab, tgt_vocab = _build_vocabs(receipts, data, out_dir)
         shard_records = _pass_encode(receipts, data, out_dir)

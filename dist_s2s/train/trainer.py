@@ -20,9 +20,9 @@ from typing import Any
 import torch
 import yaml
 
-from dist_s2s.config import Config, config_hash
+from dist_s2s.config import Config
 from dist_s2s.data.loader import BatchLoader
-from dist_s2s.data.manifest import MANIFEST, load_manifest
+from dist_s2s.data.manifest import MANIFEST, data_config_hash, load_manifest
 from dist_s2s.errors import UserError
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.train.checkpoint import CheckpointDir, check_compatible, load_checkpoint
@@ -35,17 +35,19 @@ log = logging.getLogger(__name__)
 
 
 def ensure_prepared(config: Config) -> dict[str, Any]:
-    """The manifest of this data config, running `prepare` first when it is missing or stale."""
-    from dist_s2s.data.prepare import LOCATION_KEYS, prepare
+    """The manifest of this data config, running `prepare` first when it is missing or stale.
 
+    Ray is imported only when preparing is needed."""
     path = Path(config.data.out_dir) / MANIFEST
     if path.is_file():
         manifest = load_manifest(Path(config.data.out_dir))
-        if manifest["config_hash"] == config_hash(config.data, exclude=LOCATION_KEYS):
+        if manifest["config_hash"] == data_config_hash(config.data):
             return manifest
         log.info("train: %s was prepared with another data config; preparing again", config.data.out_dir)
     else:
         log.info("train: no prepared data in %s; running prepare", config.data.out_dir)
+    from dist_s2s.data.prepare import prepare
+
     return prepare(config)
 
 
