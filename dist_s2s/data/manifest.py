@@ -7,12 +7,11 @@ timestamps or absolute paths, so the same inputs and config give the same bytes.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from dist_s2s.config import DataConfig, config_hash
-from dist_s2s.data.shards import sha256_file
+from dist_s2s.data.shards import sha256_file, write_atomically
 from dist_s2s.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -29,9 +28,7 @@ def data_config_hash(data: DataConfig) -> str:
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
     path = out_dir / MANIFEST
-    temporary = path.with_name(MANIFEST + ".tmp")
-    temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    write_atomically(path, (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
     return path
 
 

@@ -8,7 +8,6 @@ built in between. Every file is written atomically, so a retried task just write
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import pyarrow as pa
 
 from dist_s2s.config import DataConfig
 from dist_s2s.data.clean import PairCleaner, TokenizedPair
-from dist_s2s.data.shards import SCHEMA, TOKENIZED_SCHEMA, bucket_of, read_table, write_table
+from dist_s2s.data.shards import SCHEMA, TOKENIZED_SCHEMA, bucket_of, read_table, write_atomically, write_table
 from dist_s2s.data.sources import Chunk, InputPair, read_lines
 from dist_s2s.data.splits import split_of
 from dist_s2s.data.vocab import BOS_ID, EOS_ID, UNK_ID, Vocab
@@ -92,9 +91,7 @@ def tokenize_chunk(pair: InputPair, pair_index: int, chunk: Chunk, config: DataC
         "normalized": dict(sorted(cleaner.normalized.items())),
         "pieces": pieces,
     }
-    temporary = receipt_path.with_name(f"{RECEIPT}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(receipt))
-    os.replace(temporary, receipt_path)  # the receipt last: it certifies every piece above
+    write_atomically(receipt_path, json.dumps(receipt).encode())  # the receipt last: it certifies every piece above
     return receipt
 
 

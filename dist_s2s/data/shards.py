@@ -56,13 +56,21 @@ def write_table(table: pa.Table, path: Path) -> str:
         writer.write_table(table, max_chunksize=max(1, table.num_rows))
     data = sink.getvalue().to_pybytes()
     path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary file, flush it to disk, then rename it over `path`.
+
+    Readers see the old file or the whole new one, never a part, however the writer dies.
+    """
     temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
     with open(temporary, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
-    return hashlib.sha256(data).hexdigest()
 
 
 def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:

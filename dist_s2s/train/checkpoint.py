@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from dist_s2s.data.shards import sha256_file
+from dist_s2s.data.shards import sha256_file, write_atomically
 from dist_s2s.errors import UserError
 
 FORMAT = "dist-s2s/checkpoint/v1"
@@ -54,7 +54,7 @@ class CheckpointDir:
         os.replace(temporary, path)
         entries = [e for e in self._index() if e["file"] != name] + [{"step": step, "file": name, "sha256": digest}]
         kept, dropped = entries[-self.keep:], entries[:-self.keep]
-        _write_json(self.directory / INDEX, {"checkpoints": kept})
+        write_atomically(self.directory / INDEX, (json.dumps({"checkpoints": kept}, indent=2) + "\n").encode())
         for entry in dropped:
             (self.directory / entry["file"]).unlink(missing_ok=True)
         return path
@@ -88,9 +88,3 @@ def check_compatible(path: Path, saved: dict[str, Any], current: dict[str, Any])
         if saved.get(key) != value:
             raise UserError(f"checkpoint {path} does not fit this config: it was trained with {key}={saved.get(key)!r}, "
                             f"the config gives {key}={value!r}")
-
-
-def _write_json(path: Path, value: Any) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(temporary, path)
