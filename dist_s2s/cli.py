@@ -27,6 +27,8 @@ def _train(config: Config, args: argparse.Namespace) -> None:
     from dist_s2s.train.trainer import train
 
     summary = train(config)
+    if summary is None:  # a pipeline rank other than 0: rank 0 reports
+        return
     print(f"trained to step {summary['step']}: valid ppl {summary.get('valid/ppl', float('nan')):.2f}; "
           f"checkpoint {summary['checkpoint']}; MLflow run {summary['mlflow_run_id']} at {summary['tracking_uri']}")
 
@@ -37,10 +39,22 @@ def _download(config: Config, args: argparse.Namespace) -> None:
     download(config.data.root, args.corpus, mirror=args.mirror)
 
 
+def _convert(config: Config, args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from dist_s2s.parallel.checkpoint import convert
+
+    output = convert(Path(args.checkpoint), Path(args.output), args.stages)
+    layout = f"{args.stages} pipeline stage parts beside it" if args.stages else "the single-device format"
+    print(f"wrote {output} ({layout})")
+
+
 COMMANDS: dict[str, tuple[str, Callable[[Config, argparse.Namespace], None]]] = {
     "prepare": ("tokenize raw parallel text into vocabularies and Arrow shards (Ray)", _prepare),
-    "train": ("train the paper's model on one device (prepares the data first when needed)", _train),
+    "train": ("train the paper's model: on one device (preparing the data when needed), or as a pipeline "
+              "under torchrun / deepspeed", _train),
     "download": ("fetch the public corpora into data.root, checksummed", _download),
+    "convert": ("rewrite a checkpoint as one single-device file or as per-stage pipeline parts", _convert),
 }
 
 
@@ -49,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dist-s2s",
         description="Sequence to Sequence Learning with Neural Networks (Sutskever et al., 2014), pipeline-parallel.",
     )
+    # The deepspeed launcher passes --local_rank before the command; LOCAL_RANK carries the same.
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="<command>")
     for name, (summary, _) in COMMANDS.items():
         command = commands.add_parser(
@@ -61,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="corpora to fetch (multi30k, wmt14_dev, wmt14_test, wmt14_train)")
             command.add_argument("--mirror", metavar="URL",
                                  help="fetch data.root's layout from this base URL instead of the upstream sites")
+        if name == "convert":
+            command.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint to read (either format)")
+            command.add_argument("--output", required=True, metavar="FILE", help="checkpoint file to write")
+            command.add_argument("--stages", type=int, metavar="N",
+                                 help="write N pipeline stage parts (default: one single-device file)")
     return parser
 
 

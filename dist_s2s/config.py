@@ -113,6 +113,8 @@ class ParallelConfig:
     """Data-parallel replicas of the whole pipeline."""
     micro_batches: int = 1
     """Micro-batches a batch is split into for the pipeline schedule."""
+    timeout_s: int = 300
+    """Seconds a rank waits for the others before failing: a dead rank ends the job, never hangs it."""
 
 
 @dataclass
@@ -199,6 +201,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise UserError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     for override in overrides:
         _apply_override(raw, override)
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """A config from its dict form (YAML, or the copy a checkpoint keeps), type-checked and validated."""
     config = _coerce(raw, Config, "")
     validate(config)
     return config
@@ -218,6 +225,7 @@ def validate(config: Config) -> None:
         "parallel.stages": config.parallel.stages,
         "parallel.data": config.parallel.data,
         "parallel.micro_batches": config.parallel.micro_batches,
+        "parallel.timeout_s": config.parallel.timeout_s,
         "train.batch_size": config.train.batch_size,
         "train.log_every": config.train.log_every,
         "train.valid_every": config.train.valid_every,

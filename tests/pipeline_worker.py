@@ -24,7 +24,7 @@ def main() -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo")
-    from dist_s2s.parallel.engine import build_engine, micro_batches
+    from dist_s2s.parallel.engine import build_engine, micro_batches, training_scale
 
     vocab = json.loads((Path(config.data.out_dir) / "manifest.json").read_text())["vocab"]
     torch.manual_seed(config.train.seed)
@@ -38,9 +38,11 @@ def main() -> None:
     reference_batches = iter(BatchLoader(config.data.out_dir, "train", config.train.batch_size, seed=config.train.seed))
     optimizer = torch.optim.SGD(reference.parameters(), lr=config.optim.lr)
     losses, reference_losses, norms, reference_norms = [], [], [], []
+    micro, replicas = config.parallel.micro_batches, config.parallel.data
     for _ in range(steps):
-        losses.append(float(engine.train_batch(data_iter=micro_batches(next(pipeline_batches),
-                                                                        config.parallel.micro_batches))))
+        batch = next(pipeline_batches)
+        losses.append(float(engine.train_batch(data_iter=micro_batches(batch, micro,
+                                                                        training_scale(batch, micro, replicas)))))
         norms.append(engine.last_grad_norm)
         batch = next(reference_batches)
         optimizer.zero_grad()
@@ -55,13 +57,13 @@ def main() -> None:
     difference = max(float((p - expected[names[id(p)]]).abs().max()) for p in engine.module.parameters())
     rank = int(os.environ["RANK"])
     from dist_s2s.parallel.checkpoint import stage_state
+    from dist_s2s.train.checkpoint import write_part
 
-    if replica == 0:
-        torch.save(stage_state(engine, model), out_dir / f"stage-{engine.stage_id}.pt")
+    part = write_part(out_dir / "pipeline.pt", f"stage-{engine.stage_id}", stage_state(engine, model)) if replica == 0 else None
     if rank == 0:
         torch.save(reference.unsharded_state_dict(), out_dir / "reference.pt")
     (out_dir / f"rank-{rank}.json").write_text(json.dumps({
-        "stage": engine.stage_id, "local": local, "max_difference": difference,
+        "stage": engine.stage_id, "local": local, "part": part, "max_difference": difference,
         "losses": losses, "reference_losses": reference_losses, "norms": norms, "reference_norms": reference_norms,
     }))
 

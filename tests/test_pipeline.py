@@ -42,22 +42,19 @@ def test_pipeline_parameters_and_losses_match_the_single_device_trainer(prepared
         assert min(rank["reference_norms"]) > 1.0, "clipping triggered at every step"
     last = [r for r in ranks if r["stage"] == stages - 1][0]
     assert last["losses"] == pytest.approx(last["reference_losses"], rel=1e-5)
-    assert_stages_merge_into_the_single_device_checkpoint(tmp_path, stages, layers, shards)
+    assert_stage_parts_merge_into_the_single_device_weights(tmp_path, [r["part"] for r in ranks if r["part"]], layers)
 
 
-def assert_stages_merge_into_the_single_device_checkpoint(tmp_path, stages: int, layers: int, shards: int) -> None:
-    """The stages' parameters, merged, are the single-device trainer's; they load under another shard count."""
+def assert_stage_parts_merge_into_the_single_device_weights(tmp_path, parts: list[dict], layers: int) -> None:
+    """The stages' parts, merged, are the single-device trainer's weights; they load under another shard count."""
     import torch
 
     from dist_s2s.config import ModelConfig
     from dist_s2s.model.seq2seq import Seq2Seq
-    from dist_s2s.parallel.checkpoint import merge_stage_states
+    from dist_s2s.train.checkpoint import model_weights
 
     sizes = dict(embedding_dim=16, hidden_size=16, num_layers=layers)
-    with torch.device("meta"):
-        layout = Seq2Seq(ModelConfig(**sizes, softmax_shards=shards), 500, 500)
-    merged = merge_stage_states([torch.load(tmp_path / f"stage-{s}.pt", weights_only=True) for s in range(stages)],
-                                layout)
+    merged = model_weights(tmp_path / "pipeline.pt", {"model_parts": parts})
     reference = torch.load(tmp_path / "reference.pt", weights_only=True)
     assert merged.keys() == reference.keys()
     assert all(torch.allclose(merged[k], reference[k], rtol=0, atol=1e-5) for k in merged)

@@ -67,16 +67,23 @@ def test_stages_times_replicas_must_equal_the_launched_processes():
         check_world_size(config, 6)
 
 
-def test_merging_stage_parameters_refuses_a_missing_or_doubled_stage():
-    from dist_s2s.parallel.checkpoint import merge_stage_states
+def test_a_checkpoint_in_stage_parts_reads_back_as_the_single_device_weights(tmp_path):
+    from dist_s2s.parallel.checkpoint import stage_weights
+    from dist_s2s.train.checkpoint import load_weights, model_weights, write_part
 
     model = small_model(shards=2)
-    state = model.state_dict()
-    first = {k: v for k, v in state.items() if not k.startswith("softmax.")}
-    second = {k: v for k, v in state.items() if k.startswith("softmax.")}
-    merged = merge_stage_states([first, second], model)
+    main = tmp_path / "step-00000001.pt"
+    parts = [write_part(main, f"stage-{s}", w) for s, w in enumerate(stage_weights(model, 3))]
+    assert [p["file"] for p in parts] == [f"step-00000001.stage-{s}.pt" for s in range(3)]
+    merged = model_weights(main, {"model_parts": parts})
+    assert merged.keys() == model.unsharded_state_dict().keys()
     assert all(torch.equal(merged[k], v) for k, v in model.unsharded_state_dict().items())
-    with pytest.raises(UserError, match="the stages hold no softmax.0.bias .*a stage is missing"):
-        merge_stage_states([first], model)
-    with pytest.raises(UserError, match="stage 1 holds softmax.0.bias, already held by an earlier stage"):
-        merge_stage_states([second, second], model)
+    load_weights(small_model(shards=3), main, merged)  # another shard count
+
+    with pytest.raises(UserError, match=r"step-00000001.stage-1.pt holds .*already held by an earlier part"):
+        model_weights(main, {"model_parts": [parts[0], parts[1], parts[1]]})
+    without_first = model_weights(main, {"model_parts": parts[1:]})
+    with pytest.raises(UserError, match=r"checkpoint .*step-00000001.pt has no \S+ \(\d+ tensors missing: a stage part"):
+        load_weights(small_model(shards=2), main, without_first)
+    with pytest.raises(UserError, match=r"checkpoint .*step-00000001.pt has no softmax.0.weight: a stage part is lost"):
+        model_weights(main, {"model_parts": parts[:1] + parts[2:]})

@@ -1,33 +1,57 @@
 """Pipeline parameters ↔ the single-device checkpoint format.
 
 Every stage's parameters are the model's own parameter objects (`stages.py` shares them), so the
-model's names identify them; merging the stages and un-sharding the softmax gives the format
-`train/checkpoint.py` writes, which loads into any stage or shard count.
+model's names identify them. A pipeline checkpoint is one part file per stage, each written by
+its stage; `train/checkpoint.model_weights` merges the parts and un-shards the softmax into the
+single-device format, which loads into any stage or shard count. `convert` goes either way.
+
+    dist-s2s convert --checkpoint runs/x/checkpoints/step-00001000.pt --output model.pt
+    dist-s2s convert --checkpoint model.pt --output pipeline/step-00001000.pt --stages 8
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from dist_s2s.config import config_from_dict
 from dist_s2s.errors import UserError
-from dist_s2s.model.seq2seq import Seq2Seq, merge_softmax_shards
+from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.parallel.stages import pipeline_units, stage_boundaries
+from dist_s2s.train.checkpoint import FORMAT, load_checkpoint, load_weights, model_weights, write_file, write_part
 
 
 def stage_state(engine, model: Seq2Seq) -> dict[str, torch.Tensor]:
-    """This stage's parameters, under the single-device model's names."""
+    """This rank's stage parameters, under the single-device model's names."""
     names = {id(p): name for name, p in model.named_parameters()}
     return {names[id(p)]: p.detach().clone() for p in engine.module.parameters()}
 
 
-def merge_stage_states(states: list[dict[str, torch.Tensor]], model: Seq2Seq) -> dict[str, torch.Tensor]:
-    """The stages' parameters joined into the unsharded single-device format, checked complete."""
-    merged: dict[str, torch.Tensor] = {}
-    for index, state in enumerate(states):
-        twice = sorted(set(merged) & set(state))
-        if twice:
-            raise UserError(f"stage {index} holds {twice[0]}, already held by an earlier stage")
-        merged.update(state)
-    missing = sorted(set(model.state_dict()) - set(merged))
-    if missing:
-        raise UserError(f"the stages hold no {missing[0]} (and {len(missing) - 1} more): a stage is missing")
-    return merge_softmax_shards(merged)
+def stage_weights(model: Seq2Seq, stages: int) -> list[dict[str, torch.Tensor]]:
+    """The model's parameters as `stages` pipeline stages would hold them, stage by stage."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    units = pipeline_units(model)
+    parts = stage_boundaries(len(model.encoder), len(model.softmax), stages)
+    return [{names[id(p)]: p.detach().clone() for unit in units[parts[s]:parts[s + 1]] for p in unit.parameters()}
+            for s in range(stages)]
+
+
+def convert(source: Path, output: Path, stages: int | None = None) -> Path:
+    """Rewrite a checkpoint (either format) as one single-device file, or as `stages` stage parts
+    beside `output`. Everything but the weights (step, data cursor, RNG, config) is kept."""
+    if stages is not None and stages < 1:
+        raise UserError(f"--stages must be at least 1, got {stages}")
+    state = load_checkpoint(source)
+    weights = model_weights(source, state)
+    rest = {k: v for k, v in state.items() if k not in ("format", "model", "model_parts")}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if stages is None:
+        write_file(output, {"format": FORMAT, **rest, "model": weights})
+        return output
+    saved = config_from_dict(state["config"])
+    model = Seq2Seq(saved.model, state["compat"]["vocab.src_size"], state["compat"]["vocab.tgt_size"])
+    load_weights(model, source, weights)
+    parts = [write_part(output, f"stage-{s}", w) for s, w in enumerate(stage_weights(model, stages))]
+    write_file(output, {"format": FORMAT, **rest, "model_parts": parts})
+    return output

@@ -44,18 +44,21 @@ def placed_pipeline_class():
     return PlacedPipeline
 
 
-class SentenceLoss:
-    """Summed token NLL / sentences of the whole step, scaled so DeepSpeed's averaging undoes it.
+def scaled_nll(token_nll: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The pipeline's loss: a micro-batch's summed token NLL times the scale riding in as its label."""
+    return token_nll.sum() * scale.to(token_nll.dtype)
 
-    DeepSpeed divides each micro-batch's loss by the number of micro-batches and averages
-    gradients over data replicas; multiplying by both gives the single-device gradient.
-    """
 
-    def __init__(self, micro_batches: int, replicas: int):
-        self.factor = micro_batches * replicas
+def training_scale(batch: Batch, micro_batches: int, replicas: int) -> float:
+    """DeepSpeed divides each micro-batch's loss by the micro-batch count and averages over data
+    replicas; multiplying by both and dividing by the step's sentences (§3.4: /128) makes the
+    gradient the single-device trainer's and the reported loss the step's NLL per sentence."""
+    return micro_batches * replicas / batch.step_sentences
 
-    def __call__(self, token_nll: torch.Tensor, step_sentences: torch.Tensor) -> torch.Tensor:
-        return token_nll.sum() * self.factor / step_sentences.to(token_nll.dtype)
+
+def evaluation_scale(micro_batches: int, replicas: int) -> float:
+    """Undoes the same averaging in `eval_batch`: its result is then the global batch's summed NLL."""
+    return float(micro_batches * replicas)
 
 
 def deepspeed_config(config: Config) -> dict:
@@ -90,7 +93,7 @@ def build_engine(config: Config, model: Seq2Seq):
     parts = stage_boundaries(config.model.num_layers, config.model.softmax_shards, config.parallel.stages)
     module = placed_pipeline_class()(
         pipeline_units(model), parts, num_stages=config.parallel.stages,
-        loss_fn=SentenceLoss(config.parallel.micro_batches, config.parallel.data),
+        loss_fn=scaled_nll,
         partition_method="uniform", dynamic_shape=True,
     )
     optimizer = torch.optim.SGD(module.parameters(), lr=config.optim.lr, momentum=0.0)
@@ -124,8 +127,8 @@ def _buffers_by_position_and_dtype(engine, index: int, shape, dtype):
     return buffer.flatten()[:numel].view(shape)
 
 
-def micro_batches(batch: Batch, parts: int) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
-    """DeepSpeed's (inputs, labels) per micro-batch: ids and lengths in, the step's sentence count as label."""
-    label = torch.tensor(batch.step_sentences)
+def micro_batches(batch: Batch, parts: int, scale: float) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+    """DeepSpeed's (inputs, label) per micro-batch: ids and lengths in, the loss scale as label."""
+    label = torch.tensor(scale, dtype=torch.float32)
     for part in batch.split(parts):
         yield (part.src, part.src_lengths, part.tgt_in, part.tgt_out), label

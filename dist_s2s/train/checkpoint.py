@@ -4,6 +4,10 @@
 A file is renamed into place only when complete, and the index names it only after that, so a
 run killed mid-write leaves the previous checkpoint as the latest. Files load with
 `torch.load(weights_only=True)`: tensors and plain data only, never pickled code.
+
+The model's weights are either in the file (`model`: the unsharded single-device format) or,
+from a pipeline, in one part file per stage beside it (`model_parts`: file names and sha256s,
+`step-NNNNNNNN.stage-K.pt`), each written by its own stage. `model_weights` reads both the same.
 """
 
 from __future__ import annotations
@@ -17,9 +21,29 @@ import torch
 
 from dist_s2s.data.shards import sha256_file, write_atomically
 from dist_s2s.errors import UserError
+from dist_s2s.model.seq2seq import Seq2Seq, merge_softmax_shards
 
 FORMAT = "dist-s2s/checkpoint/v1"
+PART_FORMAT = "dist-s2s/checkpoint-part/v1"
 INDEX = "index.json"
+
+
+def write_file(path: Path, payload: dict[str, Any]) -> str:
+    """torch.save to a temporary file, fsync, rename into place; the file's sha256."""
+    temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with open(temporary, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    digest = sha256_file(temporary)
+    os.replace(temporary, path)
+    return digest
+
+
+def write_part(main: Path, name: str, weights: dict[str, torch.Tensor]) -> dict[str, str]:
+    """One stage's weights beside the checkpoint file `main` will be; the entry `main` lists it by."""
+    path = main.with_name(f"{main.stem}.{name}.pt")
+    return {"file": path.name, "sha256": write_file(path, {"format": PART_FORMAT, "weights": weights})}
 
 
 class CheckpointDir:
@@ -40,30 +64,33 @@ class CheckpointDir:
         entries = self._index()
         return self.directory / entries[-1]["file"] if entries else None
 
-    def save(self, step: int, state: dict[str, Any]) -> Path:
-        """Write step's checkpoint, then list it, then drop the oldest beyond `keep`."""
+    def path_of(self, step: int) -> Path:
+        return self.directory / f"step-{step:08d}.pt"
+
+    def save_part(self, step: int, name: str, weights: dict[str, torch.Tensor]) -> dict[str, str]:
+        """A pipeline stage's share of step's checkpoint, written before `save` lists the step."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"step-{step:08d}.pt"
-        path = self.directory / name
-        temporary = path.with_name(name + f".{os.getpid()}.tmp")
-        with open(temporary, "wb") as handle:
-            torch.save({"format": FORMAT, "step": step, **state}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        digest = sha256_file(temporary)
-        os.replace(temporary, path)
-        entries = [e for e in self._index() if e["file"] != name] + [{"step": step, "file": name, "sha256": digest}]
+        return write_part(self.path_of(step), name, weights)
+
+    def save(self, step: int, state: dict[str, Any]) -> Path:
+        """Write step's checkpoint, then list it, then drop the oldest (and their parts) beyond `keep`."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.path_of(step)
+        digest = write_file(path, {"format": FORMAT, "step": step, **state})
+        entries = [e for e in self._index() if e["file"] != path.name]
+        entries.append({"step": step, "file": path.name, "sha256": digest})
         kept, dropped = entries[-self.keep:], entries[:-self.keep]
         write_atomically(self.directory / INDEX, (json.dumps({"checkpoints": kept}, indent=2) + "\n").encode())
         for entry in dropped:
-            (self.directory / entry["file"]).unlink(missing_ok=True)
+            for file in self.directory.glob(Path(entry["file"]).stem + ".*"):
+                file.unlink(missing_ok=True)
         return path
 
     def expected_sha256(self, path: Path) -> str | None:
         return next((e["sha256"] for e in self._index() if e["file"] == Path(path).name), None)
 
 
-def load_checkpoint(path: Path, expected_sha256: str | None = None) -> dict[str, Any]:
+def load_checkpoint(path: Path, expected_sha256: str | None = None, kind: str = FORMAT) -> dict[str, Any]:
     """Read a checkpoint; a clear error naming the file when it is missing, damaged or unsafe."""
     path = Path(path)
     if not path.is_file():
@@ -77,9 +104,38 @@ def load_checkpoint(path: Path, expected_sha256: str | None = None) -> dict[str,
             raise UserError(f"checkpoint {path} holds pickled Python objects; refusing to load it "
                             f"(only tensors and plain data are accepted)") from None
         raise UserError(f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: {error})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"{path} is not a dist-s2s checkpoint (format {state.get('format') if isinstance(state, dict) else None!r})")
+    if not isinstance(state, dict) or state.get("format") != kind:
+        raise UserError(f"{path} is not a {kind} file (format {state.get('format') if isinstance(state, dict) else None!r})")
     return state
+
+
+def model_weights(path: Path, state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights in the unsharded single-device format, its stage parts merged if it has them."""
+    if "model" in state:
+        return state["model"]
+    merged: dict[str, torch.Tensor] = {}
+    for part in state["model_parts"]:
+        weights = load_checkpoint(Path(path).parent / part["file"], part["sha256"], kind=PART_FORMAT)["weights"]
+        twice = sorted(set(merged) & set(weights))
+        if twice:
+            raise UserError(f"checkpoint part {part['file']} holds {twice[0]}, already held by an earlier part")
+        merged.update(weights)
+    try:
+        return merge_softmax_shards(merged)
+    except KeyError as missing:
+        raise UserError(f"checkpoint {path} has no {missing.args[0]}: a stage part is lost?") from None
+
+
+def load_weights(model: Seq2Seq, path: Path, weights: dict[str, torch.Tensor]) -> None:
+    """Load unsharded weights into `model` (any shard count); a missing or misshapen tensor names itself."""
+    expected = {k for k in model.state_dict() if not k.startswith("softmax.")} | {"softmax.weight", "softmax.bias"}
+    missing = sorted(expected - set(weights))
+    if missing:
+        raise UserError(f"checkpoint {path} has no {missing[0]} ({len(missing)} tensors missing: a stage part is lost?)")
+    try:
+        model.load_unsharded_state_dict(weights)
+    except RuntimeError as error:
+        raise UserError(f"checkpoint {path} does not fit the model: {str(error).splitlines()[-1].strip()}") from None
 
 
 def check_compatible(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:

@@ -107,3 +107,19 @@ class Tracker:
         if self.client is not None:
             self._guard(self.client.set_terminated, self.run_id, status)
         self.local.close()
+
+
+class QuietTracker:
+    """What pipeline ranks other than rank 0 hold: the tracker's calls, recording nothing (one rank logs)."""
+
+    run_id: str | None = None
+    uri = ""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        pass
+
+    def finish(self, status: str = "FINISHED") -> None:
+        pass

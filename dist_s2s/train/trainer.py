@@ -1,16 +1,20 @@
-"""`dist-s2s train` on one device: the paper's recipe (§3.4), the reference the pipeline must match.
+"""`dist-s2s train`: the paper's schedule (§3.4) on one device, or as one rank of a pipeline.
 
     dist-s2s train --config configs/multi30k.yaml
     dist-s2s train --config configs/tiny.yaml --train.max_steps=20 --train.resume=true
+    torchrun --nproc_per_node 2 -m dist_s2s train --config configs/tiny.yaml --parallel.stages=2
 
-One step: batch of `train.batch_size` similar-length sentences → summed NLL / sentences →
-backward → rescale the gradient to norm 5 when larger → plain SGD at the scheduled rate.
+The loop is the same either way: batches of `train.batch_size` similar-length sentences, the
+learning rate by epoch, a log line every `log_every` steps, validation perplexity, checkpoints
+with the data cursor. What a step does comes from `step.SingleDeviceSteps` or, when launched by
+torchrun or the deepspeed launcher, `parallel.trainer.PipelineSteps`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -25,11 +29,11 @@ from dist_s2s.data.loader import BatchLoader
 from dist_s2s.data.manifest import MANIFEST, data_config_hash, load_manifest
 from dist_s2s.errors import UserError
 from dist_s2s.model.seq2seq import Seq2Seq
-from dist_s2s.train.checkpoint import CheckpointDir, check_compatible, load_checkpoint
-from dist_s2s.train.clipping import clip_gradients
+from dist_s2s.train.checkpoint import CheckpointDir, check_compatible, load_checkpoint, load_weights, model_weights
 from dist_s2s.train.plots import loss_curve
 from dist_s2s.train.schedule import learning_rate
-from dist_s2s.train.tracking import Tracker
+from dist_s2s.train.step import SingleDeviceSteps, StepResult
+from dist_s2s.train.tracking import QuietTracker, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,15 @@ def ensure_prepared(config: Config) -> dict[str, Any]:
     from dist_s2s.data.prepare import prepare
 
     return prepare(config)
+
+
+def prepared_manifest(config: Config) -> dict[str, Any]:
+    """The manifest, which pipeline ranks need ready: N processes must not prepare the data at once."""
+    out_dir = Path(config.data.out_dir)
+    if not (out_dir / MANIFEST).is_file() or load_manifest(out_dir)["config_hash"] != data_config_hash(config.data):
+        raise UserError(f"{out_dir} holds no data prepared with this data config; run `dist-s2s prepare` "
+                        f"with the same --config first (pipeline ranks do not prepare data)")
+    return load_manifest(out_dir)
 
 
 def pick_device(name: str) -> torch.device:
@@ -79,37 +92,57 @@ class Window:
     grad_norm: float = 0.0
     started: float = 0.0
 
-
-def validation_nll(model: Seq2Seq, loader: BatchLoader, device: torch.device) -> tuple[float, int]:
-    """Summed NLL and target tokens (</s> included) over a whole split."""
-    model.eval()
-    total, tokens = 0.0, 0
-    with torch.no_grad():
-        for batch in loader:
-            nll, count = model(batch.to(device))
-            total += float(nll)
-            tokens += int(count)
-    model.train()
-    return total, tokens
+    def add(self, result: StepResult) -> None:
+        self.steps += 1
+        self.sentences += result.sentences
+        self.nll += result.nll
+        self.target_tokens += result.target_tokens
+        self.words += result.words
+        self.grad_norm += result.grad_norm
 
 
-def train(config: Config) -> dict[str, Any]:
-    """Train to train.max_steps or optim.epochs; returns a summary of the run."""
+def train(config: Config) -> dict[str, Any] | None:
+    """Train to train.max_steps or optim.epochs; a summary of the run (None on pipeline ranks but rank 0)."""
+    from dist_s2s.parallel.trainer import join_process_group, launched_as_ranks, lost_contact
+
+    as_ranks = launched_as_ranks()
+    if as_ranks:
+        join_process_group(config)
+    elif config.parallel.stages * config.parallel.data > 1:
+        processes = config.parallel.stages * config.parallel.data
+        raise UserError(f"parallel.stages × parallel.data = {processes} processes: launch with "
+                        f"`torchrun --nproc_per_node {processes} -m dist_s2s train ...` or "
+                        f"`deepspeed --num_gpus {processes} --module dist_s2s train ...`")
     run_dir = Path(config.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = ensure_prepared(config)
-    device = pick_device(config.train.device)
+    manifest = prepared_manifest(config) if as_ranks else ensure_prepared(config)
     torch.manual_seed(config.train.seed)
-    model = Seq2Seq(config.model, manifest["vocab"]["src_size"], manifest["vocab"]["tgt_size"]).to(device)
-    parameters = list(model.parameters())
-    optimizer = torch.optim.SGD(parameters, lr=config.optim.lr, momentum=0.0)
-    loader = BatchLoader(config.data.out_dir, config.data.train_split, config.train.batch_size, seed=config.train.seed)
-    valid = BatchLoader(config.data.out_dir, config.train.valid_split, config.train.batch_size, shuffle=False)
+    model = Seq2Seq(config.model, manifest["vocab"]["src_size"], manifest["vocab"]["tgt_size"])
     checkpoints = CheckpointDir(run_dir / "checkpoints", keep=config.train.keep_checkpoints)
-    step = _resume(config, checkpoints, model, optimizer, loader, manifest)
+    resumed = _resume(config, checkpoints, model, manifest)  # weights go in before a pipeline takes the model
 
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    tracker = Tracker(config, run_dir, run_name=run_dir.name)
+    if as_ranks:
+        from dist_s2s.parallel.trainer import PipelineSteps
+
+        steps = PipelineSteps(config, model)
+    else:
+        steps = SingleDeviceSteps(config, model, pick_device(config.train.device))
+    loader = BatchLoader(config.data.out_dir, config.data.train_split, config.train.batch_size, seed=config.train.seed,
+                         replica=steps.replica, replicas=config.parallel.data)
+    valid = BatchLoader(config.data.out_dir, config.train.valid_split, config.train.batch_size, shuffle=False,
+                        replica=steps.replica, replicas=config.parallel.data)
+    step = 0
+    if resumed is not None:
+        loader.load_state_dict(resumed["loader"])
+        torch.set_rng_state(resumed["rng"]["torch"])
+        if torch.cuda.is_available() and resumed["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(resumed["rng"]["cuda"])
+        step = resumed["step"]
+        log.info("train: resumed at step %d, epoch %.3f", step, loader.epoch_progress)
+
+    tracker = Tracker(config, run_dir, run_name=run_dir.name) if steps.is_main else QuietTracker()
+    if steps.is_main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     if step == 0:
         for path in (run_dir / "config.yaml", Path(config.data.out_dir) / MANIFEST,
                      Path(config.data.out_dir) / manifest["vocab"]["src_file"],
@@ -118,65 +151,65 @@ def train(config: Config) -> dict[str, Any]:
 
     per_epoch = loader.batches_per_epoch()
     total_steps = config.train.max_steps or math.ceil(config.optim.epochs * per_epoch)
-    parameter_count = sum(p.numel() for p in parameters)
-    log.info("train: %s parameters on %s, %d batches/epoch, %d steps (%.2f epochs), from step %d",
-             f"{parameter_count:,}", device, per_epoch, total_steps, total_steps / per_epoch, step)
+    log.info("train: %s parameters, %d batches/epoch, %d steps (%.2f epochs), from step %d",
+             f"{sum(p.numel() for p in model.parameters()):,}", per_epoch, total_steps, total_steps / per_epoch, step)
 
     window = Window(started=time.perf_counter())
     batches = iter(loader)
     summary: dict[str, Any] = {}
     status = "FAILED"
     try:
-        with _progress(total_steps, step) as advance:
+        with _progress(total_steps, step, show=steps.is_main) as advance:
             while step < total_steps:
                 epochs_done = loader.epoch_progress
                 try:
-                    batch = next(batches).to(device)
+                    batch = next(batches)
                 except StopIteration:
                     batches = iter(loader)
                     continue
                 lr = learning_rate(config.optim, epochs_done)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
-                nll, target_tokens = model(batch)
-                (nll / batch.step_sentences).backward()  # §3.4: the gradient divided by the batch size
-                grad_norm = clip_gradients(parameters, config.optim.max_grad_norm)
-                optimizer.step()
+                window.add(steps.train_step(batch, lr))
                 step += 1
                 advance()
-
-                window.steps += 1
-                window.sentences += len(batch)
-                window.nll += float(nll.detach())
-                window.target_tokens += int(target_tokens)
-                window.words += batch.words
-                window.grad_norm += grad_norm
                 if step % config.train.log_every == 0 or step == total_steps:
                     summary.update(_log_window(window, step, loader.epoch_progress, lr, tracker))
                     window = Window(started=time.perf_counter())
                 if step % config.train.valid_every == 0 or step == total_steps:
                     validation_started = time.perf_counter()
-                    nll_sum, tokens = validation_nll(model, valid, device)
+                    nll_sum, tokens = steps.validation_nll(valid)
                     summary["valid/ppl"] = math.exp(nll_sum / tokens)
                     tracker.log_metrics({"valid/ppl": summary["valid/ppl"]}, step)
                     log.info("step %d | valid ppl %.2f", step, summary["valid/ppl"])
                     window.started += time.perf_counter() - validation_started  # not training time
                 if step % config.train.checkpoint_every == 0 or step == total_steps:
-                    _save(checkpoints, step, model, optimizer, loader, config, manifest, tracker.run_id)
+                    weights = steps.checkpoint_weights(checkpoints, step)
+                    if steps.is_main:
+                        _save(checkpoints, step, weights, loader, config, manifest, tracker.run_id)
         status = "FINISHED"
+    except RuntimeError as error:
+        if as_ranks and lost_contact(error):
+            latest = checkpoints.latest()
+            raise UserError(f"rank {os.environ.get('RANK')} lost contact with another rank at step {step + 1} "
+                            f"({str(error).splitlines()[0][:300]}): a rank died or hung for parallel.timeout_s="
+                            f"{config.parallel.timeout_s}; see its log. Resume with --train.resume=true "
+                            f"(latest checkpoint: {latest})") from None
+        raise
     finally:
-        if (run_dir / "metrics.jsonl").stat().st_size:
-            tracker.log_artifact(loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png"), "plots")
+        metrics_file = run_dir / "metrics.jsonl"
+        if steps.is_main and metrics_file.is_file() and metrics_file.stat().st_size:
+            tracker.log_artifact(loss_curve(metrics_file, run_dir / "loss_curve.png"), "plots")
         if status == "FINISHED" and step > 0 and checkpoints.latest():
             tracker.log_artifact(checkpoints.latest(), "checkpoints")
         tracker.finish(status)
+        steps.close()
+    if not steps.is_main:
+        return None
     summary.update({"step": step, "checkpoint": str(checkpoints.latest()), "mlflow_run_id": tracker.run_id,
                     "tracking_uri": tracker.uri})
     return summary
 
 
-def _log_window(window: Window, step: int, epochs: float, lr: float, tracker: Tracker) -> dict[str, float]:
+def _log_window(window: Window, step: int, epochs: float, lr: float, tracker) -> dict[str, float]:
     elapsed = max(time.perf_counter() - window.started, 1e-9)
     metrics = {
         "train/loss": window.nll / window.sentences,
@@ -193,35 +226,28 @@ def _log_window(window: Window, step: int, epochs: float, lr: float, tracker: Tr
     return metrics
 
 
-def _resume(config: Config, checkpoints: CheckpointDir, model: Seq2Seq, optimizer, loader: BatchLoader,
-            manifest: dict[str, Any]) -> int:
-    """Restore the latest checkpoint when resuming; the step to continue from."""
+def _resume(config: Config, checkpoints: CheckpointDir, model: Seq2Seq,
+            manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """Load the latest checkpoint's weights into `model` when resuming; its state (step, cursor, RNG)."""
     latest = checkpoints.latest()
     if latest is None:
         if config.train.resume:
             log.info("train: resume requested but %s has no checkpoint; starting fresh", checkpoints.directory)
-        return 0
+        return None
     if not config.train.resume:
         raise UserError(f"{config.train.run_dir} already has checkpoints (latest {latest.name}): "
                         f"pass --train.resume=true to continue, or choose another --train.run_dir")
     state = load_checkpoint(latest, checkpoints.expected_sha256(latest))
     check_compatible(latest, state["compat"], compatibility(config, manifest))
-    model.load_unsharded_state_dict(state["model"])
-    if state["optimizer"]["state"]:  # plain SGD keeps no state; its rate comes from the schedule
-        optimizer.load_state_dict(state["optimizer"])
-    loader.load_state_dict(state["loader"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if torch.cuda.is_available() and state["rng"].get("cuda"):
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    log.info("train: resumed from %s (step %d, epoch %.3f)", latest, state["step"], loader.epoch_progress)
-    return state["step"]
+    load_weights(model, latest, model_weights(latest, state))  # plain SGD keeps no optimizer state
+    log.info("train: resuming from %s", latest)
+    return state
 
 
-def _save(checkpoints: CheckpointDir, step: int, model: Seq2Seq, optimizer, loader: BatchLoader, config: Config,
+def _save(checkpoints: CheckpointDir, step: int, weights: dict[str, Any], loader: BatchLoader, config: Config,
           manifest: dict[str, Any], run_id: str | None) -> Path:
     return checkpoints.save(step, {
-        "model": model.unsharded_state_dict(),
-        "optimizer": optimizer.state_dict(),
+        **weights,
         "loader": loader.state_dict(),
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
@@ -234,12 +260,12 @@ def _save(checkpoints: CheckpointDir, step: int, model: Seq2Seq, optimizer, load
 class _progress:
     """A progress bar on a terminal; nothing when output is a file or a pipe."""
 
-    def __init__(self, total: int, done: int):
-        self.total, self.done = total, done
+    def __init__(self, total: int, done: int, show: bool = True):
+        self.total, self.done, self.show = total, done, show
         self.bar = None
 
     def __enter__(self):
-        if sys.stderr.isatty():
+        if self.show and sys.stderr.isatty():
             from rich.console import Console
             from rich.progress import Progress
 

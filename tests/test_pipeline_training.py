@@ -1,0 +1,234 @@
+"""`dist-s2s train` launched as pipeline ranks (torchrun, deepspeed) trains like the single-device trainer.
+
+Every run here goes through the real launchers and the real command line on the session's prepared
+tiny data, with `optim.max_grad_norm=1.0` so the gradient is rescaled at every step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dist_s2s.errors import UserError
+from dist_s2s.train.checkpoint import CheckpointDir, load_checkpoint, model_weights
+from dist_s2s.train.trainer import train
+
+from conftest import REPO, SHARED_DATA, free_port, tiny_config
+
+pytestmark = pytest.mark.integration
+
+CLIPPED = "--optim.max_grad_norm=1.0"
+
+
+def launch_env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path),
+            "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def run_overrides(prepared, run_dir: Path, *overrides: str) -> list[str]:
+    """The session's prepared tiny data, a log line every step, validation and a checkpoint every 3."""
+    return [f"--data.root={SHARED_DATA}", f"--data.out_dir={prepared.data.out_dir}", f"--train.run_dir={run_dir}",
+            "--train.log_every=1", "--train.valid_every=3", "--train.checkpoint_every=3", CLIPPED, *overrides]
+
+
+def train_arguments(prepared, run_dir: Path, *overrides: str) -> list[str]:
+    return ["train", "--config", str(REPO / "configs" / "tiny.yaml"), *run_overrides(prepared, run_dir, *overrides)]
+
+
+def torchrun(prepared, tmp_path: Path, processes: int, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "dist_s2s", *train_arguments(prepared, run_dir, *overrides)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=launch_env(tmp_path), cwd=tmp_path)
+
+
+def succeeded(result: subprocess.CompletedProcess) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output
+
+
+def weights_at(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    path = CheckpointDir(run_dir / "checkpoints", 3).path_of(step)
+    return model_weights(path, load_checkpoint(path))
+
+
+def largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def single_device_run(prepared, run_dir: Path, *overrides: str) -> Path:
+    train(tiny_config(run_dir.parent, *run_overrides(prepared, run_dir, *overrides)))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def reference(prepared_tiny, tmp_path_factory) -> Path:
+    """The single-device trainer, 6 steps on the tiny config (2 layers, 2 softmax shards)."""
+    return single_device_run(prepared_tiny, tmp_path_factory.mktemp("single") / "run", "--train.max_steps=6")
+
+
+@pytest.fixture(scope="module")
+def two_stages(prepared_tiny, tmp_path_factory) -> tuple[Path, str]:
+    """torchrun, 2 stages × 2 micro-batches, 6 steps; its run directory and console output."""
+    tmp_path = tmp_path_factory.mktemp("two_stages")
+    run_dir = tmp_path / "run"
+    output = succeeded(torchrun(prepared_tiny, tmp_path, 2, run_dir, "--parallel.stages=2",
+                                "--parallel.micro_batches=2", "--train.max_steps=6"))
+    return run_dir, output
+
+
+def test_two_stages_under_torchrun_end_at_the_single_device_weights(two_stages, reference):
+    run_dir, _ = two_stages
+    for step in (3, 6):
+        assert largest_difference(weights_at(run_dir, step), weights_at(reference, step)) < 1e-5
+    checkpoint = load_checkpoint(CheckpointDir(run_dir / "checkpoints", 3).path_of(6))
+    assert [part["file"] for part in checkpoint["model_parts"]] == ["step-00000006.stage-0.pt", "step-00000006.stage-1.pt"]
+
+
+def test_only_rank_zero_logs_to_the_console_and_to_mlflow(two_stages):
+    import mlflow
+
+    run_dir, output = two_stages
+    assert output.count("step 6 | epoch") == 1, output[-3000:]
+    assert output.count("trained to step 6") == 1
+    runs = mlflow.MlflowClient(f"sqlite:///{run_dir}/mlflow.db").search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(f"sqlite:///{run_dir}/mlflow.db").search_experiments()])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.metrics["train/loss"] > 0
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 6 + 2  # 6 log lines, 2 validations
+
+
+def test_a_pipeline_run_stopped_and_resumed_ends_bit_identical_to_one_straight_run(two_stages, prepared_tiny, tmp_path):
+    run_dir = tmp_path / "run"
+    layout = ("--parallel.stages=2", "--parallel.micro_batches=2")
+    succeeded(torchrun(prepared_tiny, tmp_path, 2, run_dir, *layout, "--train.max_steps=3"))
+    succeeded(torchrun(prepared_tiny, tmp_path, 2, run_dir, *layout, "--train.max_steps=6", "--train.resume=true"))
+    straight = weights_at(two_stages[0], 6)
+    resumed = weights_at(run_dir, 6)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_a_two_stage_checkpoint_resumes_as_one_stage_with_two_data_replicas(two_stages, reference, prepared_tiny,
+                                                                             tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    source = CheckpointDir(two_stages[0] / "checkpoints", 3)
+    for file in source.directory.glob("step-00000003.*"):
+        (run_dir / "checkpoints" / file.name).write_bytes(file.read_bytes())
+    (run_dir / "checkpoints" / "index.json").write_text(
+        '{"checkpoints": [{"step": 3, "file": "step-00000003.pt", "sha256": "%s"}]}' % source.expected_sha256(
+            source.path_of(3)))
+    output = succeeded(torchrun(prepared_tiny, tmp_path, 2, run_dir, "--parallel.stages=1", "--parallel.data=2",
+                                "--parallel.micro_batches=2", "--train.max_steps=6", "--train.resume=true"))
+    assert "resumed at step 3" in output
+    assert largest_difference(weights_at(run_dir, 6), weights_at(reference, 6)) < 1e-5
+
+
+def test_the_papers_eight_stage_layout_under_the_deepspeed_launcher_matches_one_device(prepared_tiny, tmp_path):
+    """4 LSTM layer stages + 4 softmax shard stages, 4 micro-batches: `deepspeed --num_gpus 8` on gloo."""
+    paper_layout = ("--model.num_layers=4", "--model.softmax_shards=4", "--train.max_steps=4")
+    single = single_device_run(prepared_tiny, tmp_path / "single" / "run", *paper_layout)
+    run_dir = tmp_path / "pipeline"
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "8", "--master_port", str(free_port()),
+               "--module", "dist_s2s", *train_arguments(prepared_tiny, run_dir, *paper_layout,
+                                                        "--parallel.stages=8", "--parallel.micro_batches=4")]
+    succeeded(subprocess.run(command, capture_output=True, text=True, timeout=400, env=launch_env(tmp_path),
+                             cwd=tmp_path))
+    assert len(load_checkpoint(CheckpointDir(run_dir / "checkpoints", 3).path_of(4))["model_parts"]) == 8
+    assert largest_difference(weights_at(run_dir, 4), weights_at(single, 4)) < 1e-5
+
+
+def test_stages_times_replicas_other_than_the_world_size_is_a_clear_error(prepared_tiny, tmp_path):
+    result = torchrun(prepared_tiny, tmp_path, 3, tmp_path / "run", "--parallel.stages=2", "--train.max_steps=1")
+    assert result.returncode != 0
+    assert "parallel.stages × parallel.data = 2 × 1 = 2, but 3 processes were launched" in result.stderr
+
+
+def test_several_stages_without_a_launcher_say_how_to_launch(prepared_tiny, tmp_path):
+    config = tiny_config(tmp_path, f"--data.out_dir={prepared_tiny.data.out_dir}", "--parallel.stages=2")
+    with pytest.raises(UserError, match=r"launch with `torchrun --nproc_per_node 2 -m dist_s2s train"):
+        train(config)
+
+
+def test_pipeline_ranks_do_not_prepare_data_themselves(tmp_path):
+    result = torchrun(tiny_config(tmp_path), tmp_path, 2, tmp_path / "run", "--parallel.stages=2")
+    assert result.returncode != 0
+    assert "run `dist-s2s prepare` with the same --config first" in result.stderr
+
+
+def test_converting_a_pipeline_checkpoint_to_one_file_and_back_to_stages_keeps_every_weight(two_stages, tmp_path):
+    from dist_s2s.cli import main
+
+    pipeline = CheckpointDir(two_stages[0] / "checkpoints", 3).path_of(6)
+    assert main(["convert", "--checkpoint", str(pipeline), "--output", str(tmp_path / "single.pt")]) == 0
+    single = load_checkpoint(tmp_path / "single.pt")
+    assert "model" in single and single["loader"] == load_checkpoint(pipeline)["loader"]
+    assert main(["convert", "--checkpoint", str(tmp_path / "single.pt"), "--output", str(tmp_path / "three.pt"),
+                 "--stages", "3"]) == 0
+    three = load_checkpoint(tmp_path / "three.pt")
+    assert len(three["model_parts"]) == 3
+    original = model_weights(pipeline, load_checkpoint(pipeline))
+    for converted in (single["model"], model_weights(tmp_path / "three.pt", three)):
+        assert all(torch.equal(original[k], converted[k]) for k in original)
+
+
+def start_two_nodes(prepared, tmp_path: Path, *overrides: str) -> list[subprocess.Popen]:
+    """Two `torchrun --nnodes 2` agents meeting at 127.0.0.1, one rank (one stage) each."""
+    port = free_port()
+    return [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1",
+         "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "dist_s2s",
+         *train_arguments(prepared, tmp_path / "run", "--parallel.stages=2", "--parallel.micro_batches=2",
+                          "--train.max_steps=100000", "--train.valid_every=100000", *overrides)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=launch_env(tmp_path), cwd=tmp_path,
+        start_new_session=True) for rank in range(2)]
+
+
+def worker_of(agent: subprocess.Popen) -> int:
+    import psutil
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        workers = [p for p in psutil.Process(agent.pid).children(recursive=True) if "dist_s2s" in " ".join(p.cmdline())]
+        if workers:
+            return workers[0].pid
+        time.sleep(0.5)
+    raise AssertionError("torchrun started no worker")
+
+
+def wait_until_training(run_dir: Path, nodes: list[subprocess.Popen]) -> None:
+    deadline = time.monotonic() + 120
+    while not ((run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 3):
+        assert time.monotonic() < deadline and all(n.poll() is None for n in nodes), "training never started"
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("fault, signal_number, seconds", [
+    ("killed", signal.SIGKILL, 30),   # the peer's sockets close: gloo fails at once
+    ("hung", signal.SIGSTOP, 60),     # nothing closes: parallel.timeout_s=5 ends the wait
+])
+def test_a_rank_that_dies_or_hangs_makes_the_other_exit_with_a_clear_error(prepared_tiny, tmp_path, fault,
+                                                                            signal_number, seconds):
+    nodes = start_two_nodes(prepared_tiny, tmp_path, "--parallel.timeout_s=5")
+    try:
+        wait_until_training(tmp_path / "run", nodes)
+        os.kill(worker_of(nodes[1]), signal_number)
+        hit = time.monotonic()
+        output = nodes[0].communicate(timeout=seconds)[0]
+        assert time.monotonic() - hit < seconds
+        assert nodes[0].returncode != 0
+        assert "dist-s2s: error: rank 0 lost contact with another rank at step" in output, output[-3000:]
+        assert "Resume with --train.resume=true" in output
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
