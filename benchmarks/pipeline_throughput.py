@@ -50,7 +50,8 @@ def run(config: str, out_dir: str, stages: int | None, steps: int, micro: int, c
         result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
         if result.returncode != 0:
             raise SystemExit(result.stderr[-3000:])
-        windows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        windows = [r for r in records if "train/words_per_sec" in r]
     return {
         "mode": "single" if stages is None else "pipeline",
         "stages": stages or 0,
