@@ -37,10 +37,11 @@ def main() -> None:
                                         replica=replica, replicas=config.parallel.data))
     reference_batches = iter(BatchLoader(config.data.out_dir, "train", config.train.batch_size, seed=config.train.seed))
     optimizer = torch.optim.SGD(reference.parameters(), lr=config.optim.lr)
-    losses, reference_losses, norms, reference_norms = [], [], [], []
+    losses, reference_losses, norms, reference_norms, shapes = [], [], [], [], []
     micro, replicas = config.parallel.micro_batches, config.parallel.data
     for _ in range(steps):
         batch = next(pipeline_batches)
+        shapes.append([[part.src.shape[1], part.tgt_in.shape[1]] for part in batch.split(micro)])
         losses.append(float(engine.train_batch(data_iter=micro_batches(batch, micro,
                                                                         training_scale(batch, micro, replicas)))))
         norms.append(engine.last_grad_norm)
@@ -64,7 +65,7 @@ def main() -> None:
         torch.save(reference.unsharded_state_dict(), out_dir / "reference.pt")
     (out_dir / f"rank-{rank}.json").write_text(json.dumps({
         "stage": engine.stage_id, "local": local, "part": part, "max_difference": difference,
-        "losses": losses, "reference_losses": reference_losses, "norms": norms, "reference_norms": reference_norms,
+        "micro_batch_shapes": shapes, "losses": losses, "reference_losses": reference_losses, "norms": norms, "reference_norms": reference_norms,
     }))
 
 

@@ -42,7 +42,16 @@ def test_pipeline_parameters_and_losses_match_the_single_device_trainer(prepared
         assert min(rank["reference_norms"]) > 1.0, "clipping triggered at every step"
     last = [r for r in ranks if r["stage"] == stages - 1][0]
     assert last["losses"] == pytest.approx(last["reference_losses"], rel=1e-5)
+    assert_lengths_varied(ranks[0]["micro_batch_shapes"], micro)
     assert_stage_parts_merge_into_the_single_device_weights(tmp_path, [r["part"] for r in ranks if r["part"]], layers)
+
+
+def assert_lengths_varied(shapes: list[list[list[int]]], micro: int) -> None:
+    """The match above covers batches of several (source, target) widths, and micro-batches of
+    unequal widths within a step: a stage reading a stale or mis-shaped buffer could not match."""
+    assert len({tuple(map(tuple, step)) for step in shapes}) == len(shapes), "every step has its own widths"
+    if micro > 1:
+        assert any(len({tuple(part) for part in step}) > 1 for step in shapes), "micro-batch widths differ in a step"
 
 
 def assert_stage_parts_merge_into_the_single_device_weights(tmp_path, parts: list[dict], layers: int) -> None:
