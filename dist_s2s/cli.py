@@ -31,12 +31,52 @@ def _train(config: Config, args: argparse.Namespace) -> None:
         return
     print(f"trained to step {summary['step']}: valid ppl {summary.get('valid/ppl', float('nan')):.2f}; "
           f"checkpoint {summary['checkpoint']}; MLflow run {summary['mlflow_run_id']} at {summary['tracking_uri']}")
+    if "eval" in summary:
+        print_scores(summary["eval"])
 
 
 def _download(config: Config, args: argparse.Namespace) -> None:
     from dist_s2s.data.download import download
 
     download(config.data.root, args.corpus, mirror=args.mirror)
+
+
+def _translate(config: Config, args: argparse.Namespace) -> None:
+    from dist_s2s.decode.translator import translate_command
+
+    translate_command(config, args.checkpoint, args.beam or config.eval.beam_size, args.nbest, args.input, args.output,
+                      sys.stdin, sys.stdout)
+
+
+def _rescore(config: Config, args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from dist_s2s.decode.rescore import rescore_command
+    from dist_s2s.decode.translator import Translator, read_lines
+    from dist_s2s.train.trainer import pick_device
+
+    if args.input and not Path(args.input).is_file():
+        raise UserError(f"input file not found: {args.input}")
+    translator = Translator(config, [Path(c) for c in args.checkpoint], pick_device(config.train.device))
+    best = rescore_command(translator, read_lines(args.input, sys.stdin), Path(args.nbest), args.weight)
+    text = "".join(line + "\n" for line in best)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+def _evaluate(config: Config, args: argparse.Namespace) -> None:
+    from dist_s2s.evaluate.evaluate import evaluate
+
+    print_scores(evaluate(config, args.checkpoint, args.split, args.beam, args.output))
+
+
+def print_scores(scores: dict) -> None:
+    print(f"{scores['split']} beam {scores['beam']}: BLEU {scores['bleu']:.2f} ({scores['signature']['bleu']})")
+    print(f"{scores['split']} beam {scores['beam']}: chrF {scores['chrf']:.2f} ({scores['signature']['chrf']})")
+    print(f"{scores['split']} beam {scores['beam']}: tokenized BLEU {scores['tokenized_bleu']:.2f} "
+          f"(Moses tokens, the paper's convention; not comparable with sacreBLEU)")
 
 
 def _convert(config: Config, args: argparse.Namespace) -> None:
@@ -54,6 +94,9 @@ COMMANDS: dict[str, tuple[str, Callable[[Config, argparse.Namespace], None]]] = 
     "train": ("train the paper's model: on one device (preparing the data when needed), or as a pipeline "
               "under torchrun / deepspeed", _train),
     "download": ("fetch the public corpora into data.root, checksummed", _download),
+    "translate": ("translate text with beam search (several checkpoints: an ensemble)", _translate),
+    "evaluate": ("translate a prepared split and score it: sacreBLEU BLEU/chrF, tokenized BLEU, analyses", _evaluate),
+    "rescore": ("rerank an n-best list by interpolating its scores with the model's log-probability", _rescore),
     "convert": ("rewrite a checkpoint as one single-device file or as per-stage pipeline parts", _convert),
 }
 
@@ -77,6 +120,25 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="corpora to fetch (multi30k, wmt14_dev, wmt14_test, wmt14_train)")
             command.add_argument("--mirror", metavar="URL",
                                  help="fetch data.root's layout from this base URL instead of the upstream sites")
+        if name in ("translate", "evaluate", "rescore"):
+            command.add_argument("--checkpoint", required=True, nargs="+", metavar="FILE",
+                                 help="checkpoint(s); several decode as an ensemble")
+            command.add_argument("--output", metavar="FILE",
+                                 help="write here instead of stdout" if name != "evaluate"
+                                 else "also write the scores as JSON (bleu, chrf, signature)")
+        if name in ("translate", "evaluate"):
+            command.add_argument("--beam", type=int, metavar="N", help="beam width (default eval.beam_size)")
+        if name in ("translate", "rescore"):
+            command.add_argument("--input", metavar="FILE", help="source sentences, one a line (default stdin)")
+        if name == "translate":
+            command.add_argument("--nbest", type=int, default=1, metavar="K",
+                                 help="write the K best of each line in Moses n-best format")
+        if name == "evaluate":
+            command.add_argument("--split", metavar="NAME", help="prepared split (default eval.split)")
+        if name == "rescore":
+            command.add_argument("--nbest", required=True, metavar="FILE", help="Moses n-best list to rerank")
+            command.add_argument("--weight", type=float, default=0.5,
+                                 help="weight of the list's own score (0: the model alone; 0.5: the paper's average)")
         if name == "convert":
             command.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint to read (either format)")
             command.add_argument("--output", required=True, metavar="FILE", help="checkpoint file to write")

@@ -153,6 +153,8 @@ class EvalConfig:
     """Stop a hypothesis at this many times the source length (plus 10)."""
     batch_size: int = 64
     """Sentences decoded together."""
+    after_training: bool = False
+    """When training ends, evaluate the final checkpoint on eval.split at eval.beam_size (rank 0)."""
 
 
 @dataclass

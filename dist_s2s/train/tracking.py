@@ -39,13 +39,15 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 class Tracker:
-    def __init__(self, config: Config, run_dir: Path, run_name: str | None = None):
+    def __init__(self, config: Config, run_dir: Path, run_name: str | None = None, store_dir: Path | None = None):
+        """`run_dir` keeps the local record and run id; the default sqlite store lives in
+        `store_dir` (default `run_dir`): an evaluation logs beside the training run it evaluates."""
         self.run_dir = Path(run_dir)
         self.local = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
         self.client = None
         self.run_id: str | None = None
         self._warned = False
-        self.uri = tracking_uri(config, self.run_dir)
+        self.uri = tracking_uri(config, Path(store_dir or run_dir))
         # A server that does not answer should cost seconds, not MLflow's minutes of retries.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -58,7 +60,8 @@ class Tracker:
         client = MlflowClient(self.uri)
         experiment = client.get_experiment_by_name(config.tracking.experiment)
         if experiment is None:
-            artifacts = (self.run_dir.resolve() / "mlruns").as_uri() if self.uri.startswith("sqlite:///") else None
+            artifacts = (Path(self.uri[len("sqlite:///"):]).resolve().parent / "mlruns").as_uri() \
+                if self.uri.startswith("sqlite:///") else None
             experiment_id = client.create_experiment(config.tracking.experiment, artifact_location=artifacts)
         else:
             experiment_id = experiment.experiment_id
@@ -99,6 +102,12 @@ class Tracker:
 
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), timestamp, step) for k, v in metrics.items()])
 
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self.client is not None:
+            from mlflow.entities import Param
+
+            self._guard(self.client.log_batch, self.run_id, [], [Param(k, str(v)[:6000]) for k, v in params.items()])
+
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         if self.client is not None:
             self._guard(self.client.log_artifact, self.run_id, str(path), folder)
@@ -117,6 +126,12 @@ class QuietTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         pass
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self.client is not None:
+            from mlflow.entities import Param
+
+            self._guard(self.client.log_batch, self.run_id, [], [Param(k, str(v)[:6000]) for k, v in params.items()])
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         pass

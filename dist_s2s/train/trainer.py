@@ -206,6 +206,10 @@ def train(config: Config) -> dict[str, Any] | None:
         return None
     summary.update({"step": step, "checkpoint": str(checkpoints.latest()), "mlflow_run_id": tracker.run_id,
                     "tracking_uri": tracker.uri})
+    if config.eval.after_training:
+        from dist_s2s.evaluate.evaluate import evaluate
+
+        summary["eval"] = evaluate(config, [str(checkpoints.latest())])
     return summary
 
 

@@ -1,0 +1,144 @@
+"""Text in, text out: `dist-s2s translate`.
+
+    dist-s2s translate --config configs/multi30k.yaml --checkpoint runs/multi30k/checkpoints/step-00001703.pt \\
+        --beam 12 < src.en > hyp.fr
+    dist-s2s translate --config ... --checkpoint A.pt B.pt C.pt --nbest 12 --input src.en --output hyp.nbest
+
+Sources get the training data's preprocessing (whitespace folding, sacremoses normalization and
+tokenization, lowercasing if configured, the vocabulary's <unk>, reversal); sentences are
+decoded many at a time, sorted by length so a batch pads little, and come back in input order,
+detokenized. An empty line translates to an empty line (counted). Several checkpoints decode
+as an ensemble.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dist_s2s.config import Config, config_from_dict
+from dist_s2s.data.manifest import load_manifest
+from dist_s2s.data.tokenize import detokenize, tokenize
+from dist_s2s.data.vocab import PAD_ID, UNK_ID, Vocab
+from dist_s2s.decode.beam import Ensemble, Hypothesis, beam_search
+from dist_s2s.errors import UserError
+from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.train.checkpoint import check_compatible, load_checkpoint, load_weights, model_weights
+from dist_s2s.train.trainer import pick_device
+
+log = logging.getLogger(__name__)
+
+
+def load_model(path: Path, manifest: dict, device: torch.device) -> Seq2Seq:
+    """A checkpoint (either format) as an eval-mode model, refused if trained on another vocabulary."""
+    state = load_checkpoint(Path(path))
+    vocab = manifest["vocab"]
+    check_compatible(Path(path), state["compat"], {
+        "vocab.src_size": vocab["src_size"], "vocab.tgt_size": vocab["tgt_size"],
+        "vocab.src_sha256": vocab["src_sha256"], "vocab.tgt_sha256": vocab["tgt_sha256"],
+    })
+    model = Seq2Seq(config_from_dict(state["config"]).model, vocab["src_size"], vocab["tgt_size"])
+    load_weights(model, Path(path), model_weights(Path(path), state))
+    return model.to(device).eval()
+
+
+@dataclass
+class Translation:
+    text: str
+    tokens: list[str]
+    score: float
+    model_scores: list[float] = field(default_factory=list)
+
+
+class Translator:
+    def __init__(self, config: Config, checkpoints: list[Path], device: torch.device | str = "cpu"):
+        out_dir = Path(config.data.out_dir)
+        manifest = load_manifest(out_dir)
+        self.config = config
+        self.device = torch.device(device)
+        self.src_vocab = Vocab.load(out_dir / manifest["vocab"]["src_file"])
+        self.tgt_vocab = Vocab.load(out_dir / manifest["vocab"]["tgt_file"])
+        self.ensemble = Ensemble([load_model(path, manifest, self.device) for path in checkpoints])
+        self.prepared = manifest["config"]  # the data config the vocabulary was built with
+
+    def source_ids(self, text: str) -> list[int]:
+        """A raw source line → model input ids, exactly as `prepare` makes them."""
+        text = " ".join(text.split())
+        tokens = tokenize(text, self.prepared["src_lang"], self.prepared["lowercase"]) if text else []
+        ids = self.src_vocab.encode(tokens)
+        return ids[::-1] if self.prepared["reverse_source"] else ids
+
+    def translate(self, lines: list[str], beam: int, nbest: int = 1) -> list[list[Translation]]:
+        """The `nbest` translations of every line, in input order."""
+        return self.translate_ids([self.source_ids(line) for line in lines], beam, nbest)
+
+    def translate_ids(self, sources: list[list[int]], beam: int, nbest: int = 1,
+                      batch_size: int | None = None) -> list[list[Translation]]:
+        batch_size = batch_size or self.config.eval.batch_size
+        results: list[list[Translation]] = [[Translation("", [], 0.0)] for _ in sources]
+        order = sorted((i for i, ids in enumerate(sources) if ids), key=lambda i: -len(sources[i]))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            lengths = torch.tensor([len(sources[i]) for i in chunk])
+            src = torch.full((len(chunk), int(lengths.max())), PAD_ID, dtype=torch.long)
+            for row, index in enumerate(chunk):
+                src[row, :len(sources[index])] = torch.tensor(sources[index])
+            found = beam_search(self.ensemble, src.to(self.device), lengths.to(self.device), beam,
+                                self.config.eval.max_length_ratio, nbest)
+            for index, hypotheses in zip(chunk, found):
+                results[index] = [self._text(h) for h in hypotheses]
+        return results
+
+    def _text(self, hypothesis: Hypothesis) -> Translation:
+        tokens = self.tgt_vocab.decode(hypothesis.tokens)
+        return Translation(detokenize(tokens, self.prepared["tgt_lang"]), tokens, hypothesis.score,
+                           hypothesis.model_scores)
+
+    def unknown_share(self, lines: list[str]) -> float:
+        ids = [i for line in lines for i in self.source_ids(line)]
+        return sum(i == UNK_ID for i in ids) / max(1, len(ids))
+
+
+def moses_nbest_lines(index: int, translations: list[Translation]) -> list[str]:
+    """Moses n-best format: `id ||| hypothesis ||| features ||| score`, one model score feature per member."""
+    return [f"{index} ||| {t.text} ||| " + " ".join(f"LSTM{m}= {s:.6f}" for m, s in enumerate(t.model_scores))
+            + f" ||| {t.score:.6f}" for t in translations]
+
+
+def read_lines(path: Path | None, stream) -> list[str]:
+    """Input lines from a file or a stream; invalid UTF-8 is an error naming the line."""
+    raw = Path(path).read_bytes() if path else stream.buffer.read()
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    decoded = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            decoded.append(line.rstrip(b"\r").decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise UserError(f"{path or '<stdin>'}:{number}: invalid UTF-8 at byte {error.start}") from None
+    return decoded
+
+
+def translate_command(config: Config, checkpoints: list[str], beam: int, nbest: int, input_path: str | None,
+                      output_path: str | None, stdin, stdout) -> dict:
+    if input_path and not Path(input_path).is_file():
+        raise UserError(f"input file not found: {input_path}")
+    translator = Translator(config, [Path(c) for c in checkpoints], pick_device(config.train.device))
+    lines = read_lines(input_path, stdin)
+    results = translator.translate(lines, beam, nbest)
+    if nbest > 1:
+        text = "".join(line + "\n" for index, found in enumerate(results) for line in moses_nbest_lines(index, found))
+    else:
+        text = "".join(found[0].text + "\n" for found in results)
+    if output_path:
+        Path(output_path).write_text(text, encoding="utf-8")
+    else:
+        stdout.write(text)
+    empty = sum(1 for line in lines if not line.strip())
+    log.info("translate: %d lines (%d empty → empty output), beam %d, %d model(s), %.1f%% source words <unk>",
+             len(lines), empty, beam, len(translator.ensemble.models), 100 * translator.unknown_share(lines))
+    return {"lines": len(lines), "empty": empty}

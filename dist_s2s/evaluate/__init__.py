@@ -1,0 +1,1 @@
+"""Scoring translations of a prepared split: sacreBLEU, and the paper's analyses."""

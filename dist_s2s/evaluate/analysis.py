@@ -1,0 +1,114 @@
+"""The paper's analyses: BLEU by sentence length and by word rarity (Figure 3), PCA of sentence
+vectors (Figure 2). Each returns its numbers and writes a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from sacrebleu.metrics import BLEU
+
+from dist_s2s.decode.translator import Translator
+
+LENGTH_EDGES = (0, 8, 11, 14, 17, 21, 26, 35)
+"""Source-length bins (words): [1, 8], [9, 11], …, > 35."""
+
+# Figure 2 of the paper: the same words in different orders, and one event said actively and passively.
+PHRASES = (
+    "John admires Mary", "Mary admires John", "Mary is in love with John", "John is in love with Mary",
+    "John respects Mary", "Mary respects John",
+    "I gave her a card in the garden", "In the garden , I gave her a card", "She was given a card by me in the garden",
+    "She gave me a card in the garden", "In the garden , she gave me a card", "I was given a card by her in the garden",
+)
+
+
+def bleu_of(hypotheses: list[str], references: list[str]) -> float:
+    return BLEU().corpus_score(hypotheses, [references]).score if hypotheses else float("nan")
+
+
+def binned_bleu(keys: list[float], hypotheses: list[str], references: list[str],
+                edges: list[float]) -> list[dict]:
+    """Corpus BLEU of the sentences whose key falls in each (edges[i], edges[i+1]] bin; the last bin is open."""
+    bins = []
+    bounds = list(edges) + [float("inf")]
+    for low, high in zip(bounds[:-1], bounds[1:]):
+        rows = [i for i, key in enumerate(keys) if low < key <= high]
+        bins.append({"low": low, "high": high, "sentences": len(rows),
+                     "bleu": bleu_of([hypotheses[i] for i in rows], [references[i] for i in rows])})
+    return bins
+
+
+def frequency_rank(src_ids: list[list[int]], vocab_size: int) -> list[float]:
+    """Average frequency rank of each source's words: word ids are ranks (most frequent first), <unk> ranks last."""
+    from dist_s2s.data.vocab import UNK_ID
+
+    return [float(np.mean([vocab_size if i == UNK_ID else i for i in ids])) if ids else 0.0 for ids in src_ids]
+
+
+def quantile_edges(values: list[float], bins: int) -> list[float]:
+    """Bin edges giving about equal sentence counts (the first edge below every value)."""
+    inner = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]).tolist()
+    return [min(values) - 1e-9, *sorted(set(inner))]
+
+
+def plot_bins(bins: list[dict], xlabel: str, title: str, path: Path, whole: bool = False) -> Path:
+    """BLEU per bin; `whole` labels integer bins by their first and last member (1–8, 9–11, …)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = 1 if whole else 0
+    labels = [f"{b['low'] + first:.0f}–{b['high']:.0f}" if b["high"] != float("inf") else f">{b['low']:.0f}"
+              for b in bins]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(range(len(bins)), [b["bleu"] for b in bins], marker="o")
+    for x, b in enumerate(bins):
+        axis.annotate(f"n={b['sentences']}", (x, b["bleu"]), textcoords="offset points", xytext=(0, 6),
+                      ha="center", fontsize=7)
+    axis.set_xticks(range(len(bins)), labels, rotation=30)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel("BLEU (sacreBLEU)")
+    axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+@torch.no_grad()
+def sentence_vectors(translator: Translator, phrases: tuple[str, ...] = PHRASES) -> np.ndarray:
+    """Each phrase's encoder summary: the final hidden states of every encoder layer, concatenated
+    (the state the decoder starts from), averaged over the ensemble's members."""
+    vectors = []
+    for phrase in phrases:
+        ids = translator.source_ids(phrase)
+        src = torch.tensor([ids], device=translator.device)
+        lengths = torch.tensor([len(ids)])
+        states = translator.ensemble.encode(src, lengths)
+        vectors.append(torch.stack([torch.cat([h[0, 0] for h, _ in member]) for member in states]).mean(0).cpu().numpy())
+    return np.stack(vectors)
+
+
+def pca_2d(vectors: np.ndarray) -> np.ndarray:
+    centered = vectors - vectors.mean(axis=0)
+    _, _, components = np.linalg.svd(centered, full_matrices=False)
+    return centered @ components[:2].T
+
+
+def plot_pca(points: np.ndarray, phrases: tuple[str, ...], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 6))
+    axis.scatter(points[:, 0], points[:, 1])
+    for (x, y), phrase in zip(points, phrases):
+        axis.annotate(phrase, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axis.set_title("2-D PCA of the encoder's final states (paper Figure 2)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,121 @@
+"""`dist-s2s evaluate`: translate a prepared split and score it.
+
+    dist-s2s evaluate --config configs/multi30k.yaml --checkpoint runs/multi30k/checkpoints/step-00001703.pt \\
+        --split test2016 --beam 12 --output scores.json
+
+Scores: sacreBLEU BLEU and chrF on detokenized output against the raw references, with their
+signatures (comparable across papers), and BLEU on Moses tokens (`tokenize=none`), the paper's
+multi-bleu convention, labelled as such. Hypotheses, scores and the analyses' plots go to
+`<run_dir>/eval/<split>-beam<N>/` and to an MLflow run beside the training run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from sacrebleu.metrics import BLEU, CHRF
+
+from dist_s2s.config import Config
+from dist_s2s.data.manifest import load_manifest, shards_of
+from dist_s2s.data.shards import read_table
+from dist_s2s.data.tokenize import tokenize
+from dist_s2s.decode.translator import Translator
+from dist_s2s.errors import UserError
+from dist_s2s.evaluate import analysis
+from dist_s2s.train.tracking import RUN_ID_FILE, Tracker
+from dist_s2s.train.trainer import pick_device
+
+log = logging.getLogger(__name__)
+
+
+def split_rows(out_dir: Path, split: str) -> pa.Table:
+    """A prepared split's rows in corpus order, with their raw text."""
+    manifest = load_manifest(out_dir)
+    if split not in manifest["splits"]:
+        raise UserError(f"split {split!r} is not prepared in {out_dir} (prepared: {', '.join(sorted(manifest['splits']))})")
+    tables = [read_table(out_dir / shard["path"]) for shard in shards_of(manifest, split)]
+    table = pa.concat_tables(tables).select(["src_ids", "src_len", "input", "line", "src_text", "tgt_text"])
+    if table.num_rows and table.column("tgt_text").null_count:
+        raise UserError(f"split {split!r} in {out_dir} keeps no reference text (the training split cannot be evaluated)")
+    return table.sort_by([("input", "ascending"), ("line", "ascending")])
+
+
+def evaluate(config: Config, checkpoints: list[str], split: str | None = None, beam: int | None = None,
+             output: str | None = None) -> dict[str, Any]:
+    split = split or config.eval.split
+    beam = beam or config.eval.beam_size
+    out_dir = Path(config.data.out_dir)
+    rows = split_rows(out_dir, split)
+    translator = Translator(config, [Path(c) for c in checkpoints], pick_device(config.train.device))
+    src_ids = [list(ids) for ids in rows.column("src_ids").to_pylist()]
+    references = rows.column("tgt_text").to_pylist()
+
+    started = time.perf_counter()
+    translations = [found[0] for found in translator.translate_ids(src_ids, beam)]
+    seconds = time.perf_counter() - started
+    hypotheses = [t.text for t in translations]
+
+    bleu, chrf = BLEU(), CHRF()
+    bleu_score, chrf_score = bleu.corpus_score(hypotheses, [references]), chrf.corpus_score(hypotheses, [references])
+    prepared = translator.prepared
+    tokenized_refs = [" ".join(tokenize(" ".join(r.split()), prepared["tgt_lang"], prepared["lowercase"]))
+                      for r in references]
+    tokenized_bleu = BLEU(tokenize="none").corpus_score([" ".join(t.tokens) for t in translations], [tokenized_refs])
+    scores = {
+        "split": split, "beam": beam, "checkpoints": [str(c) for c in checkpoints], "sentences": len(hypotheses),
+        "filtered_from_split": sum(load_manifest(out_dir)["filtered"].get(split, {}).values()),
+        "bleu": round(bleu_score.score, 2), "chrf": round(chrf_score.score, 2),
+        "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
+        "tokenized_bleu": round(tokenized_bleu.score, 2),
+        "tokenized_bleu_note": "BLEU on Moses tokens (tokenize=none), the paper's multi-bleu convention; "
+                               "not comparable with sacreBLEU",
+        "sentences_per_sec": round(len(hypotheses) / max(seconds, 1e-9), 2),
+    }
+
+    report_dir = Path(config.train.run_dir) / "eval" / f"{split}-beam{beam}"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "hypotheses.txt").write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+    plots = _analyses(translator, rows, src_ids, hypotheses, references, report_dir, scores)
+    (report_dir / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(scores, indent=2) + "\n")
+
+    (report_dir / RUN_ID_FILE).unlink(missing_ok=True)  # every evaluation is its own MLflow run
+    tracker = Tracker(config, report_dir, run_name=f"evaluate {split} beam {beam}",
+                      store_dir=Path(config.train.run_dir))
+    tracker.log_params({"eval.checkpoints": json.dumps(scores["checkpoints"]), "eval.split": split,
+                        "eval.beam": beam, "sacrebleu.signature": scores["signature"]["bleu"]})
+    tracker.log_metrics({f"{split}/bleu": scores["bleu"], f"{split}/chrf": scores["chrf"],
+                         f"{split}/tokenized_bleu": scores["tokenized_bleu"]}, step=0)
+    for path in [report_dir / "hypotheses.txt", report_dir / "scores.json", *plots]:
+        tracker.log_artifact(path, "eval")
+    tracker.finish()
+    scores["mlflow_run_id"], scores["report_dir"] = tracker.run_id, str(report_dir)
+    log.info("evaluate: %s, beam %d, %d sentences (%.1f/s): BLEU %.2f, chrF %.2f, tokenized BLEU %.2f",
+             split, beam, len(hypotheses), scores["sentences_per_sec"], scores["bleu"], scores["chrf"],
+             scores["tokenized_bleu"])
+    return scores
+
+
+def _analyses(translator: Translator, rows: pa.Table, src_ids: list[list[int]], hypotheses: list[str],
+              references: list[str], report_dir: Path, scores: dict[str, Any]) -> list[Path]:
+    lengths = rows.column("src_len").to_pylist()
+    by_length = analysis.binned_bleu(lengths, hypotheses, references, list(analysis.LENGTH_EDGES))
+    ranks = analysis.frequency_rank(src_ids, len(translator.src_vocab))
+    by_rarity = analysis.binned_bleu(ranks, hypotheses, references, analysis.quantile_edges(ranks, 6)) \
+        if len(ranks) >= 6 else []
+    scores["bleu_by_length"], scores["bleu_by_rarity"] = by_length, by_rarity
+    plots = [analysis.plot_bins(by_length, "source sentence length (words)", "BLEU by sentence length",
+                                report_dir / "bleu_by_length.png", whole=True)]
+    if by_rarity:
+        plots.append(analysis.plot_bins(by_rarity, "average frequency rank of the source words",
+                                        "BLEU by word rarity", report_dir / "bleu_by_rarity.png"))
+    points = analysis.pca_2d(analysis.sentence_vectors(translator))
+    plots.append(analysis.plot_pca(points, analysis.PHRASES, report_dir / "sentence_pca.png"))
+    return plots

@@ -1,0 +1,112 @@
+"""Beam search: exact with a beam as wide as the search space, greedy at width 1, batch-invariant."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from dist_s2s.config import ModelConfig
+from dist_s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from dist_s2s.decode.beam import Ensemble, beam_search
+from dist_s2s.model.seq2seq import Seq2Seq
+
+
+def peaky_model(seed: int, tgt_vocab: int = 7) -> Seq2Seq:
+    """Random weights in [-1, 1]: next-word distributions far from uniform, so orders matter."""
+    torch.manual_seed(seed)
+    return Seq2Seq(ModelConfig(embedding_dim=8, hidden_size=8, num_layers=2, softmax_shards=2, init_range=1.0),
+                   11, tgt_vocab).eval()
+
+
+SOURCES = torch.tensor([[5, 6, 7, 8], [9, 4, 10, 0], [6, 6, 0, 0]])
+LENGTHS = torch.tensor([4, 3, 2])
+
+
+@torch.no_grad()
+def sequence_log_prob(model: Seq2Seq, src: torch.Tensor, length: torch.Tensor, words: tuple[int, ...]) -> float:
+    """log p(words </s> | src), teacher-forced: the reference the search is checked against."""
+    tgt_in = torch.tensor([[BOS_ID, *words]])
+    tgt_out = torch.tensor([[*words, EOS_ID]])
+    hidden, _ = model.decode(tgt_in, model.encode(src[None], length[None]))
+    return float(model.log_probs(hidden[0]).gather(1, tgt_out.T).sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_beam_as_wide_as_the_search_space_finds_the_most_probable_sequences_exactly(seed):
+    model = peaky_model(seed, tgt_vocab=7)  # words the search may emit: <unk>, 4, 5, 6 and </s>
+    words = [UNK_ID, 4, 5, 6]
+    max_words = 3
+    space = [seq for n in range(max_words + 1) for seq in itertools.product(words, repeat=n)]
+    found = beam_search(Ensemble([model]), SOURCES, LENGTHS, beam=len(words) ** max_words * len(words),
+                        max_length_ratio=0.0, nbest=5, extra_words=max_words)
+    for sentence in range(len(SOURCES)):
+        exact = sorted(((sequence_log_prob(model, SOURCES[sentence], LENGTHS[sentence], seq), seq) for seq in space),
+                       reverse=True)[:5]
+        assert [tuple(h.tokens) for h in found[sentence]] == [seq for _, seq in exact]
+        assert [h.score for h in found[sentence]] == pytest.approx([score for score, _ in exact], abs=1e-4)
+
+
+@torch.no_grad()
+def greedy(model: Seq2Seq, src: torch.Tensor, length: torch.Tensor, max_words: int) -> list[int]:
+    states = model.encode(src[None], length[None])
+    word, words = BOS_ID, []
+    for _ in range(max_words + 1):
+        hidden, states = model.decode(torch.tensor([[word]]), states)
+        log_probs = model.log_probs(hidden[:, 0])[0]
+        log_probs[[PAD_ID, BOS_ID]] = float("-inf")
+        if len(words) == max_words:
+            return words
+        word = int(log_probs.argmax())
+        if word == EOS_ID:
+            return words
+        words.append(word)
+    return words
+
+
+def test_a_beam_of_one_is_greedy_search():
+    model = peaky_model(3, tgt_vocab=30)
+    found = beam_search(Ensemble([model]), SOURCES, LENGTHS, beam=1, max_length_ratio=2.0)
+    for sentence in range(len(SOURCES)):
+        expected = greedy(model, SOURCES[sentence], LENGTHS[sentence], int(LENGTHS[sentence]) * 2 + 10)
+        assert found[sentence][0].tokens == expected
+
+
+def test_decoding_a_batch_gives_each_sentence_what_decoding_it_alone_gives():
+    model = peaky_model(4, tgt_vocab=30)
+    together = beam_search(Ensemble([model]), SOURCES, LENGTHS, beam=4, nbest=3)
+    for sentence in range(len(SOURCES)):
+        width = int(LENGTHS[sentence])
+        alone = beam_search(Ensemble([model]), SOURCES[sentence:sentence + 1, :width], LENGTHS[sentence:sentence + 1],
+                            beam=4, nbest=3)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in together[sentence]]
+        assert [h.score for h in alone] == pytest.approx([h.score for h in together[sentence]], abs=1e-5)
+
+
+def test_an_ensemble_of_a_model_with_itself_is_the_model():
+    model = peaky_model(5, tgt_vocab=30)
+    single = beam_search(Ensemble([model]), SOURCES, LENGTHS, beam=3, nbest=2)
+    twice = beam_search(Ensemble([model, model]), SOURCES, LENGTHS, beam=3, nbest=2)
+    for a, b in zip(single, twice):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-5)
+        assert all(h.model_scores == pytest.approx([h.score, h.score], abs=1e-5) for h in b)
+
+
+def test_an_ensemble_averages_its_members_log_probabilities():
+    first, second = peaky_model(6, tgt_vocab=30), peaky_model(7, tgt_vocab=30)
+    best = beam_search(Ensemble([first, second]), SOURCES, LENGTHS, beam=3)
+    for sentence, (hypothesis,) in enumerate(best):
+        members = [sequence_log_prob(m, SOURCES[sentence], LENGTHS[sentence], tuple(hypothesis.tokens))
+                   for m in (first, second)]
+        assert hypothesis.model_scores == pytest.approx(members, abs=1e-4)
+        assert hypothesis.score == pytest.approx(sum(members) / 2, abs=1e-4)
+
+
+def test_no_hypothesis_is_longer_than_the_limit():
+    model = peaky_model(8, tgt_vocab=30)
+    found = beam_search(Ensemble([model]), SOURCES, LENGTHS, beam=5, nbest=5, max_length_ratio=0.5, extra_words=1)
+    for sentence, hypotheses in enumerate(found):
+        assert hypotheses and all(len(h.tokens) <= int(LENGTHS[sentence] * 0.5) + 1 for h in hypotheses)
+        assert [h.score for h in hypotheses] == sorted((h.score for h in hypotheses), reverse=True)
