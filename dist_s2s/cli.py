@@ -55,7 +55,7 @@ def _rescore(config: Config, args: argparse.Namespace) -> None:
     from dist_s2s.decode.translator import Translator, read_lines
     from dist_s2s.train.trainer import pick_device
 
-    if args.input and not Path(args.input).is_file():
+    if args.input and not Path(args.input).exists():
         raise UserError(f"input file not found: {args.input}")
     translator = Translator(config, [Path(c) for c in args.checkpoint], pick_device(config.train.device))
     best = rescore_command(translator, read_lines(args.input, sys.stdin), Path(args.nbest), args.weight)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from dist_s2s.data.tokenize import tokenize
 from dist_s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from dist_s2s.decode.translator import Translator
 from dist_s2s.errors import UserError
@@ -54,15 +53,12 @@ def read_nbest(path: Path) -> list[Candidate]:
 @torch.no_grad()
 def model_scores(translator: Translator, sources: list[str], candidates: list[Candidate], batch_size: int = 64) -> list[float]:
     """log p(candidate | source) under the ensemble (mean of members' log-probabilities per word)."""
-    tgt_lang, lowercase = translator.prepared["tgt_lang"], translator.prepared["lowercase"]
     pairs = []
     for candidate in candidates:
         if candidate.sentence >= len(sources):
             raise UserError(f"n-best sentence id {candidate.sentence} has no source line ({len(sources)} lines given)")
         src = translator.source_ids(sources[candidate.sentence]) or [EOS_ID]  # an empty source still conditions
-        text = " ".join(candidate.text.split())
-        tgt = translator.tgt_vocab.encode(tokenize(text, tgt_lang, lowercase) if text else [])
-        pairs.append((src, tgt))
+        pairs.append((src, translator.target_ids(candidate.text)))
     scores = [0.0] * len(pairs)
     order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]))
     device = translator.device

@@ -22,7 +22,7 @@ import torch
 from dist_s2s.config import Config, config_from_dict
 from dist_s2s.data.manifest import load_manifest
 from dist_s2s.data.tokenize import detokenize, tokenize
-from dist_s2s.data.vocab import PAD_ID, UNK_ID, Vocab
+from dist_s2s.data.vocab import PAD_ID, UNK, UNK_ID, Vocab
 from dist_s2s.decode.beam import Ensemble, Hypothesis, beam_search
 from dist_s2s.errors import UserError
 from dist_s2s.model.seq2seq import Seq2Seq
@@ -70,6 +70,16 @@ class Translator:
         tokens = tokenize(text, self.prepared["src_lang"], self.prepared["lowercase"]) if text else []
         ids = self.src_vocab.encode(tokens)
         return ids[::-1] if self.prepared["reverse_source"] else ids
+
+    def target_ids(self, text: str) -> list[int]:
+        """A target sentence (a hypothesis written by `translate`, say) → ids; a literal <unk> stays one word."""
+        tokens = []
+        for index, piece in enumerate(" ".join(text.split()).split(UNK)):
+            if index:
+                tokens.append(UNK)
+            if piece.strip():
+                tokens += tokenize(piece.strip(), self.prepared["tgt_lang"], self.prepared["lowercase"])
+        return self.tgt_vocab.encode(tokens)
 
     def translate(self, lines: list[str], beam: int, nbest: int = 1) -> list[list[Translation]]:
         """The `nbest` translations of every line, in input order."""
@@ -125,7 +135,7 @@ def read_lines(path: Path | None, stream) -> list[str]:
 
 def translate_command(config: Config, checkpoints: list[str], beam: int, nbest: int, input_path: str | None,
                       output_path: str | None, stdin, stdout) -> dict:
-    if input_path and not Path(input_path).is_file():
+    if input_path and not Path(input_path).exists():
         raise UserError(f"input file not found: {input_path}")
     translator = Translator(config, [Path(c) for c in checkpoints], pick_device(config.train.device))
     lines = read_lines(input_path, stdin)

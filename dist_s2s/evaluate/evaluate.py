@@ -81,10 +81,8 @@ def evaluate(config: Config, checkpoints: list[str], split: str | None = None, b
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "hypotheses.txt").write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
     plots = _analyses(translator, rows, src_ids, hypotheses, references, report_dir, scores)
+    scores["report_dir"] = str(report_dir)
     (report_dir / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
-    if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(scores, indent=2) + "\n")
 
     (report_dir / RUN_ID_FILE).unlink(missing_ok=True)  # every evaluation is its own MLflow run
     tracker = Tracker(config, report_dir, run_name=f"evaluate {split} beam {beam}",
@@ -96,7 +94,10 @@ def evaluate(config: Config, checkpoints: list[str], split: str | None = None, b
     for path in [report_dir / "hypotheses.txt", report_dir / "scores.json", *plots]:
         tracker.log_artifact(path, "eval")
     tracker.finish()
-    scores["mlflow_run_id"], scores["report_dir"] = tracker.run_id, str(report_dir)
+    scores["mlflow_run_id"] = tracker.run_id
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(scores, indent=2) + "\n")
     log.info("evaluate: %s, beam %d, %d sentences (%.1f/s): BLEU %.2f, chrF %.2f, tokenized BLEU %.2f",
              split, beam, len(hypotheses), scores["sentences_per_sec"], scores["bleu"], scores["chrf"],
              scores["tokenized_bleu"])

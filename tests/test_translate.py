@@ -1,0 +1,199 @@
+"""translate, rescore and evaluate on a model trained on the tiny config, through the command line."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from dist_s2s.cli import main
+from dist_s2s.decode.rescore import model_scores, read_nbest, rerank
+from dist_s2s.decode.translator import Translator
+from dist_s2s.errors import UserError
+from dist_s2s.train.checkpoint import CheckpointDir
+
+from conftest import REPO, SHARED_DATA
+
+TINY = str(REPO / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def trained(prepared_tiny, tmp_path_factory):
+    """30 tiny steps ending with the evaluation of test2016 (eval.after_training); config args and stdout."""
+    run_dir = tmp_path_factory.mktemp("translate") / "run"
+    args = ["--config", TINY, f"--data.root={SHARED_DATA}", f"--data.out_dir={prepared_tiny.data.out_dir}",
+            f"--train.run_dir={run_dir}"]
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["train", *args, "--train.max_steps=30", "--eval.after_training=true", "--eval.beam_size=2"]) == 0
+    checkpoint = str(CheckpointDir(run_dir / "checkpoints", 3).latest())
+    return args, checkpoint, printed.getvalue()
+
+
+def test_training_ends_by_printing_test2016_bleu_with_its_signature(trained):
+    _, _, printed = trained
+    assert re.search(r"test2016 beam 2: BLEU \d+\.\d\d \(nrefs:1\|case:mixed\|eff:no\|tok:13a\|smooth:exp\|version:",
+                     printed), printed
+
+
+def test_translate_keeps_every_line_and_handles_empty_long_and_unknown_input(trained, tmp_path, caplog):
+    args, checkpoint, _ = trained
+    source = tmp_path / "src.en"
+    lines = ["A man is riding a bike.", "", "   ", "zxqv blorf quux", " ".join(["dog"] * 400), "Two women ."]
+    source.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "hyp.fr"
+    with caplog.at_level("INFO"):
+        assert main(["translate", *args, "--checkpoint", checkpoint, "--beam", "3", "--input", str(source),
+                     "--output", str(output)]) == 0
+    hypotheses = output.read_text().split("\n")[:-1]
+    assert len(hypotheses) == len(lines)
+    assert hypotheses[1] == hypotheses[2] == ""
+    assert all(hypotheses[i] for i in (0, 3, 5))
+    assert "6 lines (2 empty → empty output)" in caplog.text
+
+
+def test_nbest_output_is_moses_format_best_first(trained, tmp_path):
+    args, checkpoint, _ = trained
+    (tmp_path / "src.en").write_text("A dog runs.\nA girl sings in the street.\n")
+    assert main(["translate", *args, "--checkpoint", checkpoint, checkpoint, "--beam", "4", "--nbest", "3",
+                 "--input", str(tmp_path / "src.en"), "--output", str(tmp_path / "out.nbest")]) == 0
+    lines = (tmp_path / "out.nbest").read_text().splitlines()
+    pattern = re.compile(r"^(\d+) \|\|\| (.*) \|\|\| LSTM0= (-\d+\.\d+) LSTM1= (-\d+\.\d+) \|\|\| (-\d+\.\d+)$")
+    matches = [pattern.match(line) for line in lines]
+    assert all(matches) and len(lines) == 6
+    assert [int(m.group(1)) for m in matches] == [0, 0, 0, 1, 1, 1]
+    for sentence in range(2):
+        scores = [float(m.group(5)) for m in matches[3 * sentence:3 * sentence + 3]]
+        assert scores == sorted(scores, reverse=True)
+    assert all(m.group(3) == m.group(4) for m in matches)  # an ensemble of one checkpoint twice
+
+
+@pytest.fixture(scope="module")
+def nbest(trained, tmp_path_factory):
+    """Our 4-best list of 5 sentences, and the same list reversed: each sentence's candidates in the
+    opposite order, with scores falling in that order (as in any n-best file), the model's worst first."""
+    args, checkpoint, _ = trained
+    directory = tmp_path_factory.mktemp("nbest")
+    sources = ["A man in a red shirt .", "Two children play on the beach .", "A dog .", "People walk in a city .",
+               "A woman is cooking ."]
+    (directory / "src.en").write_text("\n".join(sources) + "\n")
+    assert main(["translate", *args, "--checkpoint", checkpoint, "--beam", "4", "--nbest", "4",
+                 "--input", str(directory / "src.en"), "--output", str(directory / "beam.nbest")]) == 0
+    by_sentence: dict[str, list[list[str]]] = {}
+    for line in (directory / "beam.nbest").read_text().splitlines():
+        fields = line.split(" ||| ")
+        by_sentence.setdefault(fields[0], []).append(fields)
+    reversed_lines = [" ||| ".join([*fields[:3], str(-rank)])
+                      for group in by_sentence.values() for rank, fields in enumerate(reversed(group))]
+    (directory / "reversed.nbest").write_text("\n".join(reversed_lines) + "\n")
+    return directory, sources
+
+
+def test_rescoring_our_own_nbest_gives_back_the_beam_search_scores(trained, nbest):
+    from dist_s2s.config import load_config
+
+    args, checkpoint, _ = trained
+    directory, sources = nbest
+    config = load_config(TINY, args[2:])
+    translator = Translator(config, [Path(checkpoint)])
+    candidates = read_nbest(directory / "beam.nbest")
+    assert model_scores(translator, sources, candidates) == pytest.approx([c.score for c in candidates], abs=1e-3)
+
+
+def test_rescoring_weight_zero_ranks_by_the_model_and_weight_one_keeps_the_files_order(trained, nbest):
+    from dist_s2s.config import load_config
+
+    args, checkpoint, _ = trained
+    directory, sources = nbest
+    translator = Translator(load_config(TINY, args[2:]), [Path(checkpoint)])
+    candidates = read_nbest(directory / "reversed.nbest")
+    lstm = model_scores(translator, sources, candidates)
+    by_model = rerank(candidates, lstm, weight=0.0)
+    by_file = rerank(candidates, lstm, weight=1.0)
+    for sentence, ranked in by_model.items():
+        scores = [lstm[candidates.index(c)] for c in ranked]
+        assert scores == sorted(scores, reverse=True)
+        assert [c.position for c in by_file[sentence]] == list(range(len(ranked)))
+        assert [c.position for c in ranked] == list(reversed(range(len(ranked))))  # the model undoes the reversal
+
+
+def test_the_rescore_command_writes_the_new_one_best_per_source_line(trained, nbest, tmp_path):
+    args, checkpoint, _ = trained
+    directory, sources = nbest
+    output = tmp_path / "best.fr"
+    assert main(["rescore", *args, "--checkpoint", checkpoint, "--input", str(directory / "src.en"),
+                 "--nbest", str(directory / "reversed.nbest"), "--weight", "0", "--output", str(output)]) == 0
+    beam_best = [c.text for c in read_nbest(directory / "beam.nbest") if c.position == 0]
+    assert output.read_text().splitlines() == beam_best  # the model undoes the reversed file scores
+
+
+def test_a_malformed_nbest_line_is_an_error_naming_the_line(trained, tmp_path, capsys):
+    args, checkpoint, _ = trained
+    (tmp_path / "src.en").write_text("A dog .\n")
+    (tmp_path / "bad.nbest").write_text("0 ||| un chien ||| LSTM0= -1.0 ||| -1.0\n0 ||| deux chiens\n")
+    assert main(["rescore", *args, "--checkpoint", checkpoint, "--input", str(tmp_path / "src.en"),
+                 "--nbest", str(tmp_path / "bad.nbest")]) == 2
+    assert "bad.nbest:2: expected `id ||| hypothesis ||| features ||| score`" in capsys.readouterr().err
+
+
+def test_a_checkpoint_trained_on_another_vocabulary_is_refused(trained, tmp_path, capsys):
+    args, checkpoint, _ = trained
+    state = torch.load(checkpoint, weights_only=True)
+    state["compat"]["vocab.tgt_sha256"] = "0" * 64
+    torch.save(state, tmp_path / "other.pt")
+    assert main(["translate", *args, "--checkpoint", str(tmp_path / "other.pt"), "--input", "/dev/null"]) == 2
+    assert re.search(r"other\.pt does not fit this config: it was trained with vocab\.tgt_sha256='0+'",
+                     capsys.readouterr().err)
+
+
+def test_evaluate_scores_a_split_and_writes_json_hypotheses_plots_and_an_mlflow_run(trained, tmp_path):
+    import mlflow
+
+    args, checkpoint, _ = trained
+    output = tmp_path / "scores.json"
+    assert main(["evaluate", *args, "--checkpoint", checkpoint, "--split", "test2016", "--beam", "1",
+                 "--output", str(output)]) == 0
+    scores = json.loads(output.read_text())
+    assert {"bleu", "chrf", "signature"} <= scores.keys()
+    assert 0 <= scores["bleu"] <= 100 and 0 < scores["chrf"] <= 100
+    assert scores["signature"]["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    report = Path(scores["report_dir"])
+    assert len((report / "hypotheses.txt").read_text().splitlines()) == scores["sentences"] > 0
+    assert sum(b["sentences"] for b in scores["bleu_by_length"]) == scores["sentences"]
+    assert sum(b["sentences"] for b in scores["bleu_by_rarity"]) == scores["sentences"]
+    for plot in ("bleu_by_length.png", "bleu_by_rarity.png", "sentence_pca.png"):
+        assert (report / plot).read_bytes()[:4] == b"\x89PNG"
+    run_dir = Path(args[-1].split("=", 1)[1])
+    run = mlflow.MlflowClient(f"sqlite:///{run_dir}/mlflow.db").get_run(scores["mlflow_run_id"])
+    assert run.data.metrics["test2016/bleu"] == scores["bleu"]
+    assert run.data.params["eval.beam"] == "1"
+
+
+def test_evaluating_a_split_that_was_not_prepared_names_the_prepared_ones(trained, capsys):
+    args, checkpoint, _ = trained
+    assert main(["evaluate", *args, "--checkpoint", checkpoint, "--split", "test2099"]) == 2
+    assert "split 'test2099' is not prepared" in capsys.readouterr().err
+
+
+def test_invalid_utf8_input_is_an_error_naming_the_line(trained, tmp_path, capsys):
+    args, checkpoint, _ = trained
+    (tmp_path / "src.en").write_bytes(b"A dog .\nA \xff cat .\n")
+    assert main(["translate", *args, "--checkpoint", checkpoint, "--input", str(tmp_path / "src.en")]) == 2
+    assert "src.en:2: invalid UTF-8 at byte 2" in capsys.readouterr().err
+
+
+def test_a_missing_checkpoint_is_named(trained, tmp_path, capsys):
+    args, _, _ = trained
+    assert main(["translate", *args, "--checkpoint", str(tmp_path / "nope.pt"), "--input", "/dev/null"]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_user_errors_do_not_reach_here_as_tracebacks():
+    with pytest.raises(UserError):
+        read_nbest(Path("/nonexistent.nbest"))
