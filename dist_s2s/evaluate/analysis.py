@@ -105,8 +105,8 @@ def plot_pca(points: np.ndarray, phrases: tuple[str, ...], path: Path) -> Path:
 
     figure, axis = plt.subplots(figsize=(8, 6))
     axis.scatter(points[:, 0], points[:, 1])
-    for (x, y), phrase in zip(points, phrases):
-        axis.annotate(phrase, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for index, ((x, y), phrase) in enumerate(zip(points, phrases)):  # staggered: near points stay readable
+        axis.annotate(phrase, (x, y), fontsize=7, xytext=(4, 10 * (index % 3) - 10), textcoords="offset points")
     axis.set_title("2-D PCA of the encoder's final states (paper Figure 2)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)

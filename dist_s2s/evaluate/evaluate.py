@@ -70,6 +70,7 @@ def evaluate(config: Config, checkpoints: list[str], split: str | None = None, b
         "split": split, "beam": beam, "checkpoints": [str(c) for c in checkpoints], "sentences": len(hypotheses),
         "filtered_from_split": sum(load_manifest(out_dir)["filtered"].get(split, {}).values()),
         "bleu": round(bleu_score.score, 2), "chrf": round(chrf_score.score, 2),
+        "length_ratio": round(bleu_score.sys_len / max(1, bleu_score.ref_len), 3),
         "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
         "tokenized_bleu": round(tokenized_bleu.score, 2),
         "tokenized_bleu_note": "BLEU on Moses tokens (tokenize=none), the paper's multi-bleu convention; "
