@@ -79,6 +79,15 @@ def print_scores(scores: dict) -> None:
           f"(Moses tokens, the paper's convention; not comparable with sacreBLEU)")
 
 
+def _bench(config: Config, args: argparse.Namespace) -> None:
+    from dist_s2s.bench.run import bench, table
+
+    result = bench(config, args.config, args.overrides, args.mode, args.batches, args.steps, args.warmup, args.output)
+    print(f"{result['device']} ({result['cores']} cores), matmul {result['matmul_tflops_per_sec']:.3f} TFLOP/s, "
+          f"batch {result['batch_size']}, {args.steps} timed steps a mode")
+    print(table(result))
+
+
 def _convert(config: Config, args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -97,6 +106,7 @@ COMMANDS: dict[str, tuple[str, Callable[[Config, argparse.Namespace], None]]] = 
     "translate": ("translate text with beam search (several checkpoints: an ensemble)", _translate),
     "evaluate": ("translate a prepared split and score it: sacreBLEU BLEU/chrF, tokenized BLEU, analyses", _evaluate),
     "rescore": ("rerank an n-best list by interpolating its scores with the model's log-probability", _rescore),
+    "bench": ("time training steps of every mode on real batches: words/s, MFU, memory, ratios", _bench),
     "convert": ("rewrite a checkpoint as one single-device file or as per-stage pipeline parts", _convert),
 }
 
@@ -139,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--nbest", required=True, metavar="FILE", help="Moses n-best list to rerank")
             command.add_argument("--weight", type=float, default=0.5,
                                  help="weight of the list's own score (0: the model alone; 0.5: the paper's average)")
+        if name == "bench":
+            command.add_argument("--mode", nargs="+", default=["plain", "single", "pipeline:1", "pipeline:2"],
+                                 help="plain, single, pipeline:S; @T gives each process T threads")
+            command.add_argument("--batches", metavar="DIR", help="prepared data whose train batches are timed "
+                                 "(default data.out_dir; the paper config takes runs/data/multi30k's lengths)")
+            command.add_argument("--steps", type=int, default=10, help="timed steps a mode")
+            command.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+            command.add_argument("--output", metavar="FILE", help="write the results as JSON")
         if name == "convert":
             command.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint to read (either format)")
             command.add_argument("--output", required=True, metavar="FILE", help="checkpoint file to write")
@@ -186,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         options, overrides = split_overrides(argv)
         args = build_parser().parse_args(options)
         config = load_config(args.config, overrides)
+        args.overrides = overrides
         COMMANDS[args.command][1](config, args)
     except UserError as error:
         print(f"dist-s2s: error: {error}", file=sys.stderr)

@@ -1,0 +1,138 @@
+"""`dist-s2s bench`: every way to run the model, timed on the same real batches in one run.
+
+    dist-s2s bench --config configs/tiny.yaml
+    dist-s2s bench --config configs/multi30k.yaml --mode plain single single@1 pipeline:2@1 --output b.json
+    dist-s2s bench --config configs/paper.yaml --batches runs/data/multi30k --steps 3 --warmup 1
+
+Modes: `plain` (the obvious PyTorch model, the baseline of every ratio), `single` (dist-s2s's
+single-device trainer step), `pipeline:S` (S DeepSpeed stages under torchrun, gloo on CPU, NCCL
+on GPU); `@T` gives each process T threads (default: the cores shared evenly). Each mode runs
+in fresh processes, so peak memory is its own. Words are source + target words without padding.
+MFU = useful FLOP/s (`flops.py`) ÷ the fp32 matrix-product rate measured at the start of the
+same run on the same device (all cores of the CPU; one GPU × the GPUs used).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from dist_s2s.bench.measure import device_name, matmul_rate
+from dist_s2s.config import Config
+from dist_s2s.errors import UserError
+from dist_s2s.parallel.trainer import bubble_fraction
+from dist_s2s.train.trainer import pick_device
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Mode:
+    kind: str
+    stages: int
+    threads: int
+
+    @classmethod
+    def parse(cls, text: str, cores: int) -> Mode:
+        """`single`, `plain`, `pipeline:4`, `single@1`, `pipeline:2@1`."""
+        name, _, threads = text.partition("@")
+        kind, _, stages = name.partition(":")
+        if kind not in ("plain", "single", "pipeline") or (kind == "pipeline") != bool(stages):
+            raise UserError(f"unknown bench mode {text!r} (plain, single, pipeline:S, each optionally @THREADS)")
+        count = int(stages) if stages else 0
+        return cls(kind, count, int(threads) if threads else max(1, cores // max(1, count)))
+
+    @property
+    def label(self) -> str:
+        return (f"pipeline:{self.stages}" if self.kind == "pipeline" else self.kind) + f"@{self.threads}"
+
+
+def run_mode(mode: Mode, config_path: str, overrides: list[str], batches: str, steps: int, warmup: int,
+             micro_batches: int) -> list[dict]:
+    with tempfile.TemporaryDirectory() as scratch:
+        worker = ["-m", "dist_s2s.bench.worker", "--config", config_path, "--mode", mode.kind, "--batches", batches,
+                  "--steps", str(steps), "--warmup", str(warmup), "--out", scratch, *overrides]
+        if mode.kind == "pipeline":
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                       f"--nproc_per_node={mode.stages}", *worker, f"--parallel.stages={mode.stages}",
+                       f"--parallel.micro_batches={micro_batches}"]
+        else:
+            command = [sys.executable, *worker]
+        env = {**os.environ, "OMP_NUM_THREADS": str(mode.threads), "TMPDIR": scratch}
+        if not torch.cuda.is_available():
+            env["DS_ACCELERATOR"] = "cpu"
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+        if result.returncode != 0:
+            raise UserError(f"bench mode {mode.label} failed:\n{(result.stdout + result.stderr)[-3000:]}")
+        return [json.loads(path.read_text()) for path in sorted(Path(scratch).glob("rank-*.json"))]
+
+
+def bench(config: Config, config_path: str, overrides: list[str], modes: list[str], batches: str | None,
+          steps: int, warmup: int, output: str | None) -> dict:
+    cores = os.cpu_count() or 1
+    device = pick_device(config.train.device)
+    batches = batches or config.data.out_dir
+    if not (Path(batches) / "manifest.json").is_file():
+        raise UserError(f"no prepared data in {batches}: run `dist-s2s prepare` first, or pass --batches DIR")
+    torch.set_num_threads(cores)
+    limit = matmul_rate(device)
+    micro = config.parallel.micro_batches
+    runs = []
+    for text in modes:
+        mode = Mode.parse(text, cores)
+        ranks = run_mode(mode, config_path, overrides, batches, steps, warmup, micro)
+        lead = ranks[0]
+        devices = max(1, mode.stages) if device.type == "cuda" else 1
+        flops_per_sec = lead["flops"] / lead["seconds"]
+        runs.append({
+            "mode": mode.kind, "label": mode.label, "stages": mode.stages,
+            "micro_batches": micro if mode.stages else 1,
+            "bubble_fraction": round(bubble_fraction(mode.stages, micro), 3) if mode.stages else 0.0,
+            "threads_per_rank": mode.threads, "oversubscribed": device.type == "cpu" and
+            max(1, mode.stages) * mode.threads > cores,
+            "words_per_sec": round(lead["words"] / lead["seconds"], 1),
+            "sentences_per_sec": round(lead["sentences"] / lead["seconds"], 2),
+            "tflops_per_sec": round(flops_per_sec / 1e12, 4),
+            "mfu": round(flops_per_sec / (limit * devices), 4),
+            "peak_mem_mb": max(r["peak_mem_mb"] for r in ranks),
+            "peak_mem_mb_per_rank": [r["peak_mem_mb"] for r in ranks],
+            "timed_steps": steps,
+        })
+    plain = next((r["words_per_sec"] for r in runs if r["mode"] == "plain"), None)
+    for run in runs:
+        run["vs_plain"] = round(run["words_per_sec"] / plain, 3) if plain else None
+    result = {
+        "config": config_path, "overrides": overrides, "batches": batches, "batch_size": config.train.batch_size,
+        "device": device_name(device), "device_type": device.type, "cores": cores,
+        "matmul_tflops_per_sec": round(limit / 1e12, 4), "torch": torch.__version__,
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=REPO).stdout.strip() or None,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "paper_words_per_sec": {"1_gpu": 1700, "8_gpus": 6300},
+        "runs": runs,
+    }
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def table(result: dict) -> str:
+    """The runs as a Markdown table (the README's is made from the committed JSON files)."""
+    lines = ["| mode | threads/rank | words/s | × plain | sentences/s | TFLOP/s | MFU | peak MB (max rank) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for run in result["runs"]:
+        ratio = f"{run['vs_plain']:.2f}×" if run["vs_plain"] else "–"
+        flag = " (oversubscribed)" if run["oversubscribed"] else ""
+        lines.append(f"| {run['label']}{flag} | {run['threads_per_rank']} | {run['words_per_sec']:,.0f} | {ratio} | "
+                     f"{run['sentences_per_sec']:,.1f} | {run['tflops_per_sec']:.3f} | {100 * run['mfu']:.1f}% | "
+                     f"{run['peak_mem_mb']:,.0f} |")
+    return "\n".join(lines)

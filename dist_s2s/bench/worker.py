@@ -1,0 +1,87 @@
+"""One benchmark run's process (or one rank of it): time training steps on real batches.
+
+Started by `bench/run.py`, alone (`plain`, `single`) or under torchrun (`pipeline`); writes
+`rank-<r>.json` into the output folder. Not a user command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from dist_s2s.bench.flops import training_flops
+from dist_s2s.bench.measure import peak_memory_mb, synchronize
+from dist_s2s.bench.plain import PlainSeq2Seq
+from dist_s2s.config import load_config
+from dist_s2s.data.loader import BatchLoader
+from dist_s2s.errors import UserError
+from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.train.step import SingleDeviceSteps
+from dist_s2s.train.trainer import pick_device
+
+
+def real_batches(config, batches_dir: str, count: int) -> list:
+    """The first batches of a prepared training split in the loader's order: real bucketed lengths."""
+    loader = BatchLoader(batches_dir, config.data.train_split, config.train.batch_size, seed=config.train.seed)
+    batches = []
+    while len(batches) < count:
+        batches += list(loader)[:count - len(batches)]
+    largest = max(max(int(b.src.max()), 0) for b in batches), max(int(b.tgt_out.max()) for b in batches)
+    if largest[0] >= config.data.src_vocab_size or largest[1] >= config.data.tgt_vocab_size:
+        raise UserError(f"batches from {batches_dir} use word ids up to {largest}, beyond the model's vocabularies "
+                        f"({config.data.src_vocab_size}, {config.data.tgt_vocab_size})")
+    return batches
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--mode", choices=["plain", "single", "pipeline"], required=True)
+    parser.add_argument("--batches", required=True)
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--warmup", type=int, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args, overrides = parser.parse_known_args()
+    config = load_config(args.config, overrides)
+    batches = real_batches(config, args.batches, args.warmup + args.steps)
+    torch.manual_seed(config.train.seed)
+    model_class = PlainSeq2Seq if args.mode == "plain" else Seq2Seq
+    model = model_class(config.model, config.data.src_vocab_size, config.data.tgt_vocab_size)
+    if args.mode == "pipeline":
+        from dist_s2s.parallel.trainer import PipelineSteps, join_process_group
+
+        join_process_group(config)
+        steps = PipelineSteps(config, model)
+        device, rank = steps.device, torch.distributed.get_rank()
+    else:
+        device, rank = pick_device(config.train.device), 0
+        steps = SingleDeviceSteps(config, model, device)
+    elapsed, words, sentences, flops = 0.0, 0, 0, 0
+    for index, batch in enumerate(batches):
+        synchronize(device)
+        started = time.perf_counter()
+        result = steps.train_step(batch, config.optim.lr)
+        synchronize(device)
+        if index >= args.warmup:
+            elapsed += time.perf_counter() - started
+            words += result.words
+            sentences += result.sentences
+            flops += training_flops(config.model, config.data.tgt_vocab_size, batch)
+    record = {"rank": rank, "peak_mem_mb": round(peak_memory_mb(device), 1), "threads": torch.get_num_threads()}
+    if rank == 0:
+        record.update({"seconds": elapsed, "words": words, "sentences": sentences, "flops": flops,
+                       "device": str(device)})
+    if args.mode == "pipeline":
+        steps.close()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"rank-{rank}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    main()
