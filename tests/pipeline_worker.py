@@ -21,9 +21,9 @@ from dist_s2s.train.clipping import clip_gradients
 def main() -> None:
     out_dir, steps, overrides = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", overrides)
-    import deepspeed
+    from dist_s2s.parallel.trainer import join_process_group
 
-    deepspeed.init_distributed(dist_backend="gloo")
+    join_process_group(config)
     from dist_s2s.parallel.engine import build_engine, micro_batches, training_scale
 
     vocab = json.loads((Path(config.data.out_dir) / "manifest.json").read_text())["vocab"]

@@ -140,8 +140,12 @@ def test_the_papers_eight_stage_layout_under_the_deepspeed_launcher_matches_one_
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "8", "--master_port", str(free_port()),
                "--module", "dist_s2s", *train_arguments(prepared_tiny, run_dir, *paper_layout,
                                                         "--parallel.stages=8", "--parallel.micro_batches=4")]
+    shared_memory_before = set(Path("/dev/shm").glob("deepspeed*"))
     succeeded(subprocess.run(command, capture_output=True, text=True, timeout=400, env=launch_env(tmp_path),
                              cwd=tmp_path))
+    # DeepSpeed's CPU shm all-reduce (on under its launcher) would leave 69 MB a rank in /dev/shm, never
+    # unlinked, and a later job on the same port could open them and abort: it is switched off.
+    assert set(Path("/dev/shm").glob("deepspeed*")) == shared_memory_before
     assert len(load_checkpoint(CheckpointDir(run_dir / "checkpoints", 3).path_of(4))["model_parts"]) == 8
     assert largest_difference(weights_at(run_dir, 4), weights_at(single, 4)) < 1e-5
 

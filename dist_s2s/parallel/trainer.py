@@ -35,10 +35,20 @@ def launched_as_ranks() -> bool:
 
 
 def join_process_group(config: Config) -> None:
-    """gloo on CPU, NCCL on GPUs (DeepSpeed's accelerator picks); every wait bounded by parallel.timeout_s."""
+    """gloo on CPU, NCCL on GPUs (DeepSpeed's accelerator picks); every wait bounded by parallel.timeout_s.
+
+    DeepSpeed's CPU shared-memory all-reduce is switched off: it serves only inference all-reduce
+    (unused here), yet each rank leaves a 69 MB /dev/shm segment named by master address, port
+    and rank that is never unlinked; a later job on the same port opens the stale segments and
+    can abort (SIGABRT seen here, deepspeed 0.19.8).
+    """
+    import importlib
+
     import deepspeed
     from deepspeed.utils import logger as deepspeed_logger
 
+    # `deepspeed.comm.torch` as an attribute is the torch package (re-exported); the module is needed.
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     deepspeed_logger.setLevel(logging.WARNING)
     deepspeed.init_distributed(timeout=timedelta(seconds=config.parallel.timeout_s), verbose=False)
     if torch.distributed.get_rank() != 0:  # one console: rank 0's
