@@ -1,0 +1,58 @@
+"""`dist-s2s bench` and the schedule simulator: a smoke test of the machinery, not of the speed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dist_s2s.bench.schedule import StageCosts, one_f_one_b, simulate
+from dist_s2s.cli import main
+from dist_s2s.errors import UserError
+
+from conftest import REPO, SHARED_DATA
+
+
+@pytest.mark.integration
+def test_bench_times_every_mode_on_the_tiny_config_and_writes_its_json(prepared_tiny, tmp_path, capsys):
+    output = tmp_path / "bench.json"
+    assert main(["bench", "--config", str(REPO / "configs" / "tiny.yaml"), f"--data.root={SHARED_DATA}",
+                 f"--data.out_dir={prepared_tiny.data.out_dir}", "--mode", "plain", "single@1", "pipeline:2@1",
+                 "--steps", "2", "--warmup", "1", "--output", str(output), "--parallel.micro_batches=2"]) == 0
+    result = json.loads(output.read_text())
+    assert [r["label"] for r in result["runs"]] == ["plain@2", "single@1", "pipeline:2@1"]
+    for run in result["runs"]:
+        assert {"mode", "stages", "threads_per_rank", "words_per_sec", "mfu", "peak_mem_mb"} <= run.keys()
+        assert run["words_per_sec"] > 0 and 0 < run["mfu"] < 1 and run["peak_mem_mb"] > 0
+    assert result["runs"][0]["vs_plain"] == 1.0
+    assert len(result["runs"][2]["peak_mem_mb_per_rank"]) == 2
+    assert result["matmul_tflops_per_sec"] > 0 and result["commit"]
+    assert "| pipeline:2@1 | 1 |" in capsys.readouterr().out
+
+
+def test_an_unknown_bench_mode_is_named():
+    from dist_s2s.bench.run import Mode
+
+    with pytest.raises(UserError, match="unknown bench mode 'pipeline'"):
+        Mode.parse("pipeline", 2)
+    assert Mode.parse("pipeline:4", 2).threads == 1 and Mode.parse("single", 2).threads == 2
+
+
+def test_one_f_one_b_orders_warm_up_forwards_then_alternates():
+    assert one_f_one_b(0, 2, 3) == [("F", 0), ("F", 1), ("B", 0), ("F", 2), ("B", 1), ("B", 2)]
+    assert one_f_one_b(1, 2, 3) == [("F", 0), ("B", 0), ("F", 1), ("B", 1), ("F", 2), ("B", 2)]
+
+
+def test_the_simulated_bubble_of_balanced_stages_is_the_textbook_fraction():
+    for stages, micro in [(2, 4), (4, 8), (8, 8)]:
+        costs = StageCosts([1.0] * stages, [2.0] * stages, [0.0] * (stages - 1), 0.0)
+        result = simulate(costs, micro, link_bytes_per_s=1e12, link_latency_s=0.0)
+        assert result["bubble_fraction"] == pytest.approx((stages - 1) / (micro + stages - 1))
+        assert result["step_s"] == pytest.approx(3.0 * (micro + stages - 1))
+
+
+def test_a_slow_stage_or_link_sets_the_pace():
+    costs = StageCosts([1.0, 3.0], [1.0, 3.0], [1e6], 0.0)
+    fast = simulate(costs, 8, 1e12, 0.0)["step_s"]
+    assert fast == pytest.approx(8 * 6.0 + 2.0, rel=0.01)  # stage 1's 6 s a micro-batch, plus the fill
+    assert simulate(costs, 8, 1e6, 0.0)["step_s"] > fast  # one second a transfer
