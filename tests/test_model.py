@@ -117,3 +117,15 @@ def test_the_paper_model_has_384m_parameters():
     count = sum(p.numel() for p in model.parameters())
     assert 384e6 <= count < 385e6, count
     assert [shard.weight.shape for shard in model.softmax] == [(20_000, 1000)] * 4
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_the_one_product_softmax_equals_the_shard_by_shard_fold_the_pipeline_uses(shards):
+    model = small_model(shards=shards).double()
+    hidden = torch.randn(9, 12, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 41, (9,))
+    fused, folded = model.token_nll(hidden, targets), model.token_nll_by_shards(hidden, targets)
+    assert torch.allclose(fused, folded, rtol=1e-10)
+    parameters = [hidden, *[p for shard in model.softmax for p in (shard.weight, shard.bias)]]
+    for a, b in zip(torch.autograd.grad(fused.sum(), parameters), torch.autograd.grad(folded.sum(), parameters)):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
