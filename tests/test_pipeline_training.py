@@ -6,6 +6,7 @@ tiny data, with `optim.max_grad_norm=1.0` so the gradient is rescaled at every s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -222,16 +223,21 @@ def wait_until_training(run_dir: Path, nodes: list[subprocess.Popen]) -> None:
 def test_a_rank_that_dies_or_hangs_makes_the_other_exit_with_a_clear_error(prepared_tiny, tmp_path, fault,
                                                                             signal_number, seconds):
     nodes = start_two_nodes(prepared_tiny, tmp_path, "--parallel.timeout_s=5")
+    victim = None
     try:
         wait_until_training(tmp_path / "run", nodes)
-        os.kill(worker_of(nodes[1]), signal_number)
+        victim = worker_of(nodes[1])
+        os.kill(victim, signal_number)
         hit = time.monotonic()
         output = nodes[0].communicate(timeout=seconds)[0]
         assert time.monotonic() - hit < seconds
         assert nodes[0].returncode != 0
         assert "dist-s2s: error: rank 0 lost contact with another rank at step" in output, output[-3000:]
         assert "Resume with --train.resume=true" in output
-    finally:
+    finally:  # torchrun puts its workers in their own process group: a stopped one must be killed by pid
+        if victim is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
         for node in nodes:
             if node.poll() is None:
                 os.killpg(node.pid, signal.SIGKILL)
