@@ -129,3 +129,13 @@ def test_the_one_product_softmax_equals_the_shard_by_shard_fold_the_pipeline_use
     parameters = [hidden, *[p for shard in model.softmax for p in (shard.weight, shard.bias)]]
     for a, b in zip(torch.autograd.grad(fused.sum(), parameters), torch.autograd.grad(folded.sum(), parameters)):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_the_encoder_packed_once_gives_exactly_what_each_layer_packing_for_itself_gives():
+    """Pipeline stages pack and unpack at every layer; the one-device encoder keeps the source packed."""
+    model = small_model(shards=2)
+    batch = make_batch([([5, 6, 7, 8], [9, 10]), ([11, 12], [13, 14, 15]), ([18], [19])])
+    hidden = model.src_embed(batch.src)
+    for layer, (h, c) in zip(model.encoder, model.encode(batch.src, batch.src_lengths)):
+        hidden, (layer_h, layer_c) = layer(hidden, batch.src_lengths)
+        assert torch.equal(h, layer_h) and torch.equal(c, layer_c)
