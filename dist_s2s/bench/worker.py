@@ -7,6 +7,7 @@ Started by `bench/run.py`, alone (`plain`, `single`) or under torchrun (`pipelin
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -29,9 +30,9 @@ def real_batches(config, batches_dir: str, count: int) -> list:
     """The first batches of a prepared training split in the loader's order: real bucketed lengths."""
     loader = BatchLoader(batches_dir, config.data.train_split, config.train.batch_size, seed=config.train.seed)
     batches = []
-    while len(batches) < count:
-        batches += list(loader)[:count - len(batches)]
-    largest = max(max(int(b.src.max()), 0) for b in batches), max(int(b.tgt_out.max()) for b in batches)
+    while len(batches) < count:  # only the batches needed are read; the next epoch if one is too short
+        batches += itertools.islice(loader, count - len(batches))
+    largest = max(int(b.src.max()) for b in batches), max(int(b.tgt_out.max()) for b in batches)
     if largest[0] >= config.data.src_vocab_size or largest[1] >= config.data.tgt_vocab_size:
         raise UserError(f"batches from {batches_dir} use word ids up to {largest}, beyond the model's vocabularies "
                         f"({config.data.src_vocab_size}, {config.data.tgt_vocab_size})")
