@@ -52,18 +52,12 @@ def _rescore(config: Config, args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from dist_s2s.decode.rescore import rescore_command
-    from dist_s2s.decode.translator import Translator, read_lines
+    from dist_s2s.decode.translator import Translator, read_lines, write_lines
     from dist_s2s.train.trainer import pick_device
 
-    if args.input and not Path(args.input).exists():
-        raise UserError(f"input file not found: {args.input}")
+    sources = read_lines(args.input, sys.stdin)
     translator = Translator(config, [Path(c) for c in args.checkpoint], pick_device(config.train.device))
-    best = rescore_command(translator, read_lines(args.input, sys.stdin), Path(args.nbest), args.weight)
-    text = "".join(line + "\n" for line in best)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    write_lines(rescore_command(translator, sources, Path(args.nbest), args.weight), args.output, sys.stdout)
 
 
 def _evaluate(config: Config, args: argparse.Namespace) -> None:

@@ -27,7 +27,7 @@ from dist_s2s.decode.beam import Ensemble, Hypothesis, beam_search
 from dist_s2s.errors import UserError
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.train.checkpoint import check_compatible, load_checkpoint, load_weights, model_weights
-from dist_s2s.train.trainer import pick_device
+from dist_s2s.train.trainer import pick_device, vocabulary_compatibility
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,8 @@ log = logging.getLogger(__name__)
 def load_model(path: Path, manifest: dict, device: torch.device) -> Seq2Seq:
     """A checkpoint (either format) as an eval-mode model, refused if trained on another vocabulary."""
     state = load_checkpoint(Path(path))
+    check_compatible(Path(path), state["compat"], vocabulary_compatibility(manifest))
     vocab = manifest["vocab"]
-    check_compatible(Path(path), state["compat"], {
-        "vocab.src_size": vocab["src_size"], "vocab.tgt_size": vocab["tgt_size"],
-        "vocab.src_sha256": vocab["src_sha256"], "vocab.tgt_sha256": vocab["tgt_sha256"],
-    })
     model = Seq2Seq(config_from_dict(state["config"]).model, vocab["src_size"], vocab["tgt_size"])
     load_weights(model, Path(path), model_weights(Path(path), state))
     return model.to(device).eval()
@@ -118,8 +115,10 @@ def moses_nbest_lines(index: int, translations: list[Translation]) -> list[str]:
             + f" ||| {t.score:.6f}" for t in translations]
 
 
-def read_lines(path: Path | None, stream) -> list[str]:
-    """Input lines from a file or a stream; invalid UTF-8 is an error naming the line."""
+def read_lines(path: Path | str | None, stream) -> list[str]:
+    """Input lines from a file or a stream; a missing file or invalid UTF-8 is an error naming it."""
+    if path and not Path(path).exists():
+        raise UserError(f"input file not found: {path}")
     raw = Path(path).read_bytes() if path else stream.buffer.read()
     lines = raw.split(b"\n")
     if lines and lines[-1] == b"":
@@ -133,21 +132,25 @@ def read_lines(path: Path | None, stream) -> list[str]:
     return decoded
 
 
+def write_lines(lines: list[str], path: Path | str | None, stream) -> None:
+    """One line each, to a file or to a stream."""
+    text = "".join(line + "\n" for line in lines)
+    if path:
+        Path(path).write_text(text, encoding="utf-8")
+    else:
+        stream.write(text)
+
+
 def translate_command(config: Config, checkpoints: list[str], beam: int, nbest: int, input_path: str | None,
                       output_path: str | None, stdin, stdout) -> dict:
-    if input_path and not Path(input_path).exists():
-        raise UserError(f"input file not found: {input_path}")
-    translator = Translator(config, [Path(c) for c in checkpoints], pick_device(config.train.device))
     lines = read_lines(input_path, stdin)
+    translator = Translator(config, [Path(c) for c in checkpoints], pick_device(config.train.device))
     results = translator.translate(lines, beam, nbest)
     if nbest > 1:
-        text = "".join(line + "\n" for index, found in enumerate(results) for line in moses_nbest_lines(index, found))
+        write_lines([line for index, found in enumerate(results) for line in moses_nbest_lines(index, found)],
+                    output_path, stdout)
     else:
-        text = "".join(found[0].text + "\n" for found in results)
-    if output_path:
-        Path(output_path).write_text(text, encoding="utf-8")
-    else:
-        stdout.write(text)
+        write_lines([found[0].text for found in results], output_path, stdout)
     empty = sum(1 for line in lines if not line.strip())
     log.info("translate: %d lines (%d empty → empty output), beam %d, %d model(s), %.1f%% source words <unk>",
              len(lines), empty, beam, len(translator.ensemble.models), 100 * translator.unknown_share(lines))

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from sacrebleu.metrics import BLEU
 
+from dist_s2s.data.vocab import UNK_ID
 from dist_s2s.decode.translator import Translator
 
 LENGTH_EDGES = (0, 8, 11, 14, 17, 21, 26, 35)
@@ -41,8 +42,6 @@ def binned_bleu(keys: list[float], hypotheses: list[str], references: list[str],
 
 def frequency_rank(src_ids: list[list[int]], vocab_size: int) -> list[float]:
     """Average frequency rank of each source's words: word ids are ranks (most frequent first), <unk> ranks last."""
-    from dist_s2s.data.vocab import UNK_ID
-
     return [float(np.mean([vocab_size if i == UNK_ID else i for i in ids])) if ids else 0.0 for ids in src_ids]
 
 

@@ -33,9 +33,9 @@ from dist_s2s.train.trainer import pick_device
 log = logging.getLogger(__name__)
 
 
-def split_rows(out_dir: Path, split: str) -> pa.Table:
+def split_rows(out_dir: Path, split: str, manifest: dict[str, Any] | None = None) -> pa.Table:
     """A prepared split's rows in corpus order, with their raw text."""
-    manifest = load_manifest(out_dir)
+    manifest = manifest or load_manifest(out_dir)
     if split not in manifest["splits"]:
         raise UserError(f"split {split!r} is not prepared in {out_dir} (prepared: {', '.join(sorted(manifest['splits']))})")
     tables = [read_table(out_dir / shard["path"]) for shard in shards_of(manifest, split)]
@@ -50,7 +50,8 @@ def evaluate(config: Config, checkpoints: list[str], split: str | None = None, b
     split = split or config.eval.split
     beam = beam or config.eval.beam_size
     out_dir = Path(config.data.out_dir)
-    rows = split_rows(out_dir, split)
+    manifest = load_manifest(out_dir)
+    rows = split_rows(out_dir, split, manifest)
     translator = Translator(config, [Path(c) for c in checkpoints], pick_device(config.train.device))
     src_ids = [list(ids) for ids in rows.column("src_ids").to_pylist()]
     references = rows.column("tgt_text").to_pylist()
@@ -68,7 +69,7 @@ def evaluate(config: Config, checkpoints: list[str], split: str | None = None, b
     tokenized_bleu = BLEU(tokenize="none").corpus_score([" ".join(t.tokens) for t in translations], [tokenized_refs])
     scores = {
         "split": split, "beam": beam, "checkpoints": [str(c) for c in checkpoints], "sentences": len(hypotheses),
-        "filtered_from_split": sum(load_manifest(out_dir)["filtered"].get(split, {}).values()),
+        "filtered_from_split": sum(manifest["filtered"].get(split, {}).values()),
         "bleu": round(bleu_score.score, 2), "chrf": round(chrf_score.score, 2),
         "length_ratio": round(bleu_score.sys_len / max(1, bleu_score.ref_len), 3),
         "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},

@@ -22,18 +22,22 @@ from dist_s2s.parallel.stages import pipeline_units, stage_boundaries
 from dist_s2s.train.checkpoint import FORMAT, load_checkpoint, load_weights, model_weights, write_file, write_part
 
 
+def by_model_name(model: Seq2Seq, parameters) -> dict[str, torch.Tensor]:
+    """Copies of `parameters` (the model's own objects, as stages share them) under the model's names."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    return {names[id(p)]: p.detach().clone() for p in parameters}
+
+
 def stage_state(engine, model: Seq2Seq) -> dict[str, torch.Tensor]:
     """This rank's stage parameters, under the single-device model's names."""
-    names = {id(p): name for name, p in model.named_parameters()}
-    return {names[id(p)]: p.detach().clone() for p in engine.module.parameters()}
+    return by_model_name(model, engine.module.parameters())
 
 
 def stage_weights(model: Seq2Seq, stages: int) -> list[dict[str, torch.Tensor]]:
     """The model's parameters as `stages` pipeline stages would hold them, stage by stage."""
-    names = {id(p): name for name, p in model.named_parameters()}
     units = pipeline_units(model)
     parts = stage_boundaries(len(model.encoder), len(model.softmax), stages)
-    return [{names[id(p)]: p.detach().clone() for unit in units[parts[s]:parts[s + 1]] for p in unit.parameters()}
+    return [by_model_name(model, (p for unit in units[parts[s]:parts[s + 1]] for p in unit.parameters()))
             for s in range(stages)]
 
 

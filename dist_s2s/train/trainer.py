@@ -38,30 +38,35 @@ from dist_s2s.train.tracking import QuietTracker, Tracker
 log = logging.getLogger(__name__)
 
 
+def current_manifest(config: Config) -> dict[str, Any] | None:
+    """The manifest in data.out_dir if it was prepared with this data config, else None."""
+    out_dir = Path(config.data.out_dir)
+    if not (out_dir / MANIFEST).is_file():
+        return None
+    manifest = load_manifest(out_dir)
+    return manifest if manifest["config_hash"] == data_config_hash(config.data) else None
+
+
 def ensure_prepared(config: Config) -> dict[str, Any]:
     """The manifest of this data config, running `prepare` first when it is missing or stale.
 
     Ray is imported only when preparing is needed."""
-    path = Path(config.data.out_dir) / MANIFEST
-    if path.is_file():
-        manifest = load_manifest(Path(config.data.out_dir))
-        if manifest["config_hash"] == data_config_hash(config.data):
-            return manifest
-        log.info("train: %s was prepared with another data config; preparing again", config.data.out_dir)
-    else:
-        log.info("train: no prepared data in %s; running prepare", config.data.out_dir)
-    from dist_s2s.data.prepare import prepare
+    manifest = current_manifest(config)
+    if manifest is None:
+        log.info("train: %s holds no data prepared with this data config; running prepare", config.data.out_dir)
+        from dist_s2s.data.prepare import prepare
 
-    return prepare(config)
+        manifest = prepare(config)
+    return manifest
 
 
 def prepared_manifest(config: Config) -> dict[str, Any]:
     """The manifest, which pipeline ranks need ready: N processes must not prepare the data at once."""
-    out_dir = Path(config.data.out_dir)
-    if not (out_dir / MANIFEST).is_file() or load_manifest(out_dir)["config_hash"] != data_config_hash(config.data):
-        raise UserError(f"{out_dir} holds no data prepared with this data config; run `dist-s2s prepare` "
+    manifest = current_manifest(config)
+    if manifest is None:
+        raise UserError(f"{config.data.out_dir} holds no data prepared with this data config; run `dist-s2s prepare` "
                         f"with the same --config first (pipeline ranks do not prepare data)")
-    return load_manifest(out_dir)
+    return manifest
 
 
 def pick_device(name: str) -> torch.device:
@@ -70,13 +75,19 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def vocabulary_compatibility(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint must share with prepared data to read and write its words (decoding needs no more)."""
+    vocab = manifest["vocab"]
+    return {"vocab.src_size": vocab["src_size"], "vocab.tgt_size": vocab["tgt_size"],
+            "vocab.src_sha256": vocab["src_sha256"], "vocab.tgt_sha256": vocab["tgt_sha256"]}
+
+
 def compatibility(config: Config, manifest: dict[str, Any]) -> dict[str, Any]:
     """What a checkpoint must share with the config to be loaded into its model."""
     return {
-        "vocab.src_size": manifest["vocab"]["src_size"], "vocab.tgt_size": manifest["vocab"]["tgt_size"],
+        **vocabulary_compatibility(manifest),
         "model.embedding_dim": config.model.embedding_dim, "model.hidden_size": config.model.hidden_size,
         "model.num_layers": config.model.num_layers,
-        "vocab.src_sha256": manifest["vocab"]["src_sha256"], "vocab.tgt_sha256": manifest["vocab"]["tgt_sha256"],
     }
 
 
