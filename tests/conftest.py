@@ -56,6 +56,11 @@ def write_corpus(root: Path, prefix: str, src: bytes | str, tgt: bytes | str) ->
         path.write_bytes(content.encode() if isinstance(content, str) else content)
 
 
+def launcher_env(tmp_path: Path) -> dict[str, str]:
+    """For torchrun / deepspeed on CPU: gloo, one thread a rank, launcher litter kept under tmp_path."""
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (closed again before returning)."""
     with socket.socket() as sock:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, launcher_env
 
 pytestmark = pytest.mark.integration
 
 
 def run_pipeline(prepared, tmp_path, processes: int, *overrides: str, steps: int = 4) -> list[dict]:
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    env = launcher_env(tmp_path)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                str(REPO / "tests" / "pipeline_worker.py"), str(tmp_path), str(steps),
                f"--data.out_dir={prepared.data.out_dir}", *overrides]
@@ -73,7 +72,7 @@ def assert_stage_parts_merge_into_the_single_device_weights(tmp_path, parts: lis
 def test_a_two_node_job_meeting_at_127_0_0_1_matches_the_single_device_trainer(prepared_tiny, tmp_path):
     """Two `torchrun --nnodes 2 --node_rank i` processes, one stage each, as on two machines."""
     port = free_port()
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    env = launcher_env(tmp_path)
     nodes = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1",
          "--master_addr=127.0.0.1", f"--master_port={port}", str(REPO / "tests" / "pipeline_worker.py"),

@@ -21,16 +21,11 @@ from dist_s2s.errors import UserError
 from dist_s2s.train.checkpoint import CheckpointDir, load_checkpoint, model_weights
 from dist_s2s.train.trainer import train
 
-from conftest import REPO, SHARED_DATA, free_port, tiny_config
+from conftest import REPO, SHARED_DATA, free_port, launcher_env, tiny_config
 
 pytestmark = pytest.mark.integration
 
 CLIPPED = "--optim.max_grad_norm=1.0"
-
-
-def launch_env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path),
-            "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 def run_overrides(prepared, run_dir: Path, *overrides: str) -> list[str]:
@@ -46,7 +41,8 @@ def train_arguments(prepared, run_dir: Path, *overrides: str) -> list[str]:
 def torchrun(prepared, tmp_path: Path, processes: int, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                "-m", "dist_s2s", *train_arguments(prepared, run_dir, *overrides)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=launch_env(tmp_path), cwd=tmp_path)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=launcher_env(tmp_path),
+                          cwd=tmp_path)
 
 
 def succeeded(result: subprocess.CompletedProcess) -> str:
@@ -142,7 +138,7 @@ def test_the_papers_eight_stage_layout_under_the_deepspeed_launcher_matches_one_
                "--module", "dist_s2s", *train_arguments(prepared_tiny, run_dir, *paper_layout,
                                                         "--parallel.stages=8", "--parallel.micro_batches=4")]
     shared_memory_before = set(Path("/dev/shm").glob("deepspeed*"))
-    succeeded(subprocess.run(command, capture_output=True, text=True, timeout=400, env=launch_env(tmp_path),
+    succeeded(subprocess.run(command, capture_output=True, text=True, timeout=400, env=launcher_env(tmp_path),
                              cwd=tmp_path))
     # DeepSpeed's CPU shm all-reduce (on under its launcher) would leave 69 MB a rank in /dev/shm, never
     # unlinked, and a later job on the same port could open them and abort: it is switched off.
@@ -193,7 +189,7 @@ def start_two_nodes(prepared, tmp_path: Path, *overrides: str) -> list[subproces
          "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "dist_s2s",
          *train_arguments(prepared, tmp_path / "run", "--parallel.stages=2", "--parallel.micro_batches=2",
                           "--train.max_steps=100000", "--train.valid_every=100000", *overrides)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=launch_env(tmp_path), cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=launcher_env(tmp_path), cwd=tmp_path,
         start_new_session=True) for rank in range(2)]
 
 
