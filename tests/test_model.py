@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from dist_s2s.config import ModelConfig
 from dist_s2s.data.batch import Batch
 from dist_s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
-from dist_s2s.model.layers import SoftmaxShard, SoftmaxState, shard_bounds
+from dist_s2s.model.layers import LSTMLayer, SoftmaxShard, SoftmaxState, shard_bounds
 from dist_s2s.model.seq2seq import Seq2Seq
 
 
@@ -131,11 +132,33 @@ def test_the_one_product_softmax_equals_the_shard_by_shard_fold_the_pipeline_use
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
-def test_the_encoder_packed_once_gives_exactly_what_each_layer_packing_for_itself_gives():
-    """Pipeline stages pack and unpack at every layer; the one-device encoder keeps the source packed."""
-    model = small_model(shards=2)
-    batch = make_batch([([5, 6, 7, 8], [9, 10]), ([11, 12], [13, 14, 15]), ([18], [19])])
-    hidden = model.src_embed(batch.src)
-    for layer, (h, c) in zip(model.encoder, model.encode(batch.src, batch.src_lengths)):
-        hidden, (layer_h, layer_c) = layer(hidden, batch.src_lengths)
-        assert torch.equal(h, layer_h) and torch.equal(c, layer_c)
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_an_encoder_layer_equals_one_packed_lstm_run_in_outputs_final_states_and_gradients(dtype, tolerance):
+    """The layer runs the steps all sentences share padded and the rest packed; the numbers must be
+    those of packing the whole batch (float32 takes oneDNN's kernel for the shared steps)."""
+    torch.manual_seed(0)
+    layer = LSTMLayer(6, 7).to(dtype)
+    inputs = torch.randn(4, 6, 6, dtype=dtype, requires_grad=True)
+    lengths = torch.tensor([4, 6, 3, 4])
+    state = (torch.randn(1, 4, 7, dtype=dtype), torch.randn(1, 4, 7, dtype=dtype))
+    outputs, (h, c) = layer(inputs, lengths, state)
+    packed = pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
+    expected, (expected_h, expected_c) = layer.lstm(packed, state)
+    expected, _ = pad_packed_sequence(expected, batch_first=True, total_length=6)
+    assert outputs.shape == expected.shape and torch.equal(outputs[2, 3:], torch.zeros(3, 7, dtype=dtype))
+    for ours, theirs in [(outputs, expected), (h, expected_h), (c, expected_c)]:
+        assert torch.allclose(ours, theirs, rtol=tolerance, atol=tolerance)
+    weights = torch.randn_like(outputs)
+    wrt = [inputs, *layer.parameters()]
+    ours = torch.autograd.grad((outputs * weights).sum() + h.sum() + 2 * c.sum(), wrt)
+    theirs = torch.autograd.grad((expected * weights).sum() + expected_h.sum() + 2 * expected_c.sum(), wrt)
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, rtol=tolerance, atol=tolerance)
+
+
+def test_a_batch_of_equal_lengths_never_packs():
+    layer = LSTMLayer(3, 4)
+    inputs = torch.randn(2, 5, 3)
+    outputs, (h, c) = layer(inputs, torch.tensor([5, 5]))
+    expected, (expected_h, expected_c) = layer.lstm(inputs)
+    assert torch.equal(outputs, expected) and torch.equal(h, expected_h) and torch.equal(c, expected_c)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from dist_s2s.config import ModelConfig
 from dist_s2s.data.batch import Batch
@@ -37,14 +36,10 @@ class Seq2Seq(nn.Module):
             nn.init.uniform_(parameter, -self.config.init_range, self.config.init_range)
 
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The final (h, c) of each encoder layer, the decoder's initial states.
-
-        The source is packed once and stays packed from layer to layer (what a pipeline stage
-        does per layer, pack and unpack, gives the same numbers at more copies)."""
-        packed = pack_padded_sequence(self.src_embed(src), src_lengths.cpu(), batch_first=True, enforce_sorted=False)
-        states = []
+        """The final (h, c) of each encoder layer, the decoder's initial states."""
+        hidden, states = self.src_embed(src), []
         for layer in self.encoder:
-            packed, state = layer.lstm(packed)
+            hidden, state = layer(hidden, src_lengths)
             states.append(state)
         return states
 
