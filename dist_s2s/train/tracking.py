@@ -128,10 +128,7 @@ class QuietTracker:
         pass
 
     def log_params(self, params: dict[str, Any]) -> None:
-        if self.client is not None:
-            from mlflow.entities import Param
-
-            self._guard(self.client.log_batch, self.run_id, [], [Param(k, str(v)[:6000]) for k, v in params.items()])
+        pass
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         pass
