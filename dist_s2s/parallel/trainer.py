@@ -22,7 +22,7 @@ from dist_s2s.config import Config
 from dist_s2s.data.batch import Batch
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.checkpoint import stage_state
-from dist_s2s.parallel.engine import build_engine, evaluation_scale, micro_batches, training_scale
+from dist_s2s.parallel.engine import build_engine, check_world_size, evaluation_scale, micro_batches, training_scale
 from dist_s2s.train.checkpoint import CheckpointDir
 from dist_s2s.train.step import StepResult
 
@@ -44,6 +44,7 @@ def join_process_group(config: Config) -> None:
     """
     import importlib
 
+    check_world_size(config, int(os.environ["WORLD_SIZE"]))  # before joining: a wrong count would wait, not fail
     import deepspeed
     from deepspeed.utils import logger as deepspeed_logger
 
@@ -124,4 +125,7 @@ class PipelineSteps:
         return {"model_parts": sorted((e for e in entries if e is not None), key=lambda e: e["stage"])}
 
     def close(self) -> None:
+        """Leave together: a rank tearing down its group while a peer's last send is still in flight
+        aborted the process ("terminate called without an active exception", seen once in a 4-stage bench)."""
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
