@@ -124,8 +124,10 @@ class PipelineSteps:
             return None
         return {"model_parts": sorted((e for e in entries if e is not None), key=lambda e: e["stage"])}
 
-    def close(self) -> None:
-        """Leave together: a rank tearing down its group while a peer's last send is still in flight
-        aborted the process ("terminate called without an active exception", seen once in a 4-stage bench)."""
-        torch.distributed.barrier()
+    def close(self, finished: bool = True) -> None:
+        """After a finished run, leave together: a rank tearing down its group while a peer's last send
+        was in flight aborted ("terminate called without an active exception", once in a 4-stage bench).
+        After a failure there may be nobody left to wait for."""
+        if finished:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -29,12 +29,21 @@ INDEX = "index.json"
 
 
 def write_file(path: Path, payload: dict[str, Any]) -> str:
-    """torch.save to a temporary file, fsync, rename into place; the file's sha256."""
+    """torch.save to a temporary file, fsync, rename into place; the file's sha256.
+
+    A failed write (a full disk) removes its temporary file and names the checkpoint: the
+    index still lists only complete checkpoints, so the previous one stays the latest."""
     temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(temporary, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except (OSError, RuntimeError) as error:  # torch.save reports a failed write as RuntimeError
+        temporary.unlink(missing_ok=True)
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+        raise UserError(f"cannot write checkpoint {path}: {reason}; the previous checkpoints in {path.parent} "
+                        f"are untouched (free space, then resume with --train.resume=true)") from None
     digest = sha256_file(temporary)
     os.replace(temporary, path)
     return digest
@@ -85,6 +94,14 @@ class CheckpointDir:
             for file in self.directory.glob(Path(entry["file"]).stem + ".*"):
                 file.unlink(missing_ok=True)
         return path
+
+    def discard_partial(self) -> list[str]:
+        """Remove the temporary files of writes a killed run left unfinished; their names.
+        (The index never listed them, so nothing ever loaded them.)"""
+        leftovers = sorted(self.directory.glob("*.tmp")) if self.directory.is_dir() else []
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return [path.name for path in leftovers]
 
     def expected_sha256(self, path: Path) -> str | None:
         return next((e["sha256"] for e in self._index() if e["file"] == Path(path).name), None)

@@ -67,5 +67,5 @@ class SingleDeviceSteps:
     def checkpoint_weights(self, checkpoints: CheckpointDir, step: int) -> dict:
         return {"model": self.model.unsharded_state_dict()}
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
         pass

@@ -212,7 +212,7 @@ def train(config: Config) -> dict[str, Any] | None:
         if status == "FINISHED" and step > 0 and checkpoints.latest():
             tracker.log_artifact(checkpoints.latest(), "checkpoints")
         tracker.finish(status)
-        steps.close()
+        steps.close(finished=status == "FINISHED")
     if not steps.is_main:
         return None
     summary.update({"step": step, "checkpoint": str(checkpoints.latest()), "mlflow_run_id": tracker.run_id,
@@ -252,6 +252,8 @@ def _resume(config: Config, checkpoints: CheckpointDir, model: Seq2Seq,
     if not config.train.resume:
         raise UserError(f"{config.train.run_dir} already has checkpoints (latest {latest.name}): "
                         f"pass --train.resume=true to continue, or choose another --train.run_dir")
+    for name in checkpoints.discard_partial():
+        log.warning("train: removed %s, a checkpoint write that an earlier run did not finish", name)
     state = load_checkpoint(latest, checkpoints.expected_sha256(latest))
     check_compatible(latest, state["compat"], compatibility(config, manifest))
     load_weights(model, latest, model_weights(latest, state))  # plain SGD keeps no optimizer state
