@@ -247,6 +247,11 @@ def validate(config: Config) -> None:
             raise UserError(f"config key {key} must be >= 0, got {value}")
     if config.train.max_steps is not None and config.train.max_steps <= 0:
         raise UserError(f"config key train.max_steps must be positive, got {config.train.max_steps}")
+    units = config.model.num_layers + config.model.softmax_shards
+    if config.parallel.stages > units:
+        raise UserError(f"config key parallel.stages={config.parallel.stages} exceeds the {units} units a stage can hold "
+                        f"(model.num_layers + model.softmax_shards = {config.model.num_layers} + "
+                        f"{config.model.softmax_shards}): at most one LSTM layer or softmax shard a stage")
     parts = config.parallel.data * config.parallel.micro_batches
     if config.train.batch_size < 2 * parts:
         raise UserError(f"config key train.batch_size={config.train.batch_size} must be at least 2 × parallel.data × "

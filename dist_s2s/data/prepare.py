@@ -26,7 +26,7 @@ import dist_s2s
 from dist_s2s.config import Config, DataConfig
 from dist_s2s.data.manifest import FORMAT, LOCATION_KEYS, MANIFEST, data_config_hash, write_manifest
 from dist_s2s.data.shards import sha256_file
-from dist_s2s.data.passes import COUNTS, ShardPlan, encode_shard, read_counts, tokenize_chunk
+from dist_s2s.data.passes import COUNTS, RECEIPT, ShardPlan, encode_shard, read_counts, tokenize_chunk
 from dist_s2s.data.sources import FileScan, InputPair, check_aligned, chunks, input_pairs, scan_file
 from dist_s2s.data.vocab import SPECIALS, Vocab
 from dist_s2s.errors import UserError
@@ -125,12 +125,16 @@ def _scan_inputs(pairs: list[InputPair], chunk_lines: int) -> list[tuple[FileSca
 def _pass_tokenize(pairs, scans, data: DataConfig, work_dir: Path) -> list[tuple[Path, dict]]:
     """Pass 1; returns (chunk work dir, receipt) in input order."""
     jobs: list[tuple[Path, Any]] = []
+    reused = 0
     for pair_index, (pair, (src, tgt)) in enumerate(zip(pairs, scans)):
         input_key = f"{pair_index:03d}-{src.sha256[:12]}-{tgt.sha256[:12]}"
         for chunk in chunks(pair_index, src, tgt, data.chunk_lines):
             chunk_dir = work_dir / input_key / f"{chunk.first_line:012d}-{chunk.num_lines}"
             chunk_dir.mkdir(parents=True, exist_ok=True)
+            reused += (chunk_dir / RECEIPT).is_file()  # counted before the task could write it
             jobs.append((chunk_dir, _tokenize.remote(pair, pair_index, chunk, data, chunk_dir)))
+    if reused:
+        log.info("prepare: reusing %d of %d tokenized chunks finished by an interrupted run", reused, len(jobs))
     receipts = _gather([ref for _, ref in jobs], "tokenize")
     return [(chunk_dir, receipt) for (chunk_dir, _), receipt in zip(jobs, receipts)]
 
