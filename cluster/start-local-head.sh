@@ -8,6 +8,10 @@ export PATH="$PWD/.venv/bin:$PATH"   # jobs run `dist-s2s` from the head's envir
 # Token authentication on (Ray's default for local clusters since 2.59): clients such as
 # `ray job submit` need the same token, from ~/.ray/auth_token or RAY_AUTH_TOKEN_PATH.
 export RAY_AUTH_MODE=token
+# Ray 2.60 turns --node-ip-address=127.0.0.1 into the machine's external IP and binds its GCS, raylet
+# and workers on all interfaces; with this (Ray's "no multi-node cluster" switch, named for
+# Windows/macOS) every process binds 127.0.0.1. Unset it to let other machines join.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="${RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER:-0}"
 if [ -z "${RAY_AUTH_TOKEN_PATH:-}${RAY_AUTH_TOKEN:-}" ]; then
     ray get-auth-token --generate >/dev/null
 fi

@@ -16,7 +16,21 @@ from dist_s2s.config import Config, describe_options, load_config
 from dist_s2s.errors import UserError
 
 
+def keep_local_ray_on_loopback(config: Config) -> None:
+    """An in-process Ray (no ray.address, no RAY_ADDRESS) binds 127.0.0.1 only.
+
+    Ray 2.60 resolves 127.0.0.1 to the machine's external IP and listens on all interfaces unless
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (its single-node switch) is set before `ray` is imported.
+    A user who sets it, or names a cluster, keeps Ray's behaviour.
+    """
+    import os
+
+    if not (config.ray.address or os.environ.get("RAY_ADDRESS")):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def _prepare(config: Config, args: argparse.Namespace) -> None:
+    keep_local_ray_on_loopback(config)
     from dist_s2s.data.prepare import prepare
     from dist_s2s.data.report import summary
 
@@ -24,6 +38,7 @@ def _prepare(config: Config, args: argparse.Namespace) -> None:
 
 
 def _train(config: Config, args: argparse.Namespace) -> None:
+    keep_local_ray_on_loopback(config)  # train prepares missing data in-process
     from dist_s2s.train.trainer import train
 
     summary = train(config)
@@ -92,6 +107,23 @@ def _convert(config: Config, args: argparse.Namespace) -> None:
     print(f"wrote {output} ({layout})")
 
 
+def _sync(config: Config, args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from dist_s2s.train.tracking import UNSENT_FILE, Tracker
+
+    run_dir = Path(config.train.run_dir)
+    if not (run_dir / UNSENT_FILE).is_file():
+        print(f"nothing to send: {run_dir / UNSENT_FILE} does not exist")
+        return
+    tracker = Tracker(config, run_dir, continuing=False)
+    sent = tracker.sync()
+    if tracker.created:  # the server never saw this run: it is over by now
+        tracker.client.set_terminated(tracker.run_id, "FINISHED")
+    tracker.local.close()
+    print(f"sent {sent} metric records to MLflow run {tracker.run_id} at {tracker.uri}")
+
+
 COMMANDS: dict[str, tuple[str, Callable[[Config, argparse.Namespace], None]]] = {
     "prepare": ("tokenize raw parallel text into vocabularies and Arrow shards (Ray)", _prepare),
     "train": ("train the paper's model: on one device (preparing the data when needed), or as a pipeline "
@@ -102,6 +134,7 @@ COMMANDS: dict[str, tuple[str, Callable[[Config, argparse.Namespace], None]]] = 
     "rescore": ("rerank an n-best list by interpolating its scores with the model's log-probability", _rescore),
     "bench": ("time training steps of every mode on real batches: words/s, MFU, memory, ratios", _bench),
     "convert": ("rewrite a checkpoint as one single-device file or as per-stage pipeline parts", _convert),
+    "sync": ("send the metrics a run kept locally while its MLflow server did not answer", _sync),
 }
 
 

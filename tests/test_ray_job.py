@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import REPO, SHARED_DATA, free_port, wait_for_http
+from conftest import REPO, SHARED_DATA, free_port, listening_addresses, wait_for_http
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ def local_head(tmp_path):
     address = f"http://127.0.0.1:{dashboard}"
     try:
         wait_for_http(f"{address}/api/version", 90)  # 401 under token auth: up
-        yield address, client_env(token)
+        yield address, client_env(token), head.pid
     finally:
         head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
         try:
@@ -77,7 +77,8 @@ def submit(address: str, env: dict[str, str], *entrypoint: str, seconds: float =
 
 
 def test_prepare_runs_as_a_ray_job_and_writes_the_manifest(local_head, tmp_path):
-    address, env = local_head
+    address, env, head = local_head
+    assert listening_addresses(head) == {"127.0.0.1"}, "every port of the head binds 127.0.0.1"
     out_dir = tmp_path / "shards"
     result = submit(address, env, "dist-s2s", "prepare", "--config", "tiny.yaml",
                     f"--data.root={SHARED_DATA}", f"--data.out_dir={out_dir}")
@@ -87,3 +88,4 @@ def test_prepare_runs_as_a_ray_job_and_writes_the_manifest(local_head, tmp_path)
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert manifest["splits"]["train"]["rows_in"] == 29_000
     assert {"shards", "vocab", "filtered"} <= set(manifest)
+
