@@ -212,6 +212,20 @@ def wait_until_training(run_dir: Path, nodes: list[subprocess.Popen]) -> None:
         time.sleep(0.5)
 
 
+def assert_resuming_ends_bit_identical_to_an_uninterrupted_run(prepared, tmp_path: Path) -> None:
+    """Relaunch the killed job with --train.resume=true to 3 steps past its last checkpoint: the
+    weights equal a run that was never interrupted (same batches, same RNG: no example lost or repeated)."""
+    run_dir = tmp_path / "run"
+    last = int(CheckpointDir(run_dir / "checkpoints", 3).latest().stem.split("-")[1])
+    layout = ("--parallel.stages=2", "--parallel.micro_batches=2", "--train.valid_every=100000",
+              f"--train.max_steps={last + 3}")
+    output = succeeded(torchrun(prepared, tmp_path, 2, run_dir, *layout, "--train.resume=true"))
+    assert f"resuming from {CheckpointDir(run_dir / 'checkpoints', 3).path_of(last)}" in output
+    succeeded(torchrun(prepared, tmp_path, 2, tmp_path / "straight", *layout))
+    resumed, straight = weights_at(run_dir, last + 3), weights_at(tmp_path / "straight", last + 3)
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
 @pytest.mark.parametrize("fault, signal_number, seconds", [
     ("killed", signal.SIGKILL, 30),   # the peer's sockets close: gloo fails at once
     ("hung", signal.SIGSTOP, 60),     # nothing closes: parallel.timeout_s=5 ends the wait
@@ -230,6 +244,8 @@ def test_a_rank_that_dies_or_hangs_makes_the_other_exit_with_a_clear_error(prepa
         assert nodes[0].returncode != 0
         assert "dist-s2s: error: rank 0 lost contact with another rank at step" in output, output[-3000:]
         assert "Resume with --train.resume=true" in output
+        if fault == "killed":
+            assert_resuming_ends_bit_identical_to_an_uninterrupted_run(prepared_tiny, tmp_path)
     finally:  # torchrun puts its workers in their own process group: a stopped one must be killed by pid
         if victim is not None:
             with contextlib.suppress(ProcessLookupError):

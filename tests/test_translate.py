@@ -7,33 +7,20 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from dist_s2s.cli import main
 from dist_s2s.decode.rescore import model_scores, read_nbest, rerank
 from dist_s2s.decode.translator import Translator
 from dist_s2s.errors import UserError
-from dist_s2s.train.checkpoint import CheckpointDir
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 
 
-@pytest.fixture(scope="module")
-def trained(prepared_tiny, tmp_path_factory):
-    """30 tiny steps ending with the evaluation of test2016 (eval.after_training); config args and stdout."""
-    run_dir = tmp_path_factory.mktemp("translate") / "run"
-    args = ["--config", TINY, f"--data.root={SHARED_DATA}", f"--data.out_dir={prepared_tiny.data.out_dir}",
-            f"--train.run_dir={run_dir}"]
-    import contextlib
-    import io
-
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert main(["train", *args, "--train.max_steps=30", "--eval.after_training=true", "--eval.beam_size=2"]) == 0
-    checkpoint = str(CheckpointDir(run_dir / "checkpoints", 3).latest())
-    return args, checkpoint, printed.getvalue()
+@pytest.fixture
+def trained(trained_tiny):
+    return trained_tiny
 
 
 def test_training_ends_by_printing_test2016_bleu_with_its_signature(trained):
@@ -133,25 +120,6 @@ def test_the_rescore_command_writes_the_new_one_best_per_source_line(trained, nb
     assert output.read_text().splitlines() == beam_best  # the model undoes the reversed file scores
 
 
-def test_a_malformed_nbest_line_is_an_error_naming_the_line(trained, tmp_path, capsys):
-    args, checkpoint, _ = trained
-    (tmp_path / "src.en").write_text("A dog .\n")
-    (tmp_path / "bad.nbest").write_text("0 ||| un chien ||| LSTM0= -1.0 ||| -1.0\n0 ||| deux chiens\n")
-    assert main(["rescore", *args, "--checkpoint", checkpoint, "--input", str(tmp_path / "src.en"),
-                 "--nbest", str(tmp_path / "bad.nbest")]) == 2
-    assert "bad.nbest:2: expected `id ||| hypothesis ||| features ||| score`" in capsys.readouterr().err
-
-
-def test_a_checkpoint_trained_on_another_vocabulary_is_refused(trained, tmp_path, capsys):
-    args, checkpoint, _ = trained
-    state = torch.load(checkpoint, weights_only=True)
-    state["compat"]["vocab.tgt_sha256"] = "0" * 64
-    torch.save(state, tmp_path / "other.pt")
-    assert main(["translate", *args, "--checkpoint", str(tmp_path / "other.pt"), "--input", "/dev/null"]) == 2
-    assert re.search(r"other\.pt does not fit this config: it was trained with vocab\.tgt_sha256='0+'",
-                     capsys.readouterr().err)
-
-
 def test_evaluate_scores_a_split_and_writes_json_hypotheses_plots_and_an_mlflow_run(trained, tmp_path):
     import mlflow
 
@@ -173,25 +141,6 @@ def test_evaluate_scores_a_split_and_writes_json_hypotheses_plots_and_an_mlflow_
     run = mlflow.MlflowClient(f"sqlite:///{run_dir}/mlflow.db").get_run(scores["mlflow_run_id"])
     assert run.data.metrics["test2016/bleu"] == scores["bleu"]
     assert run.data.params["eval.beam"] == "1"
-
-
-def test_evaluating_a_split_that_was_not_prepared_names_the_prepared_ones(trained, capsys):
-    args, checkpoint, _ = trained
-    assert main(["evaluate", *args, "--checkpoint", checkpoint, "--split", "test2099"]) == 2
-    assert "split 'test2099' is not prepared" in capsys.readouterr().err
-
-
-def test_invalid_utf8_input_is_an_error_naming_the_line(trained, tmp_path, capsys):
-    args, checkpoint, _ = trained
-    (tmp_path / "src.en").write_bytes(b"A dog .\nA \xff cat .\n")
-    assert main(["translate", *args, "--checkpoint", checkpoint, "--input", str(tmp_path / "src.en")]) == 2
-    assert "src.en:2: invalid UTF-8 at byte 2" in capsys.readouterr().err
-
-
-def test_a_missing_checkpoint_is_named(trained, tmp_path, capsys):
-    args, _, _ = trained
-    assert main(["translate", *args, "--checkpoint", str(tmp_path / "nope.pt"), "--input", "/dev/null"]) == 2
-    assert "checkpoint not found" in capsys.readouterr().err
 
 
 def test_user_errors_do_not_reach_here_as_tracebacks():
