@@ -122,9 +122,15 @@ def test_an_unreachable_tracking_server_does_not_stop_training(prepared_tiny, tm
     run_dir = tmp_path / "run"
     summary = train(config_for(prepared_tiny, run_dir, "--train.max_steps=4", f"--tracking.uri=http://127.0.0.1:{port}"))
     assert summary["step"] == 4
-    assert len([m for m in metrics(run_dir) if "train/loss" in m]) == 2, "the local record has every metric"
-    warnings = [r for r in caplog.records if "MLflow at http://127.0.0.1" in r.getMessage()]
-    assert len(warnings) == 1, "warned once"
+    logged = metrics(run_dir)
+    assert len([m for m in logged if "train/loss" in m]) == 2, "the local record has every metric"
+    unsent = [json.loads(line) for line in (run_dir / "unsent-metrics.jsonl").read_text().splitlines()]
+    assert unsent == logged, "every record MLflow missed is kept for `dist-s2s sync`"
+    messages = [r.getMessage() for r in caplog.records if f"MLflow at http://127.0.0.1:{port}" in r.getMessage()]
+    assert len([m for m in messages if " failed (" in m]) == 1, "warned once"
+    assert [m for m in messages if "did not reach MLflow" in m] == [
+        f"tracking: {len(logged)} metric records did not reach MLflow at http://127.0.0.1:{port}; they are in "
+        f"{run_dir / 'unsent-metrics.jsonl'}: `dist-s2s sync` with this run's config sends them"]
 
 
 def test_train_prepares_missing_data_and_prepares_again_when_the_data_config_changed(ray_local, tmp_path):

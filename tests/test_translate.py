@@ -18,8 +18,9 @@ from conftest import REPO
 TINY = str(REPO / "configs" / "tiny.yaml")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def trained(trained_tiny):
+    """The session's tiny model trained for 30 steps (conftest): config args, checkpoint, stdout."""
     return trained_tiny
 
 
