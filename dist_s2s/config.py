@@ -190,20 +190,42 @@ class Config:
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Read a YAML config (or the defaults when `path` is None) and apply `--section.key=value`."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise UserError(f"{path}: not valid YAML: {error}") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    raw = _read_yaml(Path(path)) if path is not None else {}
     for override in overrides:
         _apply_override(raw, override)
     return config_from_dict(raw)
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping; `base: other.yaml` (relative to the file) is read first and the
+    file's own values replace its values key by key, so a variant states only what differs."""
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}" + (f" (the base of {seen[-1]})" if seen else ""))
+    if path.resolve() in seen:
+        raise UserError(f"{path}: config bases form a cycle ({' → '.join(str(p) for p in (*seen, path))})")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise UserError(f"{path}: config key base must be a file name, got {base!r}")
+    return _merged(_read_yaml(path.parent / base, (*seen, path.resolve())), raw)
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` laid over it: mappings merge key by key, anything else is replaced."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:

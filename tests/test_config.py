@@ -97,3 +97,22 @@ def test_help_lists_every_key_with_its_docstring():
     assert "Directory of raw parallel corpora" in text
     assert "--optim.halve_lr_every=0.5" in text
     assert "--ray.address=None" in text
+
+
+def test_a_config_states_only_what_differs_from_its_base(tmp_path):
+    (tmp_path / "base.yaml").write_text("model: {hidden_size: 64, num_layers: 4}\ntrain: {batch_size: 32}\n")
+    (tmp_path / "deep.yaml").write_text("base: base.yaml\nmodel: {num_layers: 1}\n")
+    config = load_config(tmp_path / "deep.yaml", ["--train.batch_size=16"])
+    assert (config.model.hidden_size, config.model.num_layers, config.train.batch_size) == (64, 1, 16)
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"a.yaml": "base: missing.yaml\n"}, r"config file not found: .*missing\.yaml \(the base of .*a\.yaml\)"),
+    ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"}, r"config bases form a cycle"),
+    ({"a.yaml": "base: [b.yaml]\n"}, r"config key base must be a file name"),
+])
+def test_a_broken_base_is_named(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_config(tmp_path / "a.yaml")

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from dist_s2s.cli import main
 from dist_s2s.decode.rescore import model_scores, read_nbest, rerank
@@ -147,3 +148,28 @@ def test_evaluate_scores_a_split_and_writes_json_hypotheses_plots_and_an_mlflow_
 def test_user_errors_do_not_reach_here_as_tracebacks():
     with pytest.raises(UserError):
         read_nbest(Path("/nonexistent.nbest"))
+
+
+def test_evaluate_reports_the_split_perplexity_the_trainer_would_compute(trained, tmp_path):
+    """Teacher-forced through the decoder's own code path; the same number as the model's summed NLL."""
+    import math
+
+    from dist_s2s.config import load_config
+    from dist_s2s.data.loader import BatchLoader
+    from dist_s2s.train.checkpoint import load_checkpoint
+    from dist_s2s.model.seq2seq import Seq2Seq
+
+    args, checkpoint, _ = trained
+    output = tmp_path / "scores.json"
+    assert main(["evaluate", *args, "--checkpoint", checkpoint, "--split", "test2016", "--beam", "1",
+                 "--output", str(output)]) == 0
+    config = load_config(TINY, args[2:])
+    state = load_checkpoint(checkpoint)
+    loader = BatchLoader(config.data.out_dir, "test2016", 64, shuffle=False)
+    model = Seq2Seq(config.model, config.data.src_vocab_size, config.data.tgt_vocab_size)
+    model.load_unsharded_state_dict(state["model"])
+    model.eval()
+    with torch.no_grad():
+        totals = [model(batch) for batch in loader]
+    expected = math.exp(sum(float(nll) for nll, _ in totals) / sum(int(n) for _, n in totals))
+    assert json.loads(output.read_text())["perplexity"] == pytest.approx(expected, rel=1e-3)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from dist_s2s.config import Config
 from dist_s2s.data.manifest import load_manifest, shards_of
 from dist_s2s.data.shards import read_table
 from dist_s2s.data.tokenize import tokenize
+from dist_s2s.data.vocab import EOS_ID
+from dist_s2s.decode.rescore import pair_log_probs
 from dist_s2s.decode.translator import Translator
 from dist_s2s.errors import UserError
 from dist_s2s.evaluate import analysis
@@ -39,7 +42,7 @@ def split_rows(out_dir: Path, split: str, manifest: dict[str, Any] | None = None
     if split not in manifest["splits"]:
         raise UserError(f"split {split!r} is not prepared in {out_dir} (prepared: {', '.join(sorted(manifest['splits']))})")
     tables = [read_table(out_dir / shard["path"]) for shard in shards_of(manifest, split)]
-    table = pa.concat_tables(tables).select(["src_ids", "src_len", "input", "line", "src_text", "tgt_text"])
+    table = pa.concat_tables(tables).select(["src_ids", "tgt_ids", "src_len", "input", "line", "src_text", "tgt_text"])
     if table.num_rows and table.column("tgt_text").null_count:
         raise UserError(f"split {split!r} in {out_dir} keeps no reference text (the training split cannot be evaluated)")
     return table.sort_by([("input", "ascending"), ("line", "ascending")])
@@ -59,6 +62,7 @@ def evaluate(config: Config, checkpoints: list[str], split: str | None = None, b
     started = time.perf_counter()
     translations = [found[0] for found in translator.translate_ids(src_ids, beam)]
     seconds = time.perf_counter() - started
+    perplexity = split_perplexity(translator, src_ids, rows.column("tgt_ids").to_pylist())
     hypotheses = [t.text for t in translations]
 
     bleu, chrf = BLEU(), CHRF()
@@ -70,7 +74,7 @@ def evaluate(config: Config, checkpoints: list[str], split: str | None = None, b
     scores = {
         "split": split, "beam": beam, "checkpoints": [str(c) for c in checkpoints], "sentences": len(hypotheses),
         "filtered_from_split": sum(manifest["filtered"].get(split, {}).values()),
-        "bleu": round(bleu_score.score, 2), "chrf": round(chrf_score.score, 2),
+        "bleu": round(bleu_score.score, 2), "chrf": round(chrf_score.score, 2), "perplexity": round(perplexity, 3),
         "length_ratio": round(bleu_score.sys_len / max(1, bleu_score.ref_len), 3),
         "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
         "tokenized_bleu": round(tokenized_bleu.score, 2),
@@ -92,7 +96,8 @@ def evaluate(config: Config, checkpoints: list[str], split: str | None = None, b
     tracker.log_params({"eval.checkpoints": json.dumps(scores["checkpoints"]), "eval.split": split,
                         "eval.beam": beam, "sacrebleu.signature": scores["signature"]["bleu"]})
     tracker.log_metrics({f"{split}/bleu": scores["bleu"], f"{split}/chrf": scores["chrf"],
-                         f"{split}/tokenized_bleu": scores["tokenized_bleu"]}, step=0)
+                         f"{split}/tokenized_bleu": scores["tokenized_bleu"], f"{split}/ppl": scores["perplexity"]},
+                        step=0)
     for path in [report_dir / "hypotheses.txt", report_dir / "scores.json", *plots]:
         tracker.log_artifact(path, "eval")
     tracker.finish()
@@ -104,6 +109,14 @@ def evaluate(config: Config, checkpoints: list[str], split: str | None = None, b
              split, beam, len(hypotheses), scores["sentences_per_sec"], scores["bleu"], scores["chrf"],
              scores["tokenized_bleu"])
     return scores
+
+
+def split_perplexity(translator: Translator, src_ids: list[list[int]], tgt_ids: list[list[int]]) -> float:
+    """exp(-mean log-probability) of the references' words and </s> (§3.6's test perplexity), teacher-forced
+    through the ensemble; `tgt_ids` as prepared, <s> … </s>."""
+    pairs = [(src or [EOS_ID], tgt[1:-1]) for src, tgt in zip(src_ids, tgt_ids)]
+    log_prob = sum(pair_log_probs(translator, pairs))
+    return math.exp(-log_prob / sum(len(t) + 1 for _, t in pairs))
 
 
 def _analyses(translator: Translator, rows: pa.Table, src_ids: list[list[int]], hypotheses: list[str],
