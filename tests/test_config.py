@@ -27,7 +27,11 @@ def test_defaults_are_the_papers_numbers():
     assert config.data.root == "../shared/data"
 
 
-@pytest.mark.parametrize("name", ["paper", "multi30k", "tiny"])
+SHIPPED = sorted(p.relative_to(REPO / "configs").with_suffix("").as_posix()
+                 for p in (REPO / "configs").rglob("*.yaml") if p.name != "study.yaml")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_config_loads(name):
     config = load_config(REPO / "configs" / f"{name}.yaml")
     assert config.data.corpora, "every config names its corpora"

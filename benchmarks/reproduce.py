@@ -1,0 +1,194 @@
+"""Run the reproduction study of configs/experiments/study.yaml with the project's own commands.
+
+    .venv/bin/python benchmarks/reproduce.py                       # the whole study (hours on 2 CPU cores)
+    .venv/bin/python benchmarks/reproduce.py --study S.yaml --set train.max_steps=20 ...
+
+Every step is a `dist-s2s` subprocess (train, evaluate, translate --nbest, rescore), tracked in
+MLflow as those commands track themselves. Steps whose result file exists are skipped and an
+interrupted training resumes from its checkpoint, so rerunning after a crash picks up where it
+stopped. Everything lands in `<run_dir>/study.json` (scores, perplexities, MLflow run ids,
+commands); `benchmarks/study_report.py` turns that into tables and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from sacrebleu.metrics import BLEU
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from dist_s2s.config import load_config  # noqa: E402
+from dist_s2s.decode.rescore import read_nbest  # noqa: E402
+from dist_s2s.evaluate.evaluate import split_rows  # noqa: E402
+from dist_s2s.train.checkpoint import CheckpointDir  # noqa: E402
+
+
+@dataclass
+class Rescoring:
+    first_pass: str
+    rescorer: str
+    nbest: int = 12
+    weight: float = 0.5
+    splits: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Study:
+    folder: Path
+    run_dir: Path
+    rows: list[str]
+    depth_rows: list[str]
+    ensemble_seeds: list[int]
+    beams: list[int]
+    splits: list[str]
+    rescore: Rescoring
+
+    @classmethod
+    def load(cls, path: Path) -> Study:
+        raw = yaml.safe_load(path.read_text())
+        unknown = set(raw) - {"run_dir", "rows", "depth_rows", "ensemble_seeds", "beams", "splits", "rescore"}
+        if unknown:
+            raise SystemExit(f"{path}: unknown study key {sorted(unknown)[0]}")
+        return cls(folder=path.parent, run_dir=REPO / raw["run_dir"], rows=raw["rows"], depth_rows=raw["depth_rows"],
+                   ensemble_seeds=raw["ensemble_seeds"], beams=raw["beams"], splits=raw["splits"],
+                   rescore=Rescoring(**raw["rescore"]))
+
+    def config(self, row: str) -> Path:
+        return self.folder / f"{row}.yaml"
+
+
+class Runner:
+    """Runs `dist-s2s` commands with the study's extra overrides, logging each one to study.json."""
+
+    def __init__(self, study: Study, overrides: list[str]):
+        # One MLflow store for the whole study (trainings and evaluations), unless one is named.
+        if not any(o.startswith("--tracking.uri=") for o in overrides):
+            overrides = [*overrides, f"--tracking.uri=sqlite:///{study.run_dir.resolve()}/mlflow.db"]
+        self.study, self.overrides = study, overrides
+        self.results_path = study.run_dir / "study.json"
+        self.results = json.loads(self.results_path.read_text()) if self.results_path.is_file() else {}
+
+    def save(self) -> None:
+        self.study.run_dir.mkdir(parents=True, exist_ok=True)
+        self.results_path.write_text(json.dumps(self.results, indent=2) + "\n")
+
+    def command(self, *arguments: str) -> None:
+        command = [sys.executable, "-m", "dist_s2s", *arguments, *self.overrides]
+        print("$ dist-s2s " + " ".join(arguments), flush=True)
+        started = time.perf_counter()
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"failed ({result.returncode}): {' '.join(command)}\n{result.stderr[-3000:]}")
+        self.results.setdefault("commands", []).append(
+            {"command": "dist-s2s " + " ".join([*arguments, *self.overrides]),
+             "seconds": round(time.perf_counter() - started, 1)})
+
+    def train(self, row: str, seed: int | None = None) -> dict:
+        """A row's training run (resumed if interrupted); its valid ppl, checkpoint and MLflow run id."""
+        name = row if seed is None else f"{row}-seed{seed}"
+        trained = self.results.setdefault("trained", {})
+        if name in trained:
+            return trained[name]
+        run_dir = self.study.run_dir / name
+        extra = [f"--train.run_dir={run_dir}"] + ([f"--train.seed={seed}"] if seed is not None else [])
+        if (run_dir / "checkpoints" / "index.json").is_file():
+            extra.append("--train.resume=true")
+        self.command("train", "--config", str(self.study.config(row)), *extra)
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        valid = [r for r in records if "valid/ppl" in r]
+        trained[name] = {
+            "row": row, "seed": seed, "run_dir": str(run_dir),
+            "checkpoint": str(CheckpointDir(run_dir / "checkpoints", 1).latest()),
+            "mlflow_run_id": (run_dir / "mlflow_run_id").read_text().strip(),
+            "valid_ppl": valid[-1]["valid/ppl"], "valid_ppl_curve": [[r["step"], r["valid/ppl"]] for r in valid],
+            "train_ppl_curve": [[r["step"], r["train/ppl"]] for r in records if "train/ppl" in r],
+        }
+        self.save()
+        return trained[name]
+
+    def evaluate(self, label: str, row: str, checkpoints: list[str], split: str, beam: int) -> dict:
+        key = f"{label}|{split}|beam{beam}"
+        evaluated = self.results.setdefault("evaluated", {})
+        if key in evaluated:
+            return evaluated[key]
+        out = self.study.run_dir / "eval" / f"{label}-{split}-beam{beam}.json"
+        report_dir = self.study.run_dir / "eval" / label
+        self.command("evaluate", "--config", str(self.study.config(row)), "--checkpoint", *checkpoints,
+                     "--split", split, "--beam", str(beam), "--output", str(out), f"--train.run_dir={report_dir}")
+        scores = json.loads(out.read_text())
+        evaluated[key] = {"label": label, "split": split, "beam": beam, "members": len(checkpoints),
+                          **{k: scores[k] for k in ("bleu", "chrf", "perplexity", "length_ratio", "sentences",
+                                                    "signature", "bleu_by_length", "bleu_by_rarity",
+                                                    "mlflow_run_id", "report_dir")}}
+        self.save()
+        return evaluated[key]
+
+    def rescore(self, split: str, first: dict, rescorer: dict) -> dict:
+        done = self.results.setdefault("rescored", {})
+        if split in done:
+            return done[split]
+        spec, folder = self.study.rescore, self.study.run_dir / "rescore"
+        folder.mkdir(parents=True, exist_ok=True)
+        config = load_config(self.study.config(spec.first_pass), [o for o in self.overrides if o.startswith("--data.")])
+        rows = split_rows(REPO / config.data.out_dir, split)
+        sources, references = rows.column("src_text").to_pylist(), rows.column("tgt_text").to_pylist()
+        (folder / f"{split}.src").write_text("".join(s + "\n" for s in sources), encoding="utf-8")
+        nbest, rescored = folder / f"{split}.nbest", folder / f"{split}.rescored.txt"
+        self.command("translate", "--config", str(self.study.config(spec.first_pass)), "--checkpoint",
+                     first["checkpoint"], "--input", str(folder / f"{split}.src"), "--beam", str(spec.nbest),
+                     "--nbest", str(spec.nbest), "--output", str(nbest))
+        self.command("rescore", "--config", str(self.study.config(spec.rescorer)), "--checkpoint",
+                     rescorer["checkpoint"], "--input", str(folder / f"{split}.src"), "--nbest", str(nbest),
+                     "--weight", str(spec.weight), "--output", str(rescored))
+        first_best = {c.sentence: c.text for c in read_nbest(nbest) if c.position == 0}
+        first_best_path = folder / f"{split}.first.txt"
+        first_best_path.write_text("".join(first_best.get(i, "") + "\n" for i in range(len(sources))), encoding="utf-8")
+        bleu = BLEU()
+        scores = {name: round(bleu.corpus_score(path.read_text(encoding="utf-8").splitlines(), [references]).score, 2)
+                  for name, path in (("first_pass", first_best_path), ("rescored", rescored))}
+        done[split] = {**scores, "nbest": spec.nbest, "weight": spec.weight, "sentences": len(sources),
+                       "signature": str(bleu.get_signature())}
+        self.save()
+        return done[split]
+
+
+def run(study: Study, overrides: list[str]) -> dict:
+    runner = Runner(study, overrides)
+    trained = {row: runner.train(row) for row in study.rows}
+    best = min(study.depth_rows, key=lambda row: trained[row]["valid_ppl"])  # selection on valid only
+    runner.results["ensemble_row"] = best
+    members = [trained[best]] + [runner.train(best, seed) for seed in study.ensemble_seeds]
+    for split in study.splits:
+        for beam in study.beams:
+            for row in study.rows:
+                runner.evaluate(row, row, [trained[row]["checkpoint"]], split, beam)
+            runner.evaluate("ensemble", best, [m["checkpoint"] for m in members], split, beam)
+    for split in study.rescore.splits:
+        runner.rescore(split, trained[study.rescore.first_pass], trained[study.rescore.rescorer])
+    runner.save()
+    return runner.results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", type=Path, default=REPO / "configs" / "experiments" / "study.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every command of the study (e.g. data.root=...)")
+    args = parser.parse_args()
+    study = Study.load(args.study.resolve())
+    results = run(study, [f"--{item}" for item in args.set])
+    print(f"study done: {len(results['trained'])} trainings, {len(results['evaluated'])} evaluations → "
+          f"{study.run_dir / 'study.json'}")
+
+
+if __name__ == "__main__":
+    main()

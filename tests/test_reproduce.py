@@ -1,0 +1,58 @@
+"""The reproduction study's driver (benchmarks/reproduce.py) end to end on tiny models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, SHARED_DATA
+
+pytestmark = pytest.mark.integration
+
+ROWS = {  # the study's row shapes, on tiny models; the reversed ones read the session's prepared data
+    "reversed-1layer": "model: {num_layers: 1}\ndata: {out_dir: REVERSED}\n",
+    "reversed-2layer": "model: {num_layers: 2}\ndata: {out_dir: REVERSED}\n",
+    "forward-1layer": "model: {num_layers: 1}\ndata: {reverse_source: false, out_dir: FORWARD}\n",
+}
+
+
+def test_the_study_driver_trains_selects_on_valid_evaluates_ensembles_and_rescores(prepared_tiny, tmp_path):
+    for row, body in ROWS.items():
+        body = body.replace("FORWARD", str(tmp_path / "forward-data")).replace("REVERSED", prepared_tiny.data.out_dir)
+        (tmp_path / f"{row}.yaml").write_text(f"base: {REPO / 'configs' / 'tiny.yaml'}\n{body}")
+    (tmp_path / "study.yaml").write_text(
+        f"run_dir: {tmp_path / 'study'}\nrows: [reversed-1layer, reversed-2layer, forward-1layer]\n"
+        "depth_rows: [reversed-1layer, reversed-2layer]\nensemble_seeds: [2]\nbeams: [1, 2]\nsplits: [test2016]\n"
+        "rescore: {first_pass: forward-1layer, rescorer: reversed-2layer, nbest: 3, weight: 0.5, splits: [test2016]}\n")
+    command = [sys.executable, str(REPO / "benchmarks" / "reproduce.py"), "--study", str(tmp_path / "study.yaml"),
+               "--set", f"data.root={SHARED_DATA}", "--set", "train.max_steps=12", "--set", "train.valid_every=6",
+               "--set", "train.checkpoint_every=6"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    results = json.loads((tmp_path / "study" / "study.json").read_text())
+
+    trained = results["trained"]
+    assert set(trained) == {"reversed-1layer", "reversed-2layer", "forward-1layer", f"{results['ensemble_row']}-seed2"}
+    depth = {row: trained[row]["valid_ppl"] for row in ("reversed-1layer", "reversed-2layer")}
+    assert results["ensemble_row"] == min(depth, key=depth.get), "the ensemble's row is chosen on valid ppl"
+    evaluated = results["evaluated"]
+    assert set(evaluated) == {f"{label}|test2016|beam{beam}" for beam in (1, 2)
+                              for label in ("reversed-1layer", "reversed-2layer", "forward-1layer", "ensemble")}
+    assert all(e["perplexity"] > 1 and 0 <= e["bleu"] <= 100 and e["mlflow_run_id"] for e in evaluated.values())
+    assert evaluated["ensemble|test2016|beam1"]["members"] == 2
+    rescored = results["rescored"]["test2016"]
+    assert {"first_pass", "rescored", "signature"} <= rescored.keys() and rescored["sentences"] == 1000
+
+    import mlflow  # every training and evaluation is a run in the study's one store
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'study' / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    ids = {r.info.run_id for r in runs}
+    assert {t["mlflow_run_id"] for t in trained.values()} <= ids
+    assert {e["mlflow_run_id"] for e in evaluated.values()} <= ids
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)  # finished steps are skipped
+    assert again.returncode == 0 and "$ dist-s2s" not in again.stdout
