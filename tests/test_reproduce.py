@@ -25,7 +25,7 @@ def test_the_study_driver_trains_selects_on_valid_evaluates_ensembles_and_rescor
         (tmp_path / f"{row}.yaml").write_text(f"base: {REPO / 'configs' / 'tiny.yaml'}\n{body}")
     (tmp_path / "study.yaml").write_text(
         f"run_dir: {tmp_path / 'study'}\nrows: [reversed-1layer, reversed-2layer, forward-1layer]\n"
-        "depth_rows: [reversed-1layer, reversed-2layer]\nensemble_seeds: [2]\nbeams: [1, 2]\nsplits: [test2016]\n"
+        "depth_rows: [reversed-1layer, reversed-2layer]\nensemble_seeds: [2]\nbeams: [2]\nsplits: [test2016]\n"
         "rescore: {first_pass: forward-1layer, rescorer: reversed-2layer, nbest: 3, weight: 0.5, splits: [test2016]}\n")
     command = [sys.executable, str(REPO / "benchmarks" / "reproduce.py"), "--study", str(tmp_path / "study.yaml"),
                "--set", f"data.root={SHARED_DATA}", "--set", "train.max_steps=12", "--set", "train.valid_every=6",
@@ -39,10 +39,10 @@ def test_the_study_driver_trains_selects_on_valid_evaluates_ensembles_and_rescor
     depth = {row: trained[row]["valid_ppl"] for row in ("reversed-1layer", "reversed-2layer")}
     assert results["ensemble_row"] == min(depth, key=depth.get), "the ensemble's row is chosen on valid ppl"
     evaluated = results["evaluated"]
-    assert set(evaluated) == {f"{label}|test2016|beam{beam}" for beam in (1, 2)
+    assert set(evaluated) == {f"{label}|test2016|beam2"
                               for label in ("reversed-1layer", "reversed-2layer", "forward-1layer", "ensemble")}
     assert all(e["perplexity"] > 1 and 0 <= e["bleu"] <= 100 and e["mlflow_run_id"] for e in evaluated.values())
-    assert evaluated["ensemble|test2016|beam1"]["members"] == 2
+    assert evaluated["ensemble|test2016|beam2"]["members"] == 2
     rescored = results["rescored"]["test2016"]
     assert {"first_pass", "rescored", "signature"} <= rescored.keys() and rescored["sentences"] == 1000
 
@@ -56,3 +56,15 @@ def test_the_study_driver_trains_selects_on_valid_evaluates_ensembles_and_rescor
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)  # finished steps are skipped
     assert again.returncode == 0 and "$ dist-s2s" not in again.stdout
+
+    report = subprocess.run([sys.executable, str(REPO / "benchmarks" / "study_report.py"), "--study-dir",
+                             str(tmp_path / "study"), "--out", str(tmp_path / "report")],
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    tables = (tmp_path / "report" / "tables.md").read_text()
+    for heading in ("Claims 1 and 2", "Claims 3 and 4", "Claim 5", "Claim 7", "MLflow runs"):
+        assert f"## {heading}" in tables
+    assert trained["reversed-2layer"]["mlflow_run_id"] in tables
+    assert f"| test2016 | ensemble | {evaluated['ensemble|test2016|beam2']['bleu']:.2f} |" in tables, \
+        "numbers read back from MLflow equal the evaluations'"
+    assert (tmp_path / "report" / "bleu_vs_beam.png").read_bytes()[:4] == b"\x89PNG"
