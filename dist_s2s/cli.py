@@ -25,7 +25,7 @@ def keep_local_ray_on_loopback(config: Config) -> None:
     """
     import os
 
-    if not (config.ray.address or os.environ.get("RAY_ADDRESS")):
+    if config.ray.cluster() is None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 

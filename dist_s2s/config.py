@@ -13,6 +13,7 @@ import functools
 import hashlib
 import inspect
 import json
+import os
 import textwrap
 import types
 import typing
@@ -171,6 +172,10 @@ class RayConfig:
     """Ray cluster to join (`auto`, `ray://host:10001`); RAY_ADDRESS works too; unset: in-process."""
     num_cpus: int | None = None
     """CPUs of the in-process Ray instance (unset: all)."""
+
+    def cluster(self) -> str | None:
+        """The cluster to join: ray.address, else RAY_ADDRESS; None means Ray in-process."""
+        return self.address or os.environ.get("RAY_ADDRESS")
 
 
 @dataclass

@@ -76,7 +76,7 @@ def _connect(config: Config) -> bool:
     """Join the configured cluster, or start Ray in-process; True when this call started it."""
     if ray.is_initialized():
         return False
-    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    address = config.ray.cluster()
     if address:
         log.info("prepare: joining Ray cluster at %s", address)
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)

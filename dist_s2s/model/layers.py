@@ -45,7 +45,9 @@ class LSTMLayer(nn.Module):
             tail = outputs.new_zeros(len(lengths), longest - shortest, outputs.shape[2]).index_copy(0, running, rest)
             outputs = torch.cat([outputs, tail], dim=1)
             h, c = h.index_copy(1, running, rest_h), c.index_copy(1, running, rest_c)
-        return nn.functional.pad(outputs, (0, 0, 0, inputs.shape[1] - longest)), (h, c)
+        if inputs.shape[1] > longest:  # padded wider than its longest sentence (a batch is trimmed to it)
+            outputs = nn.functional.pad(outputs, (0, 0, 0, inputs.shape[1] - longest))
+        return outputs, (h, c)
 
 
 class SoftmaxState(NamedTuple):

@@ -84,11 +84,9 @@ def check_world_size(config: Config, world_size: int) -> None:
 
 def build_engine(config: Config, model: Seq2Seq):
     """The pipeline engine of `model`'s units on this rank's stage; every rank builds the full model
-    from the same seed first, so each stage starts from the single-device weights."""
+    from the same seed first, so each stage starts from the single-device weights. (The world size was
+    checked by `join_process_group`, before the group formed.)"""
     import deepspeed
-    import deepspeed.comm as dist
-
-    check_world_size(config, dist.get_world_size())
 
     parts = stage_boundaries(config.model.num_layers, config.model.softmax_shards, config.parallel.stages)
     module = placed_pipeline_class()(
