@@ -127,8 +127,9 @@ def test_evaluate_scores_a_split_and_writes_json_hypotheses_plots_and_an_mlflow_
 
     args, checkpoint, _ = trained
     output = tmp_path / "scores.json"
-    assert main(["evaluate", *args, "--checkpoint", checkpoint, "--split", "test2016", "--beam", "1",
-                 "--output", str(output)]) == 0
+    # The config names another split and beam: the command line's win, in the scores and in MLflow.
+    assert main(["evaluate", *args, "--eval.split=valid", "--eval.beam_size=5", "--checkpoint", checkpoint,
+                 "--split", "test2016", "--beam", "1", "--output", str(output)]) == 0
     scores = json.loads(output.read_text())
     assert {"bleu", "chrf", "signature"} <= scores.keys()
     assert 0 <= scores["bleu"] <= 100 and 0 < scores["chrf"] <= 100
@@ -142,7 +143,9 @@ def test_evaluate_scores_a_split_and_writes_json_hypotheses_plots_and_an_mlflow_
     run_dir = Path(args[-1].split("=", 1)[1])
     run = mlflow.MlflowClient(f"sqlite:///{run_dir}/mlflow.db").get_run(scores["mlflow_run_id"])
     assert run.data.metrics["test2016/bleu"] == scores["bleu"]
-    assert run.data.params["eval.beam"] == "1"
+    assert (run.data.params["eval.split"], run.data.params["eval.beam_size"]) == ("test2016", "1")
+    assert run.info.status == "FINISHED"
+    assert not (report / "unsent-metrics.jsonl").exists()
 
 
 def test_user_errors_do_not_reach_here_as_tracebacks():

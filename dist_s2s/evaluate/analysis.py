@@ -23,6 +23,10 @@ PHRASES = (
     "She gave me a card in the garden", "In the garden , she gave me a card", "I was given a card by her in the garden",
 )
 
+MEANING_GROUPS = (((0, 3, 4), (1, 2, 5)), ((6, 7, 8), (9, 10, 11)))
+"""PHRASES by meaning, two sets of two: who admires/loves/respects whom, and who gave whom the card
+(said in another word order or voice). Figure 2's claim is that phrases group by these."""
+
 
 def bleu_of(hypotheses: list[str], references: list[str]) -> float:
     return BLEU().corpus_score(hypotheses, [references]).score if hypotheses else float("nan")
@@ -88,6 +92,24 @@ def sentence_vectors(translator: Translator, phrases: tuple[str, ...] = PHRASES)
         states = translator.ensemble.encode(src, lengths)
         vectors.append(torch.stack([torch.cat([h[0, 0] for h, _ in member]) for member in states]).mean(0).cpu().numpy())
     return np.stack(vectors)
+
+
+def meaning_grouping(vectors: np.ndarray, groups=MEANING_GROUPS) -> dict[str, float]:
+    """How well sentence vectors group by meaning, within each set of phrases: the share of phrases
+    whose nearest neighbour means the same (chance 2 of 5 = 0.4 in a set of 6), and the mean distance
+    between meanings over the mean distance within one (> 1: meaning outweighs the shared words)."""
+    nearest_same, within, between = [], [], []
+    for first, second in groups:
+        members = [*first, *second]
+        meaning = {index: group for group in (first, second) for index in group}
+        for index in members:
+            others = [o for o in members if o != index]
+            distances = {o: float(np.linalg.norm(vectors[index] - vectors[o])) for o in others}
+            nearest_same.append(meaning[min(others, key=distances.get)] == meaning[index])
+            for other, distance in distances.items():
+                (within if meaning[other] == meaning[index] else between).append(distance)
+    return {"nearest_same_meaning": float(np.mean(nearest_same)),
+            "between_over_within": float(np.mean(between) / np.mean(within))}
 
 
 def pca_2d(vectors: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ def evaluate(config: Config, checkpoints: list[str], split: str | None = None, b
              output: str | None = None) -> dict[str, Any]:
     split = split or config.eval.split
     beam = beam or config.eval.beam_size
+    # The run's params say what was evaluated (MLflow refuses a second, different eval.split).
+    config = replace(config, eval=replace(config.eval, split=split, beam_size=beam))
     out_dir = Path(config.data.out_dir)
     manifest = load_manifest(out_dir)
     rows = split_rows(out_dir, split, manifest)
@@ -93,10 +96,11 @@ def evaluate(config: Config, checkpoints: list[str], split: str | None = None, b
     (report_dir / RUN_ID_FILE).unlink(missing_ok=True)  # every evaluation is its own MLflow run
     tracker = Tracker(config, report_dir, run_name=f"evaluate {split} beam {beam}",
                       store_dir=Path(config.train.run_dir))
-    tracker.log_params({"eval.checkpoints": json.dumps(scores["checkpoints"]), "eval.split": split,
-                        "eval.beam": beam, "sacrebleu.signature": scores["signature"]["bleu"]})
+    tracker.log_params({"eval.checkpoints": json.dumps(scores["checkpoints"]),
+                        "sacrebleu.signature": scores["signature"]["bleu"]})
     tracker.log_metrics({f"{split}/bleu": scores["bleu"], f"{split}/chrf": scores["chrf"],
-                         f"{split}/tokenized_bleu": scores["tokenized_bleu"], f"{split}/ppl": scores["perplexity"]},
+                         f"{split}/tokenized_bleu": scores["tokenized_bleu"], f"{split}/ppl": scores["perplexity"],
+                         **{f"phrases/{k}": v for k, v in scores["phrase_grouping"].items()}},
                         step=0)
     for path in [report_dir / "hypotheses.txt", report_dir / "scores.json", *plots]:
         tracker.log_artifact(path, "eval")
@@ -132,6 +136,7 @@ def _analyses(translator: Translator, rows: pa.Table, src_ids: list[list[int]], 
     if by_rarity:
         plots.append(analysis.plot_bins(by_rarity, "average frequency rank of the source words",
                                         "BLEU by word rarity", report_dir / "bleu_by_rarity.png"))
-    points = analysis.pca_2d(analysis.sentence_vectors(translator))
-    plots.append(analysis.plot_pca(points, analysis.PHRASES, report_dir / "sentence_pca.png"))
+    vectors = analysis.sentence_vectors(translator)
+    scores["phrase_grouping"] = analysis.meaning_grouping(vectors)
+    plots.append(analysis.plot_pca(analysis.pca_2d(vectors), analysis.PHRASES, report_dir / "sentence_pca.png"))
     return plots
