@@ -35,10 +35,16 @@ from dist_s2s.train.checkpoint import CheckpointDir  # noqa: E402
 @dataclass
 class Rescoring:
     first_pass: str
-    rescorer: str
+    rescorer: str  # a row, or "best": the depth row with the lowest valid ppl (the ensemble's row)
     nbest: int = 12
     weight: float = 0.5
     splits: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BeamSweep:
+    beams: list[int]
+    splits: list[str]
 
 
 @dataclass
@@ -48,19 +54,21 @@ class Study:
     rows: list[str]
     depth_rows: list[str]
     ensemble_seeds: list[int]
-    beams: list[int]
     splits: list[str]
+    beam_sweep: BeamSweep
     rescore: Rescoring
 
     @classmethod
     def load(cls, path: Path) -> Study:
         raw = yaml.safe_load(path.read_text())
-        unknown = set(raw) - {"run_dir", "rows", "depth_rows", "ensemble_seeds", "beams", "splits", "rescore"}
-        if unknown:
+        known = {"run_dir", "rows", "depth_rows", "ensemble_seeds", "splits", "beam_sweep", "rescore"}
+        if unknown := set(raw) - known:
             raise SystemExit(f"{path}: unknown study key {sorted(unknown)[0]}")
+        if missing := known - set(raw):
+            raise SystemExit(f"{path}: missing study key {sorted(missing)[0]}")
         return cls(folder=path.parent, run_dir=REPO / raw["run_dir"], rows=raw["rows"], depth_rows=raw["depth_rows"],
-                   ensemble_seeds=raw["ensemble_seeds"], beams=raw["beams"], splits=raw["splits"],
-                   rescore=Rescoring(**raw["rescore"]))
+                   ensemble_seeds=raw["ensemble_seeds"], splits=raw["splits"],
+                   beam_sweep=BeamSweep(**raw["beam_sweep"]), rescore=Rescoring(**raw["rescore"]))
 
     def config(self, row: str) -> Path:
         return self.folder / f"{row}.yaml"
@@ -128,25 +136,26 @@ class Runner:
         evaluated[key] = {"label": label, "split": split, "beam": beam, "members": len(checkpoints),
                           **{k: scores[k] for k in ("bleu", "chrf", "perplexity", "length_ratio", "sentences",
                                                     "signature", "bleu_by_length", "bleu_by_rarity",
-                                                    "mlflow_run_id", "report_dir")}}
+                                                    "phrase_grouping", "mlflow_run_id", "report_dir")}}
         self.save()
         return evaluated[key]
 
-    def rescore(self, split: str, first: dict, rescorer: dict) -> dict:
+    def rescore(self, split: str, first_row: str, rescorer_row: str) -> dict:
         done = self.results.setdefault("rescored", {})
         if split in done:
             return done[split]
         spec, folder = self.study.rescore, self.study.run_dir / "rescore"
+        first, rescorer = self.results["trained"][first_row], self.results["trained"][rescorer_row]
         folder.mkdir(parents=True, exist_ok=True)
-        config = load_config(self.study.config(spec.first_pass), [o for o in self.overrides if o.startswith("--data.")])
+        config = load_config(self.study.config(first_row), [o for o in self.overrides if o.startswith("--data.")])
         rows = split_rows(REPO / config.data.out_dir, split)
         sources, references = rows.column("src_text").to_pylist(), rows.column("tgt_text").to_pylist()
         (folder / f"{split}.src").write_text("".join(s + "\n" for s in sources), encoding="utf-8")
         nbest, rescored = folder / f"{split}.nbest", folder / f"{split}.rescored.txt"
-        self.command("translate", "--config", str(self.study.config(spec.first_pass)), "--checkpoint",
+        self.command("translate", "--config", str(self.study.config(first_row)), "--checkpoint",
                      first["checkpoint"], "--input", str(folder / f"{split}.src"), "--beam", str(spec.nbest),
                      "--nbest", str(spec.nbest), "--output", str(nbest))
-        self.command("rescore", "--config", str(self.study.config(spec.rescorer)), "--checkpoint",
+        self.command("rescore", "--config", str(self.study.config(rescorer_row)), "--checkpoint",
                      rescorer["checkpoint"], "--input", str(folder / f"{split}.src"), "--nbest", str(nbest),
                      "--weight", str(spec.weight), "--output", str(rescored))
         first_best = {c.sentence: c.text for c in read_nbest(nbest) if c.position == 0}
@@ -155,7 +164,7 @@ class Runner:
         bleu = BLEU()
         scores = {name: round(bleu.corpus_score(path.read_text(encoding="utf-8").splitlines(), [references]).score, 2)
                   for name, path in (("first_pass", first_best_path), ("rescored", rescored))}
-        done[split] = {**scores, "nbest": spec.nbest, "weight": spec.weight, "sentences": len(sources),
+        done[split] = {**scores, "first_pass_row": first_row, "rescorer_row": rescorer_row, "nbest": spec.nbest, "weight": spec.weight, "sentences": len(sources),
                        "signature": str(bleu.get_signature())}
         self.save()
         return done[split]
@@ -167,13 +176,19 @@ def run(study: Study, overrides: list[str]) -> dict:
     best = min(study.depth_rows, key=lambda row: trained[row]["valid_ppl"])  # selection on valid only
     runner.results["ensemble_row"] = best
     members = [trained[best]] + [runner.train(best, seed) for seed in study.ensemble_seeds]
-    for split in study.splits:
-        for beam in study.beams:
-            for row in study.rows:
-                runner.evaluate(row, row, [trained[row]["checkpoint"]], split, beam)
-            runner.evaluate("ensemble", best, [m["checkpoint"] for m in members], split, beam)
+    ensemble = [m["checkpoint"] for m in members]
+    top = max(study.beam_sweep.beams)
+    for split in study.splits:  # every row and the ensemble at the largest beam (claims 1, 2, 4, 5, 6)
+        for row in study.rows:
+            runner.evaluate(row, row, [trained[row]["checkpoint"]], split, top)
+        runner.evaluate("ensemble", best, ensemble, split, top)
+    for split in study.beam_sweep.splits:  # the smaller beams: the best single row and the ensemble (claim 3)
+        for beam in study.beam_sweep.beams:
+            runner.evaluate(best, best, [trained[best]["checkpoint"]], split, beam)
+            runner.evaluate("ensemble", best, ensemble, split, beam)
+    rescorer = best if study.rescore.rescorer == "best" else study.rescore.rescorer
     for split in study.rescore.splits:
-        runner.rescore(split, trained[study.rescore.first_pass], trained[study.rescore.rescorer])
+        runner.rescore(split, study.rescore.first_pass, rescorer)
     runner.save()
     return runner.results
 

@@ -25,8 +25,9 @@ def test_the_study_driver_trains_selects_on_valid_evaluates_ensembles_and_rescor
         (tmp_path / f"{row}.yaml").write_text(f"base: {REPO / 'configs' / 'tiny.yaml'}\n{body}")
     (tmp_path / "study.yaml").write_text(
         f"run_dir: {tmp_path / 'study'}\nrows: [reversed-1layer, reversed-2layer, forward-1layer]\n"
-        "depth_rows: [reversed-1layer, reversed-2layer]\nensemble_seeds: [2]\nbeams: [2]\nsplits: [test2016]\n"
-        "rescore: {first_pass: forward-1layer, rescorer: reversed-2layer, nbest: 3, weight: 0.5, splits: [test2016]}\n")
+        "depth_rows: [reversed-1layer, reversed-2layer]\nensemble_seeds: [2]\nsplits: [test2016]\n"
+        "beam_sweep: {beams: [1, 2], splits: [test2016]}\n"
+        "rescore: {first_pass: forward-1layer, rescorer: best, nbest: 3, weight: 0.5, splits: [test2016]}\n")
     command = [sys.executable, str(REPO / "benchmarks" / "reproduce.py"), "--study", str(tmp_path / "study.yaml"),
                "--set", f"data.root={SHARED_DATA}", "--set", "train.max_steps=12", "--set", "train.valid_every=6",
                "--set", "train.checkpoint_every=6"]
@@ -38,13 +39,16 @@ def test_the_study_driver_trains_selects_on_valid_evaluates_ensembles_and_rescor
     assert set(trained) == {"reversed-1layer", "reversed-2layer", "forward-1layer", f"{results['ensemble_row']}-seed2"}
     depth = {row: trained[row]["valid_ppl"] for row in ("reversed-1layer", "reversed-2layer")}
     assert results["ensemble_row"] == min(depth, key=depth.get), "the ensemble's row is chosen on valid ppl"
-    evaluated = results["evaluated"]
-    assert set(evaluated) == {f"{label}|test2016|beam2"
-                              for label in ("reversed-1layer", "reversed-2layer", "forward-1layer", "ensemble")}
+    evaluated, best = results["evaluated"], results["ensemble_row"]
+    assert set(evaluated) == {f"{label}|test2016|beam2"  # every row and the ensemble at the largest beam ...
+                              for label in ("reversed-1layer", "reversed-2layer", "forward-1layer", "ensemble")} \
+        | {f"{best}|test2016|beam1", "ensemble|test2016|beam1"}  # ... the smaller beams for the best and the ensemble
     assert all(e["perplexity"] > 1 and 0 <= e["bleu"] <= 100 and e["mlflow_run_id"] for e in evaluated.values())
+    assert all(0 <= e["phrase_grouping"]["nearest_same_meaning"] <= 1 for e in evaluated.values())
     assert evaluated["ensemble|test2016|beam2"]["members"] == 2
     rescored = results["rescored"]["test2016"]
     assert {"first_pass", "rescored", "signature"} <= rescored.keys() and rescored["sentences"] == 1000
+    assert (rescored["first_pass_row"], rescored["rescorer_row"]) == ("forward-1layer", best)
 
     import mlflow  # every training and evaluation is a run in the study's one store
 
@@ -62,9 +66,12 @@ def test_the_study_driver_trains_selects_on_valid_evaluates_ensembles_and_rescor
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
     tables = (tmp_path / "report" / "tables.md").read_text()
-    for heading in ("Claims 1 and 2", "Claims 3 and 4", "Claim 5", "Claim 7", "MLflow runs"):
+    for heading in ("Claims 1 and 2", "Claim 3", "Claim 4", "Claim 5", "Claim 6", "Claim 7", "MLflow runs"):
         assert f"## {heading}" in tables
     assert trained["reversed-2layer"]["mlflow_run_id"] in tables
-    assert f"| test2016 | ensemble | {evaluated['ensemble|test2016|beam2']['bleu']:.2f} |" in tables, \
+    single, ensemble = evaluated[f"{best}|test2016|beam2"], evaluated["ensemble|test2016|beam2"]
+    assert f"| test2016 | {single['bleu']:.2f} | {ensemble['bleu']:.2f} | {single['perplexity']:.2f} |" in tables, \
         "numbers read back from MLflow equal the evaluations'"
-    assert (tmp_path / "report" / "bleu_vs_beam.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"| ensemble | {evaluated['ensemble|test2016|beam1']['bleu']:.2f} | {ensemble['bleu']:.2f} |" in tables
+    for plot in ("bleu_vs_beam", "valid_ppl", "ppl_vs_depth", "bleu_by_length", "bleu_by_rarity", "sentence_pca"):
+        assert (tmp_path / "report" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG", plot
