@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 store="${MLFLOW_STORE:-$PWD/mlflow-server}"
 mkdir -p "$store"
 export MLFLOW_DISABLE_TELEMETRY=true
+# Tracking needs no GenAI job runner; with it, every start leaves a huey store in /dev/shm.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 exec .venv/bin/mlflow server --host "${MLFLOW_HOST:-127.0.0.1}" --port "${MLFLOW_PORT:-5000}" \
     --backend-store-uri "sqlite:///$store/server.db" --artifacts-destination "$store/artifacts" \
     --workers "${MLFLOW_WORKERS:-1}" "$@"
