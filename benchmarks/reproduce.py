@@ -164,8 +164,8 @@ class Runner:
         bleu = BLEU()
         scores = {name: round(bleu.corpus_score(path.read_text(encoding="utf-8").splitlines(), [references]).score, 2)
                   for name, path in (("first_pass", first_best_path), ("rescored", rescored))}
-        done[split] = {**scores, "first_pass_row": first_row, "rescorer_row": rescorer_row, "nbest": spec.nbest, "weight": spec.weight, "sentences": len(sources),
-                       "signature": str(bleu.get_signature())}
+        done[split] = {**scores, "first_pass_row": first_row, "rescorer_row": rescorer_row, "nbest": spec.nbest,
+                       "weight": spec.weight, "sentences": len(sources), "signature": str(bleu.get_signature())}
         self.save()
         return done[split]
 

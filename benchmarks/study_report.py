@@ -121,7 +121,8 @@ def tables(runs: StudyRuns) -> str:
               "| split | single BLEU | ensemble BLEU | single ppl | ensemble ppl |", "|---|---:|---:|---:|---:|"]
     for split in splits:
         lines.append(f"| {split} | {fmt(runs.score(best, split, top, 'bleu'))} | "
-                     f"{fmt(runs.score('ensemble', split, top, 'bleu'))} | {fmt(runs.score(best, split, top, 'ppl'))} | "
+                     f"{fmt(runs.score('ensemble', split, top, 'bleu'))} | "
+                     f"{fmt(runs.score(best, split, top, 'ppl'))} | "
                      f"{fmt(runs.score('ensemble', split, top, 'ppl'))} |")
 
     lines += ["", f"## Claim 5: BLEU by source length and by word rarity (beam {top}; bins: BLEU (sentences))", ""]
@@ -143,7 +144,8 @@ def tables(runs: StudyRuns) -> str:
                      f"{fmt(runs.score(label, splits[0], top, 'phrases/between_over_within'))} |")
 
     lines += ["", "## Claim 7: rescoring a weak model's n-best lists", "",
-              "| split | first pass | BLEU | rescored by | BLEU | n-best | weight |", "|---|---|---:|---|---:|---:|---:|"]
+              "| split | first pass | BLEU | rescored by | BLEU | n-best | weight |",
+              "|---|---|---:|---|---:|---:|---:|"]
     for split, r in runs.study.get("rescored", {}).items():
         lines.append(f"| {split} | {r['first_pass_row']} | {fmt(r['first_pass'])} | {r['rescorer_row']} | "
                      f"{fmt(r['rescored'])} | {r['nbest']} | {r['weight']} |")
@@ -203,7 +205,8 @@ def plots(runs: StudyRuns, out: Path) -> list[Path]:
     axis.legend(fontsize=7)
     written.append(_save(figure, out / "ppl_vs_depth.png"))
 
-    for kind, xlabel in (("length", "source sentence length (words)"), ("rarity", "mean frequency rank of source words")):
+    axis_labels = {"length": "source sentence length (words)", "rarity": "mean frequency rank of source words"}
+    for kind, xlabel in axis_labels.items():
         figure, axes = plt.subplots(1, len(splits), figsize=(4.2 * len(splits), 3.4), squeeze=False)
         for axis, split in zip(axes[0], splits):
             for label in [*runs.singles(), "ensemble"]:
