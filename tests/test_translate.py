@@ -95,6 +95,18 @@ def test_rescoring_our_own_nbest_gives_back_the_beam_search_scores(trained, nbes
     assert model_scores(translator, sources, candidates) == pytest.approx([c.score for c in candidates], abs=1e-3)
 
 
+def test_a_pair_with_an_empty_source_is_scored_as_conditioned_on_end_of_sentence(trained):
+    from dist_s2s.config import load_config
+    from dist_s2s.data.vocab import EOS_ID
+    from dist_s2s.decode.rescore import pair_log_probs
+
+    args, checkpoint, _ = trained
+    translator = Translator(load_config(TINY, args[2:]), [Path(checkpoint)])
+    target = translator.target_ids("Un chien court .")
+    empty, explicit = pair_log_probs(translator, [([], target), ([EOS_ID], target)])
+    assert empty == pytest.approx(explicit, rel=1e-6) and explicit < 0
+
+
 def test_rescoring_weight_zero_ranks_by_the_model_and_weight_one_keeps_the_files_order(trained, nbest):
     from dist_s2s.config import load_config
 

@@ -50,20 +50,20 @@ def read_nbest(path: Path) -> list[Candidate]:
     return candidates
 
 
-@torch.no_grad()
 def model_scores(translator: Translator, sources: list[str], candidates: list[Candidate], batch_size: int = 64) -> list[float]:
     """log p(candidate | source) under the ensemble (mean of members' log-probabilities per word)."""
     pairs = []
     for candidate in candidates:
         if candidate.sentence >= len(sources):
             raise UserError(f"n-best sentence id {candidate.sentence} has no source line ({len(sources)} lines given)")
-        src = translator.source_ids(sources[candidate.sentence]) or [EOS_ID]  # an empty source still conditions
-        pairs.append((src, translator.target_ids(candidate.text)))
+        pairs.append((translator.source_ids(sources[candidate.sentence]), translator.target_ids(candidate.text)))
     return pair_log_probs(translator, pairs, batch_size)
 
 
+@torch.no_grad()
 def pair_log_probs(translator: Translator, pairs: list[tuple[list[int], list[int]]], batch_size: int = 64) -> list[float]:
     """Teacher-forced log p(target words + </s> | source ids) of each pair under the ensemble."""
+    pairs = [(src or [EOS_ID], tgt) for src, tgt in pairs]  # an empty source still conditions, on </s>
     scores = [0.0] * len(pairs)
     order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]))
     device = translator.device
@@ -81,11 +81,10 @@ def pair_log_probs(translator: Translator, pairs: list[tuple[list[int], list[int
             tgt_out[row, :len(t) + 1] = torch.tensor([*t, EOS_ID])
         src, src_lengths, tgt_in, tgt_out = src.to(device), src_lengths.to(device), tgt_in.to(device), tgt_out.to(device)
         per_member = []
-        with torch.no_grad():
-            for model in translator.ensemble.models:
-                hidden, _ = model.decode(tgt_in, model.encode(src, src_lengths))
-                log_probs = model.log_probs(hidden.flatten(0, 1)).view(*tgt_out.shape, -1)
-                per_member.append(log_probs.gather(2, tgt_out[:, :, None])[:, :, 0])
+        for model in translator.ensemble.models:
+            hidden, _ = model.decode(tgt_in, model.encode(src, src_lengths))
+            log_probs = model.log_probs(hidden.flatten(0, 1)).view(*tgt_out.shape, -1)
+            per_member.append(log_probs.gather(2, tgt_out[:, :, None])[:, :, 0])
         word_scores = torch.stack(per_member).mean(dim=0).masked_fill(tgt_out == PAD_ID, 0.0)
         for row, index in enumerate(chunk):
             scores[index] = float(word_scores[row].sum())

@@ -26,7 +26,6 @@ from dist_s2s.config import Config
 from dist_s2s.data.manifest import load_manifest, shards_of
 from dist_s2s.data.shards import read_table
 from dist_s2s.data.tokenize import tokenize
-from dist_s2s.data.vocab import EOS_ID
 from dist_s2s.decode.rescore import pair_log_probs
 from dist_s2s.decode.translator import Translator
 from dist_s2s.errors import UserError
@@ -118,7 +117,7 @@ def evaluate(config: Config, checkpoints: list[str], split: str | None = None, b
 def split_perplexity(translator: Translator, src_ids: list[list[int]], tgt_ids: list[list[int]]) -> float:
     """exp(-mean log-probability) of the references' words and </s> (§3.6's test perplexity), teacher-forced
     through the ensemble; `tgt_ids` as prepared, <s> … </s>."""
-    pairs = [(src or [EOS_ID], tgt[1:-1]) for src, tgt in zip(src_ids, tgt_ids)]
+    pairs = [(src, tgt[1:-1]) for src, tgt in zip(src_ids, tgt_ids)]
     log_prob = sum(pair_log_probs(translator, pairs))
     return math.exp(-log_prob / sum(len(t) + 1 for _, t in pairs))
 
