@@ -10,6 +10,7 @@ Writes `tables.md` (one table per claim, with run ids) and the plots beside it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shutil
@@ -30,6 +31,7 @@ class StudyRuns:
     def __init__(self, study_dir: Path):
         self.study = json.loads((study_dir / "study.json").read_text())
         self.client = MlflowClient(f"sqlite:///{study_dir.resolve()}/mlflow.db")
+        self.run = functools.cache(self.client.get_run)  # every table cell asks again; the runs are finished
         self.trained, self.evaluated = self.study["trained"], self.study["evaluated"]
         self.best = self.study["ensemble_row"]
 
@@ -38,14 +40,14 @@ class StudyRuns:
 
     def metrics(self, label: str, split: str, beam: int) -> dict[str, float]:
         entry = self.entry(label, split, beam)
-        return {} if entry is None else self.client.get_run(entry["mlflow_run_id"]).data.metrics
+        return {} if entry is None else self.run(entry["mlflow_run_id"]).data.metrics
 
     def score(self, label: str, split: str, beam: int, metric: str) -> float | None:
         name = {"bleu": f"{split}/bleu", "chrf": f"{split}/chrf", "ppl": f"{split}/ppl"}.get(metric, metric)
         return self.metrics(label, split, beam).get(name)
 
     def param(self, name: str, key: str) -> str:
-        return self.client.get_run(self.trained[name]["mlflow_run_id"]).data.params[key]
+        return self.run(self.trained[name]["mlflow_run_id"]).data.params[key]
 
     def valid_curve(self, name: str) -> list[tuple[int, float]]:
         history = self.client.get_metric_history(self.trained[name]["mlflow_run_id"], "valid/ppl")
