@@ -3,7 +3,7 @@
     DS_ACCELERATOR=cpu .venv/bin/python benchmarks/bench.py --config configs/multi30k.yaml \\
         --parallel.micro_batches=4 --mode plain single single@1 pipeline:1 pipeline:2@1 \\
         --output benchmarks/results/bench-cpu-multi30k.json
-    .venv/bin/python benchmarks/readme_table.py      # then refresh the README table
+    .venv/bin/python benchmarks/readme_table.py      # then refresh the table in docs/benchmarks.md
 """
 
 import sys

@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -105,12 +105,13 @@ def main() -> None:
         "predicted_bubble_fraction": round(predicted["bubble_fraction"], 3),
         "single_process_words_per_sec": round(words / (sum(costs.forward_s) + sum(costs.backward_s))
                                               / args.micro_batches, 1),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": "cpu",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"), "device": "cpu",
     }
     print(f"stage forward s/micro-batch {[round(f, 4) for f in costs.forward_s]}, backward "
           f"{[round(b, 4) for b in costs.backward_s]}, sends {[int(a) for a in costs.activation_bytes]} B; "
           f"link {bandwidth / 1e9:.2f} GB/s, {latency * 1e6:.0f} µs")
-    print(f"predicted: {result['predicted_words_per_sec']:,.0f} words/s, bubble {result['predicted_bubble_fraction']:.2f}")
+    print(f"predicted: {result['predicted_words_per_sec']:,.0f} words/s, bubble "
+          f"{result['predicted_bubble_fraction']:.2f}")
     if not args.no_measure:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         ranks = run_mode(Mode("pipeline", args.stages, 1), args.config, overrides, batches_dir, args.steps, 2,

@@ -1,7 +1,8 @@
 """Pairs/s and peak memory of `dist-s2s prepare` with 1 and 2 Ray CPUs.
 
     .venv/bin/python benchmarks/prepare_throughput.py --config configs/multi30k.yaml --cpus 1 2
-    .venv/bin/python benchmarks/prepare_throughput.py --config configs/tatoeba.yaml --cpus 1 2 --output benchmarks/results/prepare.json
+    .venv/bin/python benchmarks/prepare_throughput.py --config configs/tatoeba.yaml --cpus 1 2 \
+        --output benchmarks/results/prepare.json
 
 Ray is started before the clock (its start-up is reported apart); memory is the peak summed
 RSS of the driver and every process under it (raylet, workers), sampled every 0.1 s, next to
@@ -61,7 +62,8 @@ def measure(config_path: str, cpus: int, overrides: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as out_dir:
         config = load_config(config_path, [f"--data.out_dir={out_dir}", *overrides])
         started = time.perf_counter()
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="WARNING", object_store_memory=256 * 1024**2)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="WARNING",
+                 object_store_memory=256 * 1024**2)
         startup = time.perf_counter() - started
         try:
             time.sleep(2)
@@ -73,7 +75,7 @@ def measure(config_path: str, cpus: int, overrides: list[str]) -> dict:
                 elapsed = time.perf_counter() - started
         finally:
             ray.shutdown()
-    pairs = sum(split["rows_in"] for split in manifest["splits"].values())
+    pairs = sum(split["rows_in"] for split in manifest.splits.values())
     return {"config": config_path, "ray_cpus": cpus, "pairs": pairs, "seconds": round(elapsed, 2),
             "pairs_per_sec": round(pairs / elapsed), "ray_startup_seconds": round(startup, 2),
             "peak_rss_mb": round(memory.peak / 2**20), "ray_idle_rss_mb": round(idle.peak / 2**20)}
@@ -97,7 +99,8 @@ def main() -> None:
         path = Path(args.output)
         existing = json.loads(path.read_text()) if path.is_file() else {"runs": []}
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        host = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": sys.version.split()[0]}
+        host = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                "python": sys.version.split()[0]}
         existing["runs"] += [{**run, "commit": commit, "date": time.strftime("%Y-%m-%d"), "host": host} for run in runs]
         path.write_text(json.dumps(existing, indent=2) + "\n")
 

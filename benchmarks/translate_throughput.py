@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -70,7 +70,7 @@ def main() -> None:
         args.output.write_text(json.dumps({
             "config": args.config, "checkpoint": args.checkpoint, "split": args.split, "threads": args.threads,
             "batch_size": config.eval.batch_size, "device": "cpu",
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": runs}, indent=2) + "\n")
+            "date": datetime.now(UTC).isoformat(timespec="seconds"), "runs": runs}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

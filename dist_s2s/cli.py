@@ -38,16 +38,30 @@ def _prepare(config: Config, args: argparse.Namespace) -> None:
 
 
 def _train(config: Config, args: argparse.Namespace) -> None:
+    """One process trains the whole model (preparing missing data first); under a launcher each process
+    is one pipeline stage of one replica. Then, with eval.after_training, rank 0 scores the result."""
     keep_local_ray_on_loopback(config)  # train prepares missing data in-process
+    from dist_s2s.parallel.process_group import join_process_group, launched_as_ranks
     from dist_s2s.train.trainer import train
 
-    summary = train(config)
+    if launched_as_ranks():
+        from dist_s2s.parallel.pipeline_steps import PipelineSteps
+
+        join_process_group(config)
+        summary = train(config, PipelineSteps, prepare_missing=False)
+    else:
+        from dist_s2s.train.step import require_one_process
+
+        require_one_process(config)  # before preparing any data
+        summary = train(config)
     if summary is None:  # a pipeline rank other than 0: rank 0 reports
         return
     print(f"trained to step {summary['step']}: valid ppl {summary.get('valid/ppl', float('nan')):.2f}; "
           f"checkpoint {summary['checkpoint']}; MLflow run {summary['mlflow_run_id']} at {summary['tracking_uri']}")
-    if "eval" in summary:
-        print_scores(summary["eval"])
+    if config.eval.after_training:
+        from dist_s2s.evaluate.evaluate import evaluate
+
+        print_scores(evaluate(config, [summary["checkpoint"]]))
 
 
 def _download(config: Config, args: argparse.Namespace) -> None:
@@ -59,8 +73,8 @@ def _download(config: Config, args: argparse.Namespace) -> None:
 def _translate(config: Config, args: argparse.Namespace) -> None:
     from dist_s2s.decode.translator import translate_command
 
-    translate_command(config, args.checkpoint, args.beam or config.eval.beam_size, args.nbest, args.input, args.output,
-                      sys.stdin, sys.stdout)
+    translate_command(config, args.checkpoint, beam=args.beam or config.eval.beam_size, nbest=args.nbest,
+                      input_path=args.input, output_path=args.output, stdin=sys.stdin, stdout=sys.stdout)
 
 
 def _rescore(config: Config, args: argparse.Namespace) -> None:
@@ -68,7 +82,7 @@ def _rescore(config: Config, args: argparse.Namespace) -> None:
 
     from dist_s2s.decode.rescore import rescore_command
     from dist_s2s.decode.translator import Translator, read_lines, write_lines
-    from dist_s2s.train.trainer import pick_device
+    from dist_s2s.device import pick_device
 
     sources = read_lines(args.input, sys.stdin)
     translator = Translator(config, [Path(c) for c in args.checkpoint], pick_device(config.train.device))
@@ -78,7 +92,7 @@ def _rescore(config: Config, args: argparse.Namespace) -> None:
 def _evaluate(config: Config, args: argparse.Namespace) -> None:
     from dist_s2s.evaluate.evaluate import evaluate
 
-    print_scores(evaluate(config, args.checkpoint, args.split, args.beam, args.output))
+    print_scores(evaluate(config, args.checkpoint, split=args.split, beam=args.beam, output=args.output))
 
 
 def print_scores(scores: dict) -> None:
@@ -91,7 +105,8 @@ def print_scores(scores: dict) -> None:
 def _bench(config: Config, args: argparse.Namespace) -> None:
     from dist_s2s.bench.run import bench, table
 
-    result = bench(config, args.config, args.overrides, args.mode, args.batches, args.steps, args.warmup, args.output)
+    result = bench(config, args.config, overrides=args.overrides, modes=args.mode, batches=args.batches,
+                   steps=args.steps, warmup=args.warmup, output=args.output)
     print(f"{result['device']} ({result['cores']} cores), matmul {result['matmul_tflops_per_sec']:.3f} TFLOP/s, "
           f"batch {result['batch_size']}, {args.steps} timed steps a mode")
     print(table(result))
@@ -185,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--warmup", type=int, default=2, help="untimed steps first")
             command.add_argument("--output", metavar="FILE", help="write the results as JSON")
         if name == "convert":
-            command.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint to read (either format)")
+            command.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint to read "
+                                                                                     "(either format)")
             command.add_argument("--output", required=True, metavar="FILE", help="checkpoint file to write")
             command.add_argument("--stages", type=int, metavar="N",
                                  help="write N pipeline stage parts (default: one single-device file)")

@@ -251,6 +251,11 @@ def validate(config: Config) -> None:
         "model.hidden_size": config.model.hidden_size,
         "model.num_layers": config.model.num_layers,
         "model.softmax_shards": config.model.softmax_shards,
+        "model.init_range": config.model.init_range,
+        "optim.lr": config.optim.lr,
+        "optim.max_grad_norm": config.optim.max_grad_norm,
+        "optim.halve_lr_every": config.optim.halve_lr_every,
+        "optim.epochs": config.optim.epochs,
         "parallel.stages": config.parallel.stages,
         "parallel.data": config.parallel.data,
         "parallel.micro_batches": config.parallel.micro_batches,
@@ -261,6 +266,8 @@ def validate(config: Config) -> None:
         "train.checkpoint_every": config.train.checkpoint_every,
         "train.keep_checkpoints": config.train.keep_checkpoints,
         "eval.beam_size": config.eval.beam_size,
+        "eval.max_length_ratio": config.eval.max_length_ratio,
+        "eval.batch_size": config.eval.batch_size,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -269,14 +276,16 @@ def validate(config: Config) -> None:
                        "data.tgt_vocab_size": config.data.tgt_vocab_size}.items():
         if value < 5:
             raise UserError(f"config key {key} must leave room for 4 specials and a word, got {value}")
-    for key, value in {"data.max_len": config.data.max_len, "data.split_seed": config.data.split_seed}.items():
+    for key, value in {"data.max_len": config.data.max_len, "data.split_seed": config.data.split_seed,
+                       "optim.decay_start_epoch": config.optim.decay_start_epoch}.items():
         if value < 0:
             raise UserError(f"config key {key} must be >= 0, got {value}")
     if config.train.max_steps is not None and config.train.max_steps <= 0:
         raise UserError(f"config key train.max_steps must be positive, got {config.train.max_steps}")
     units = config.model.num_layers + config.model.softmax_shards
     if config.parallel.stages > units:
-        raise UserError(f"config key parallel.stages={config.parallel.stages} exceeds the {units} units a stage can hold "
+        raise UserError(f"config key parallel.stages={config.parallel.stages} exceeds the {units} units "
+                        "a stage can hold "
                         f"(model.num_layers + model.softmax_shards = {config.model.num_layers} + "
                         f"{config.model.softmax_shards}): at most one LSTM layer or softmax shard a stage")
     parts = config.parallel.data * config.parallel.micro_batches
@@ -327,7 +336,8 @@ def describe_options() -> str:
         docs = field_docs(type(section_value))
         for item in dataclasses.fields(section_value):
             default = getattr(section_value, item.name)
-            shown = "[...]" if isinstance(default, list) and default and dataclasses.is_dataclass(default[0]) else default
+            listed_sections = isinstance(default, list) and default and dataclasses.is_dataclass(default[0])
+            shown = "[...]" if listed_sections else default
             lines.append(f"  --{section.name}.{item.name}={shown}\n      {docs.get(item.name, '')}")
     return "\n".join(lines)
 

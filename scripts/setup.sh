@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to a working .venv: `bash scripts/setup.sh`.
-# Order matters (../shared/PLATFORM.md): torch first, pinned, so nothing later resolves a CUDA
+# Order matters (docs/platform.md): torch first, pinned, so nothing later resolves a CUDA
 # build; then DeepSpeed built against that torch with its shared-memory comm op compiled now
 # instead of JIT-compiled at every first launch; then the package itself.
 set -euo pipefail

@@ -34,7 +34,8 @@ def ray_local():
     """One in-process Ray for the whole session: starting it costs seconds."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2,
+             logging_level="WARNING")
     yield ray
     ray.shutdown()
 

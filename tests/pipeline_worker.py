@@ -21,7 +21,7 @@ from dist_s2s.train.clipping import clip_gradients
 def main() -> None:
     out_dir, steps, overrides = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", overrides)
-    from dist_s2s.parallel.trainer import join_process_group
+    from dist_s2s.parallel.process_group import join_process_group
 
     join_process_group(config)
     from dist_s2s.parallel.engine import build_engine, micro_batches, training_scale
@@ -60,12 +60,15 @@ def main() -> None:
     from dist_s2s.parallel.checkpoint import stage_state
     from dist_s2s.train.checkpoint import write_part
 
-    part = write_part(out_dir / "pipeline.pt", f"stage-{engine.stage_id}", stage_state(engine, model)) if replica == 0 else None
+    part = None
+    if replica == 0:
+        part = write_part(out_dir / "pipeline.pt", f"stage-{engine.stage_id}", stage_state(engine, model))
     if rank == 0:
         torch.save(reference.unsharded_state_dict(), out_dir / "reference.pt")
     (out_dir / f"rank-{rank}.json").write_text(json.dumps({
         "stage": engine.stage_id, "local": local, "part": part, "max_difference": difference,
-        "micro_batch_shapes": shapes, "losses": losses, "reference_losses": reference_losses, "norms": norms, "reference_norms": reference_norms,
+        "micro_batch_shapes": shapes, "losses": losses, "reference_losses": reference_losses, "norms": norms,
+        "reference_norms": reference_norms,
     }))
 
 

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, free_port, write_corpus
 
 from dist_s2s.cli import main
-
-from conftest import REPO, free_port, write_corpus
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 
@@ -133,6 +132,15 @@ CASES = [
          Error(r"config key model\.hidden_size must be positive, got 0")),
     Case("config", "a negative size", lambda w: ["train", "--config", TINY, "--train.batch_size=-16"],
          Error(r"config key train\.batch_size must be positive, got -16")),
+    Case("config", "a zero learning rate", lambda w: ["train", "--config", TINY, "--optim.lr=0"],
+         Error(r"config key optim\.lr must be positive, got 0")),
+    Case("config", "a negative learning rate", lambda w: ["train", "--config", TINY, "--optim.lr=-1"],
+         Error(r"config key optim\.lr must be positive, got -1")),
+    Case("config", "a negative length ratio", lambda w: ["evaluate", "--config", TINY, "--checkpoint", "x.pt",
+                                                         "--eval.max_length_ratio=-0.5"],
+         Error(r"config key eval\.max_length_ratio must be positive, got -0\.5")),
+    Case("config", "a zero init range", lambda w: ["train", "--config", TINY, "--model.init_range=0"],
+         Error(r"config key model\.init_range must be positive, got 0")),
     Case("train", "stages × data ≠ world size", lambda w: ["train", *w.args, "--parallel.stages=2"],
          Error(r"parallel\.stages × parallel\.data = 2 × 1 = 2, but 3 processes were launched")),
     Case("train", "more stages than layers + shards", lambda w: ["train", *w.args, "--parallel.stages=5"],

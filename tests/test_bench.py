@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import REPO, SHARED_DATA
 
 from dist_s2s.bench.schedule import StageCosts, one_f_one_b, simulate
 from dist_s2s.cli import main
 from dist_s2s.errors import UserError
-
-from conftest import REPO, SHARED_DATA
 
 
 @pytest.mark.integration

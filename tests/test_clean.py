@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from dist_s2s.data.clean import (CRLF, EMPTY_SOURCE, EMPTY_TARGET, INVALID_UTF8, LONE_CR, TOO_LONG, PairCleaner,
-                                 TokenizedPair)
+from dist_s2s.data.clean import (
+    CRLF,
+    EMPTY_SOURCE,
+    EMPTY_TARGET,
+    INVALID_UTF8,
+    LONE_CR,
+    TOO_LONG,
+    PairCleaner,
+    TokenizedPair,
+)
 from dist_s2s.errors import UserError
 
 
@@ -17,7 +25,7 @@ def cleaner(strict=False, pretokenized=False, lowercase=False) -> PairCleaner:
 
 
 def test_a_clean_pair_is_tokenized_with_moses():
-    result = cleaner().clean(b"A man's dog, running.", "Le chien d'un homme court.".encode(), 1, 0)
+    result = cleaner().clean(b"A man's dog, running.", b"Le chien d'un homme court.", 1, 0)
     assert isinstance(result, TokenizedPair)
     assert result.src_tokens == ["A", "man", "'s", "dog", ",", "running", "."]
     assert result.tgt_tokens == ["Le", "chien", "d'", "un", "homme", "court", "."]
@@ -68,7 +76,7 @@ def test_strict_mode_names_file_and_line_for_an_empty_side():
 
 
 def test_pretokenized_html_escaped_lines_are_restored_before_tokenizing():
-    result = cleaner(pretokenized=True).clean(b"Spain &apos;s view", "l&apos; homme".encode(), 1, 0)
+    result = cleaner(pretokenized=True).clean(b"Spain &apos;s view", b"l&apos; homme", 1, 0)
     assert result.src_tokens == ["Spain", "'s", "view"]
     assert result.tgt_tokens == ["l'", "homme"]
 

@@ -8,10 +8,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import REPO, SHARED_DATA
 
 from dist_s2s.cli import split_overrides
-
-from conftest import REPO, SHARED_DATA
 
 
 def run(*args: str, executable=(sys.executable, "-m", "dist_s2s")) -> subprocess.CompletedProcess:

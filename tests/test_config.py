@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import REPO
 
 from dist_s2s.config import Config, describe_options, load_config
 from dist_s2s.errors import UserError
-
-from conftest import REPO
 
 
 def write(tmp_path, text: str):
@@ -74,7 +73,8 @@ def test_override_can_reset_an_optional_to_null():
     ("parallel: {stages: -2}\n", [], "parallel.stages must be positive"),
     ("data: {bucket_boundaries: [10, 5]}\n", [], "data.bucket_boundaries must be increasing"),
     ("data: {split_seed: -1}\n", [], "data.split_seed must be >= 0"),
-    ("train: {batch_size: 16}\nparallel: {data: 2, micro_batches: 8}\n", [], "train.batch_size=16 must be at least 2 × parallel.data × parallel.micro_batches = 32"),
+    ("train: {batch_size: 16}\nparallel: {data: 2, micro_batches: 8}\n", [],
+     "train.batch_size=16 must be at least 2 × parallel.data × parallel.micro_batches = 32"),
     ("data: {max_len: -5}\n", [], "data.max_len must be >= 0"),
     ("data: {corpora: [{file: t/all, split_fractions: {train: 0.5, test: 0.4}}]}\n", [], "must sum to 1"),
     ("data: {corpora: [{file: t/all, splits: {train: t/train}}]}\n", [], "give either `splits` or `file`"),

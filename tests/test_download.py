@@ -12,12 +12,11 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import REPO, SHARED_DATA
 
 from dist_s2s.cli import main
 from dist_s2s.data.download import Part, Target, download, fetch_target
 from dist_s2s.errors import UserError
-
-from conftest import REPO, SHARED_DATA
 
 
 class QuietHandler(SimpleHTTPRequestHandler):

@@ -18,14 +18,13 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from conftest import REPO, SHARED_DATA, tiny_config
 
 from dist_s2s.data.manifest import load_manifest
 from dist_s2s.errors import UserError
 from dist_s2s.train import checkpoint as checkpoint_module
 from dist_s2s.train.checkpoint import CheckpointDir, load_checkpoint
 from dist_s2s.train.trainer import train
-
-from conftest import REPO, SHARED_DATA, tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -115,8 +114,8 @@ def test_a_full_disk_while_writing_a_checkpoint_is_a_clear_error_and_the_previou
 
 def same_prepared_output(first: Path, second: Path) -> None:
     assert (first / "manifest.json").read_bytes() == (second / "manifest.json").read_bytes()
-    for shard in load_manifest(first)["shards"]:
-        assert (first / shard["path"]).read_bytes() == (second / shard["path"]).read_bytes()
+    for shard in load_manifest(first).shards:
+        assert (first / shard.path).read_bytes() == (second / shard.path).read_bytes()
     for vocab in ("vocab.en.txt", "vocab.fr.txt"):
         assert (first / vocab).read_bytes() == (second / vocab).read_bytes()
 

@@ -12,7 +12,8 @@ from dist_s2s.errors import UserError
 
 
 def loader(config, **kwargs) -> BatchLoader:
-    return BatchLoader(config.data.out_dir, "train", kwargs.pop("batch_size", 16), seed=kwargs.pop("seed", 1), **kwargs)
+    return BatchLoader(config.data.out_dir, "train", kwargs.pop("batch_size", 16), seed=kwargs.pop("seed", 1),
+                       **kwargs)
 
 
 def keys(batch) -> list[tuple[int, int]]:

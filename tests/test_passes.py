@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from conftest import write_corpus
+
 from dist_s2s.config import CorpusConfig, DataConfig
 from dist_s2s.data.passes import ShardPlan, encode_shard, read_counts, tokenize_chunk
 from dist_s2s.data.shards import read_table
 from dist_s2s.data.sources import chunks, input_pairs, scan_file
 from dist_s2s.data.vocab import BOS_ID, EOS_ID, UNK_ID, Vocab
-
-from conftest import write_corpus
 
 
 def first_chunk(tmp_path: Path, src: str, tgt: str, **data):
@@ -25,7 +25,7 @@ def first_chunk(tmp_path: Path, src: str, tgt: str, **data):
 
 def test_a_chunk_is_split_into_length_buckets_and_counted(tmp_path):
     pair, chunk, config = first_chunk(tmp_path, "a b\na b c\nb\n", "x y\nx y z\nz\n")
-    receipt = tokenize_chunk(pair, 0, chunk, config, tmp_path / "work")
+    receipt = tokenize_chunk(pair, 0, chunk, config, work_dir=tmp_path / "work")
     assert {(p["bucket"], p["rows"]) for p in receipt["pieces"]} == {(0, 2), (1, 1)}
     src_counts, tgt_counts = read_counts(tmp_path / "work" / "counts.arrow")
     assert src_counts == Counter({"a": 2, "b": 3, "c": 1}) and tgt_counts == Counter({"x": 2, "y": 2, "z": 2})
@@ -33,19 +33,19 @@ def test_a_chunk_is_split_into_length_buckets_and_counted(tmp_path):
 
 def test_a_finished_chunk_is_reused_not_redone(tmp_path):
     pair, chunk, config = first_chunk(tmp_path, "a b\n", "x y\n")
-    first = tokenize_chunk(pair, 0, chunk, config, tmp_path / "work")
+    first = tokenize_chunk(pair, 0, chunk, config, work_dir=tmp_path / "work")
     pair.src_path.unlink()  # a redo would fail: the receipt must be enough
-    assert tokenize_chunk(pair, 0, chunk, config, tmp_path / "work") == first
+    assert tokenize_chunk(pair, 0, chunk, config, work_dir=tmp_path / "work") == first
 
 
 def test_encoding_reverses_the_source_and_wraps_the_target(tmp_path):
     pair, chunk, config = first_chunk(tmp_path, "a b c\n", "x y\n")
-    receipt = tokenize_chunk(pair, 0, chunk, config, tmp_path / "work")
+    receipt = tokenize_chunk(pair, 0, chunk, config, work_dir=tmp_path / "work")
     Vocab.build(Counter({"a": 3, "b": 2}), 6).save(tmp_path / "src.txt")
     Vocab.build(Counter({"x": 1, "y": 1}), 6).save(tmp_path / "tgt.txt")
     piece = str(tmp_path / "work" / receipt["pieces"][0]["file"])
     record = encode_shard(ShardPlan("train", 1, "shards/s.arrow", ((piece, 0, 1),), keep_text=False),
-                          tmp_path / "src.txt", tmp_path / "tgt.txt", True, tmp_path)
+                          tmp_path / "src.txt", tmp_path / "tgt.txt", reverse_source=True, out_dir=tmp_path)
     row = read_table(tmp_path / "shards" / "s.arrow").to_pylist()[0]
     assert row["src_ids"] == [UNK_ID, 5, 4], "c b a: c is not in the 2-word vocabulary"
     assert row["tgt_ids"] == [BOS_ID, 4, 5, EOS_ID]

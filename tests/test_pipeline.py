@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, free_port, launcher_env
 
 pytestmark = pytest.mark.integration
@@ -33,7 +32,8 @@ def test_pipeline_parameters_and_losses_match_the_single_device_trainer(prepared
                                                                         layers, shards):
     ranks = run_pipeline(prepared_tiny, tmp_path, stages * data, f"--parallel.stages={stages}",
                          f"--parallel.data={data}", f"--parallel.micro_batches={micro}",
-                         f"--model.num_layers={layers}", f"--model.softmax_shards={shards}", "--optim.max_grad_norm=1.0")
+                         f"--model.num_layers={layers}", f"--model.softmax_shards={shards}",
+                         "--optim.max_grad_norm=1.0")
     assert sorted({r["stage"] for r in ranks}) == list(range(stages))
     for rank in ranks:
         assert rank["max_difference"] < 1e-5, rank

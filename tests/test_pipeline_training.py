@@ -7,7 +7,9 @@ tiny data, with `optim.max_grad_norm=1.0` so the gradient is rescaled at every s
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,12 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, SHARED_DATA, free_port, launcher_env, tiny_config
 
 from dist_s2s.errors import UserError
 from dist_s2s.train.checkpoint import CheckpointDir, load_checkpoint, model_weights
 from dist_s2s.train.trainer import train
-
-from conftest import REPO, SHARED_DATA, free_port, launcher_env, tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +88,8 @@ def test_two_stages_under_torchrun_end_at_the_single_device_weights(two_stages, 
     for step in (3, 6):
         assert largest_difference(weights_at(run_dir, step), weights_at(reference, step)) < 1e-5
     checkpoint = load_checkpoint(CheckpointDir(run_dir / "checkpoints", 3).path_of(6))
-    assert [part["file"] for part in checkpoint["model_parts"]] == ["step-00000006.stage-0.pt", "step-00000006.stage-1.pt"]
+    parts = [part["file"] for part in checkpoint["model_parts"]]
+    assert parts == ["step-00000006.stage-0.pt", "step-00000006.stage-1.pt"]
 
 
 def test_only_rank_zero_logs_to_the_console_and_to_mlflow(two_stages):
@@ -121,8 +123,8 @@ def test_a_two_stage_checkpoint_resumes_as_one_stage_with_two_data_replicas(two_
     for file in source.directory.glob("step-00000003.*"):
         (run_dir / "checkpoints" / file.name).write_bytes(file.read_bytes())
     (run_dir / "checkpoints" / "index.json").write_text(
-        '{"checkpoints": [{"step": 3, "file": "step-00000003.pt", "sha256": "%s"}]}' % source.expected_sha256(
-            source.path_of(3)))
+        json.dumps({"checkpoints": [{"step": 3, "file": "step-00000003.pt",
+                                     "sha256": source.expected_sha256(source.path_of(3))}]}))
     output = succeeded(torchrun(prepared_tiny, tmp_path, 2, run_dir, "--parallel.stages=1", "--parallel.data=2",
                                 "--parallel.micro_batches=2", "--train.max_steps=6", "--train.resume=true"))
     assert "resumed at step 3" in output
@@ -254,3 +256,56 @@ def test_a_rank_that_dies_or_hangs_makes_the_other_exit_with_a_clear_error(prepa
             if node.poll() is None:
                 os.killpg(node.pid, signal.SIGKILL)
                 node.wait()
+
+
+def single_node_job(prepared, tmp_path: Path, launcher: str) -> subprocess.Popen:
+    """2 stages on one machine under `torchrun --standalone` or `deepspeed --num_gpus 2`, running long."""
+    start = {"torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "dist_s2s"],
+             "deepspeed": [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
+                           str(free_port()), "--module", "dist_s2s"]}[launcher]
+    return subprocess.Popen(
+        [*start, *train_arguments(prepared, tmp_path / "run", "--parallel.stages=2", "--parallel.micro_batches=2",
+                                  "--train.max_steps=100000", "--train.valid_every=100000")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=launcher_env(tmp_path), cwd=tmp_path,
+        start_new_session=True)
+
+
+def worker_rank(job: subprocess.Popen, rank: int) -> int:
+    """The pid of the launched worker process with RANK=rank."""
+    import psutil
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for process in psutil.Process(job.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "dist_s2s" in " ".join(process.cmdline()) and process.environ().get("RANK") == str(rank):
+                    return process.pid
+        time.sleep(0.5)
+    raise AssertionError(f"no worker with RANK={rank}")
+
+
+@pytest.mark.parametrize("launcher, victim, signal_number", [
+    ("torchrun", 1, signal.SIGKILL),   # the common case: the launcher SIGTERMs the survivor at once
+    ("deepspeed", 1, signal.SIGKILL),  # DeepSpeed's launcher does the same (terminate, then kill after 30 s)
+    ("torchrun", 0, signal.SIGTERM),   # a rank told to stop says where it stopped
+])
+def test_a_rank_ended_by_its_launcher_says_where_it_stopped_and_how_to_resume(prepared_tiny, tmp_path, launcher,
+                                                                               victim, signal_number):
+    job = single_node_job(prepared_tiny, tmp_path, launcher)
+    try:
+        wait_until_training(tmp_path / "run", [job])
+        os.kill(worker_rank(job, victim), signal_number)
+        output = job.communicate(timeout=90)[0]
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert job.returncode != 0
+    stopped = re.search(r"dist-s2s: error: rank 0 (stopped by SIGTERM|lost contact with another rank) at step (\d+)"
+                        r".*Resume with --train\.resume=true \(latest checkpoint: (.*)\)$", output, re.MULTILINE)
+    assert stopped, output[-8000:]
+    if signal_number == signal.SIGTERM:
+        assert stopped.group(1) == "stopped by SIGTERM"
+    latest = CheckpointDir(tmp_path / "run" / "checkpoints", 3).latest()
+    assert stopped.group(3) == str(latest) and int(stopped.group(2)) > int(latest.stem.split("-")[1])

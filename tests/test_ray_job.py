@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
 import secrets
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SHARED_DATA, free_port, listening_addresses, wait_for_http
 
 pytestmark = pytest.mark.integration

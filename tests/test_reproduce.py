@@ -1,4 +1,4 @@
-"""The reproduction study's driver (benchmarks/reproduce.py) end to end on tiny models."""
+"""The reproduction study's driver (study/reproduce.py) end to end on tiny models."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, SHARED_DATA
 
 pytestmark = pytest.mark.integration
@@ -28,7 +27,7 @@ def test_the_study_driver_trains_selects_on_valid_evaluates_ensembles_and_rescor
         "depth_rows: [reversed-1layer, reversed-2layer]\nensemble_seeds: [2]\nsplits: [test2016]\n"
         "beam_sweep: {beams: [1, 2], splits: [test2016]}\n"
         "rescore: {first_pass: forward-1layer, rescorer: best, nbest: 3, weight: 0.5, splits: [test2016]}\n")
-    command = [sys.executable, str(REPO / "benchmarks" / "reproduce.py"), "--study", str(tmp_path / "study.yaml"),
+    command = [sys.executable, str(REPO / "study" / "reproduce.py"), "--study", str(tmp_path / "study.yaml"),
                "--set", f"data.root={SHARED_DATA}", "--set", "train.max_steps=12", "--set", "train.valid_every=6",
                "--set", "train.checkpoint_every=6"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -61,7 +60,7 @@ def test_the_study_driver_trains_selects_on_valid_evaluates_ensembles_and_rescor
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)  # finished steps are skipped
     assert again.returncode == 0 and "$ dist-s2s" not in again.stdout
 
-    report = subprocess.run([sys.executable, str(REPO / "benchmarks" / "study_report.py"), "--study-dir",
+    report = subprocess.run([sys.executable, str(REPO / "study" / "report.py"), "--study-dir",
                              str(tmp_path / "study"), "--out", str(tmp_path / "report")],
                             capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]

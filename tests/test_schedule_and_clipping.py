@@ -18,7 +18,7 @@ def test_lr_is_constant_for_five_epochs_then_halves_every_half_epoch(epochs, lr)
 
 
 def grads_with_norm(norm: float) -> list[torch.nn.Parameter]:
-    parameters = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(2))]
+    parameters = [torch.nn.Parameter(torch.zeros(size)) for size in (3, 4, 2)]
     parameters[0].grad = torch.tensor([3.0, 0.0, 0.0]) * norm / 5
     parameters[1].grad = torch.tensor([0.0, 4.0, 0.0, 0.0]) * norm / 5
     return parameters  # the third has no gradient and must be skipped

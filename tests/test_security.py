@@ -48,7 +48,8 @@ def test_checkpoints_are_only_ever_read_with_weights_only():
 def test_the_in_process_ray_of_prepare_listens_on_127_0_0_1_only(tmp_path):
     """What `dist-s2s prepare` starts without a cluster (GCS, raylet, workers, agents)."""
     environment = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}  # as a user has it
-    run = subprocess.Popen([sys.executable, "-m", "dist_s2s", "prepare", "--config", str(REPO / "configs" / "tiny.yaml"),
+    config = str(REPO / "configs" / "tiny.yaml")
+    run = subprocess.Popen([sys.executable, "-m", "dist_s2s", "prepare", "--config", config,
                             f"--data.root={SHARED_DATA}", f"--data.out_dir={tmp_path}", "--data.chunk_lines=1000"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment,
                            start_new_session=True)

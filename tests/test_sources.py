@@ -5,12 +5,11 @@ from __future__ import annotations
 import random
 
 import pytest
+from conftest import write_corpus
 
 from dist_s2s.config import CorpusConfig, DataConfig
 from dist_s2s.data.sources import check_aligned, chunks, input_pairs, read_lines, scan_file
 from dist_s2s.errors import UserError
-
-from conftest import write_corpus
 
 
 @pytest.mark.parametrize("lines, chunk_lines, trailing_newline", [

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_model import make_batch, small_model
 
 from dist_s2s.errors import UserError
 from dist_s2s.parallel.stages import pipeline_units, stage_boundaries
-
-from test_model import make_batch, small_model
 
 
 @pytest.mark.parametrize("layers, shards", [(1, 1), (2, 3), (4, 4)])
@@ -63,7 +62,7 @@ def test_more_stages_than_layers_and_shards_is_an_error_naming_the_keys():
 
 def test_stages_times_replicas_must_equal_the_launched_processes():
     from dist_s2s.config import load_config
-    from dist_s2s.parallel.engine import check_world_size
+    from dist_s2s.parallel.process_group import check_world_size
 
     config = load_config(None, ["--parallel.stages=4", "--parallel.data=2"])
     check_world_size(config, 8)
@@ -87,7 +86,8 @@ def test_a_checkpoint_in_stage_parts_reads_back_as_the_single_device_weights(tmp
     with pytest.raises(UserError, match=r"step-00000001.stage-1.pt holds .*already held by an earlier part"):
         model_weights(main, {"model_parts": [parts[0], parts[1], parts[1]]})
     without_first = model_weights(main, {"model_parts": parts[1:]})
-    with pytest.raises(UserError, match=r"checkpoint .*step-00000001.pt has no \S+ \(\d+ tensors missing: a stage part"):
+    missing = r"checkpoint .*step-00000001.pt has no \S+ \(\d+ tensors missing: a stage part"
+    with pytest.raises(UserError, match=missing):
         load_weights(small_model(shards=2), main, without_first)
     with pytest.raises(UserError, match=r"checkpoint .*step-00000001.pt has no softmax.0.weight: a stage part is lost"):
         model_weights(main, {"model_parts": parts[:1] + parts[2:]})

@@ -8,10 +8,9 @@ import sys
 import time
 
 import pytest
+from conftest import REPO, SHARED_DATA, free_port, listening_addresses, start_mlflow_server, stop_server, tiny_config
 
 from dist_s2s.train.trainer import train
-
-from conftest import REPO, SHARED_DATA, free_port, listening_addresses, start_mlflow_server, stop_server, tiny_config
 
 pytestmark = pytest.mark.integration
 

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port, tiny_config
 
 from dist_s2s.errors import UserError
 from dist_s2s.train.checkpoint import CheckpointDir, load_checkpoint
 from dist_s2s.train.trainer import train
-
-from conftest import free_port, tiny_config
 
 
 def config_for(prepared, run_dir: Path, *overrides: str):
@@ -66,9 +65,11 @@ def test_the_run_is_in_mlflow_with_params_metrics_and_artifacts(trained):
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["model.hidden_size"] == "16" and run.data.params["train.max_steps"] == "40"
-    assert {"train/loss", "train/ppl", "train/lr", "train/grad_norm", "train/words_per_sec", "valid/ppl"} <= set(run.data.metrics)
+    expected = {"train/loss", "train/ppl", "train/lr", "train/grad_norm", "train/words_per_sec", "valid/ppl"}
+    assert expected <= set(run.data.metrics)
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 20
-    artifacts = {a.path for folder in ("inputs", "plots", "checkpoints") for a in client.list_artifacts(run.info.run_id, folder)}
+    artifacts = {a.path for folder in ("inputs", "plots", "checkpoints")
+                 for a in client.list_artifacts(run.info.run_id, folder)}
     assert {"inputs/config.yaml", "inputs/manifest.json", "inputs/vocab.en.txt", "plots/loss_curve.png",
             "checkpoints/step-00000040.pt"} <= artifacts
 
@@ -138,8 +139,8 @@ def test_train_prepares_missing_data_and_prepares_again_when_the_data_config_cha
 
     config = tiny_config(tmp_path, "--train.max_steps=1")
     train(config)
-    assert load_manifest(Path(config.data.out_dir))["vocab"]["tgt_size"] == 500
+    assert load_manifest(Path(config.data.out_dir)).vocab.tgt_size == 500
     changed = tiny_config(tmp_path, "--train.max_steps=1", "--data.tgt_vocab_size=300",
                           f"--train.run_dir={tmp_path / 'run2'}")
     train(changed)
-    assert load_manifest(Path(config.data.out_dir))["vocab"]["tgt_size"] == 300
+    assert load_manifest(Path(config.data.out_dir)).vocab.tgt_size == 300

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
 from dist_s2s.cli import main
 from dist_s2s.decode.rescore import model_scores, read_nbest, rerank
 from dist_s2s.decode.translator import Translator
 from dist_s2s.errors import UserError
-
-from conftest import REPO
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 
@@ -171,8 +170,8 @@ def test_evaluate_reports_the_split_perplexity_the_trainer_would_compute(trained
 
     from dist_s2s.config import load_config
     from dist_s2s.data.loader import BatchLoader
-    from dist_s2s.train.checkpoint import load_checkpoint
     from dist_s2s.model.seq2seq import Seq2Seq
+    from dist_s2s.train.checkpoint import load_checkpoint
 
     args, checkpoint, _ = trained
     output = tmp_path / "scores.json"

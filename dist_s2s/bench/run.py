@@ -15,23 +15,26 @@ same run on the same device (all cores of the CPU; one GPU × the GPUs used).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 from dist_s2s.bench.measure import device_name, matmul_rate
 from dist_s2s.config import Config
+from dist_s2s.data.manifest import MANIFEST
+from dist_s2s.device import pick_device
 from dist_s2s.errors import UserError
-from dist_s2s.parallel.trainer import bubble_fraction
-from dist_s2s.train.trainer import pick_device
+from dist_s2s.parallel.pipeline_steps import bubble_fraction
 
 REPO = Path(__file__).resolve().parents[2]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,7 +58,7 @@ class Mode:
         return (f"pipeline:{self.stages}" if self.kind == "pipeline" else self.kind) + f"@{self.threads}"
 
 
-def run_mode(mode: Mode, config_path: str, overrides: list[str], batches: str, steps: int, warmup: int,
+def run_mode(mode: Mode, config_path: str, *, overrides: list[str], batches: str, steps: int, warmup: int,
              micro_batches: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as scratch:
         worker = ["-m", "dist_s2s.bench.worker", "--config", config_path, "--mode", mode.kind, "--batches", batches,
@@ -75,20 +78,23 @@ def run_mode(mode: Mode, config_path: str, overrides: list[str], batches: str, s
         return [json.loads(path.read_text()) for path in sorted(Path(scratch).glob("rank-*.json"))]
 
 
-def bench(config: Config, config_path: str, overrides: list[str], modes: list[str], batches: str | None,
+def bench(config: Config, config_path: str, *, overrides: list[str], modes: list[str], batches: str | None,
           steps: int, warmup: int, output: str | None) -> dict:
     cores = os.cpu_count() or 1
     device = pick_device(config.train.device)
     batches = batches or config.data.out_dir
-    if not (Path(batches) / "manifest.json").is_file():
+    if not (Path(batches) / MANIFEST).is_file():
         raise UserError(f"no prepared data in {batches}: run `dist-s2s prepare` first, or pass --batches DIR")
     torch.set_num_threads(cores)
     limit = matmul_rate(device)
     micro = config.parallel.micro_batches
     runs = []
-    for text in modes:
-        mode = Mode.parse(text, cores)
-        ranks = run_mode(mode, config_path, overrides, batches, steps, warmup, micro)
+    parsed = [Mode.parse(text, cores) for text in modes]  # every mode checked before the first runs
+    for number, mode in enumerate(parsed, start=1):
+        log.info("bench: mode %d of %d: %s (%d warm-up + %d timed steps)", number, len(parsed), mode.label, warmup,
+                 steps)
+        ranks = run_mode(mode, config_path, overrides=overrides, batches=batches, steps=steps, warmup=warmup,
+                         micro_batches=micro)
         lead = ranks[0]
         devices = max(1, mode.stages) if device.type == "cuda" else 1
         flops_per_sec = lead["flops"] / lead["seconds"]
@@ -115,7 +121,7 @@ def bench(config: Config, config_path: str, overrides: list[str], modes: list[st
         "matmul_tflops_per_sec": round(limit / 1e12, 4), "torch": torch.__version__,
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                  cwd=REPO).stdout.strip() or None,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "paper_words_per_sec": {"1_gpu": 1700, "8_gpus": 6300},
         "runs": runs,
     }
@@ -126,7 +132,7 @@ def bench(config: Config, config_path: str, overrides: list[str], modes: list[st
 
 
 def table(result: dict) -> str:
-    """The runs as a Markdown table (the README's is made from the committed JSON files)."""
+    """The runs as a Markdown table (docs/benchmarks.md's is made from the committed JSON files)."""
     lines = ["| mode | threads/rank | words/s | × plain | sentences/s | TFLOP/s | MFU | peak MB (max rank) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for run in result["runs"]:

@@ -20,10 +20,10 @@ from dist_s2s.bench.measure import peak_memory_mb, synchronize
 from dist_s2s.bench.plain import PlainSeq2Seq
 from dist_s2s.config import load_config
 from dist_s2s.data.loader import BatchLoader
+from dist_s2s.device import pick_device
 from dist_s2s.errors import UserError
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.train.step import SingleDeviceSteps
-from dist_s2s.train.trainer import pick_device
 
 
 def real_batches(config, batches_dir: str, count: int) -> list:
@@ -54,7 +54,8 @@ def main() -> None:
     model_class = PlainSeq2Seq if args.mode == "plain" else Seq2Seq
     model = model_class(config.model, config.data.src_vocab_size, config.data.tgt_vocab_size)
     if args.mode == "pipeline":
-        from dist_s2s.parallel.trainer import PipelineSteps, join_process_group
+        from dist_s2s.parallel.pipeline_steps import PipelineSteps
+        from dist_s2s.parallel.process_group import join_process_group
 
         join_process_group(config)
         steps = PipelineSteps(config, model)

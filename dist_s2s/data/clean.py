@@ -53,7 +53,8 @@ class PairCleaner:
             return INVALID_UTF8
         src_tokens = self._tokenize(src_text, self.src_lang)
         tgt_tokens = self._tokenize(tgt_text, self.tgt_lang)
-        for tokens, path, reason in ((src_tokens, self.src_path, EMPTY_SOURCE), (tgt_tokens, self.tgt_path, EMPTY_TARGET)):
+        sides = ((src_tokens, self.src_path, EMPTY_SOURCE), (tgt_tokens, self.tgt_path, EMPTY_TARGET))
+        for tokens, path, reason in sides:
             if not tokens:
                 if self.strict:
                     raise UserError(f"{path}:{line_number}: empty line (its pair is not empty; data.strict is on)")
@@ -73,7 +74,8 @@ class PairCleaner:
             return raw.decode("utf-8")
         except UnicodeDecodeError as error:
             if self.strict:
-                raise UserError(f"{path}:{line_number}: invalid UTF-8 at byte {error.start} (data.strict is on)") from None
+                raise UserError(f"{path}:{line_number}: invalid UTF-8 at byte {error.start} (data.strict is "
+                                "on)") from None
             return None
 
     def _tokenize(self, text: str, lang: str) -> list[str]:

@@ -19,9 +19,10 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from dist_s2s.data.shards import sha256_file
 from dist_s2s.errors import UserError
@@ -49,7 +50,7 @@ class Target:
     path: str
     parts: tuple[Part, ...]
     sha256: str | None = None
-    """The published checksum of the result (../shared/data/*/SOURCE.md), when there is one."""
+    """The published checksum of the result (`<data.root>/<corpus>/SOURCE.md`), when there is one."""
 
 
 def _multi30k() -> tuple[Target, ...]:

@@ -4,8 +4,9 @@ Paper §3.4: "we made sure that all sentences in a minibatch are roughly of the 
 Each epoch is planned up front from the length columns alone: within every length bucket the
 rows are shuffled (seeded by seed and epoch), sorted by (target, source) length inside pools
 of `pool_batches` batches, and cut into batches (target first: every target position costs a
-softmax row; on Multi30k this pads 2.8% of positions, sorting by total length 9.3%); then the batch order is shuffled. The plan is a pure function
-of (seed, epoch), so the cursor `(epoch, next_batch)` is the whole state a resumed run needs.
+softmax row; on Multi30k this pads 2.8% of positions, sorting by total length 9.3%); then the
+batch order is shuffled. The plan is a pure function of (seed, epoch), so the cursor
+`(epoch, next_batch)` is the whole state a resumed run needs.
 
 With data parallelism every replica plans the same global batches and takes its own
 interleaved slice of each, so N replicas see exactly the sentences one device would.
@@ -15,19 +16,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from dist_s2s.data.batch import Batch, batch_from_table
-from dist_s2s.data.manifest import load_manifest, shards_of
+from dist_s2s.data.manifest import MANIFEST, ShardEntry, load_manifest
 from dist_s2s.data.shards import read_table
 from dist_s2s.errors import UserError
 
 
 class BatchLoader:
-    def __init__(self, out_dir: str | Path, split: str, batch_size: int, seed: int = 0,
+    def __init__(self, out_dir: str | Path, split: str, batch_size: int, *, seed: int = 0,
                  shuffle: bool = True, replica: int = 0, replicas: int = 1, pool_batches: int = 32):
         if not 0 <= replica < replicas:
             raise ValueError(f"replica {replica} is not in [0, {replicas})")
@@ -43,7 +43,7 @@ class BatchLoader:
         self.replicas = replicas
         self.pool_batches = pool_batches
         self.manifest = load_manifest(self.out_dir)
-        self.table, self.buckets = self._open(shards_of(self.manifest, split))
+        self.table, self.buckets = self._open(self.manifest.shards_of(split))
         if self.table.num_rows < replicas:
             raise UserError(f"split {split!r} has {self.table.num_rows} sentences, fewer than {replicas} replicas")
         lengths = self.table.select(["src_len", "tgt_len"])
@@ -53,18 +53,18 @@ class BatchLoader:
         self.next_batch = 0
         self._plan: list[np.ndarray] | None = None
 
-    def _open(self, shards: list[dict[str, Any]]) -> tuple[pa.Table, list[np.ndarray]]:
+    def _open(self, shards: list[ShardEntry]) -> tuple[pa.Table, list[np.ndarray]]:
         """One zero-copy table over all shards, and the global row indices of each bucket."""
         tables, buckets, start = [], {}, 0
         for shard in shards:
-            path = self.out_dir / shard["path"]
+            path = self.out_dir / shard.path
             if not path.is_file():
-                raise UserError(f"shard missing: {path} (listed in {self.out_dir / 'manifest.json'})")
+                raise UserError(f"shard missing: {path} (listed in {self.out_dir / MANIFEST})")
             table = read_table(path)
-            if table.num_rows != shard["rows"]:
-                raise UserError(f"shard {path} has {table.num_rows} rows, manifest says {shard['rows']}")
+            if table.num_rows != shard.rows:
+                raise UserError(f"shard {path} has {table.num_rows} rows, manifest says {shard.rows}")
             tables.append(table)
-            buckets.setdefault(shard["bucket"], []).append(np.arange(start, start + table.num_rows))
+            buckets.setdefault(shard.bucket, []).append(np.arange(start, start + table.num_rows))
             start += table.num_rows
         return pa.concat_tables(tables), [np.concatenate(rows) for _, rows in sorted(buckets.items())]
 

@@ -7,10 +7,11 @@ timestamps or absolute paths, so the same inputs and config give the same bytes.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dist_s2s.config import DataConfig, config_hash
+from dist_s2s.config import DataConfig, config_from_dict, config_hash
 from dist_s2s.data.shards import sha256_file, write_atomically
 from dist_s2s.errors import UserError
 
@@ -26,13 +27,84 @@ def data_config_hash(data: DataConfig) -> str:
     return config_hash(data, exclude=LOCATION_KEYS)
 
 
-def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
+@dataclass(frozen=True)
+class VocabFiles:
+    """The two vocabularies `prepare` built: sizes (specials included), files in out_dir, checksums."""
+
+    src_size: int
+    tgt_size: int
+    src_file: str
+    tgt_file: str
+    src_sha256: str
+    tgt_sha256: str
+    specials: list[str]
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One Arrow shard: which split and length bucket, where (relative to out_dir), how big, its sha256."""
+
+    split: str
+    bucket: int
+    path: str
+    rows: int
+    sha256: str
+    src_words: int
+    tgt_words: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """manifest.json as typed fields: the one place its keys are spelled."""
+
+    format: str
+    config_hash: str
+    """`data_config_hash` of the data config that made these shards: they are current when it matches."""
+    config: dict[str, Any]
+    """That data config's values, less where things live (`LOCATION_KEYS`)."""
+    versions: dict[str, str]
+    inputs: list[dict[str, Any]]
+    """Each corpus file read: path, lines, bytes, sha256."""
+    vocab: VocabFiles
+    splits: dict[str, dict[str, int]]
+    """Per split: rows_in, rows (kept), src/tgt words and <unk>s."""
+    filtered: dict[str, dict[str, int]]
+    """Per split: rows dropped, by reason (rows_in = rows + Σ filtered, checked when written)."""
+    normalized: dict[str, int]
+    """Line endings normalized, by kind (crlf, lone_cr)."""
+    bucket_boundaries: list[int]
+    shards: list[ShardEntry]
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Manifest:
+        return cls(**{**raw, "vocab": VocabFiles(**raw["vocab"]), "shards": [ShardEntry(**s) for s in raw["shards"]]})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def data_config(self) -> DataConfig:
+        """The data config the shards and vocabularies were made with (tokenization, case, reversal)."""
+        return config_from_dict({"data": self.config}).data
+
+    def shards_of(self, split: str) -> list[ShardEntry]:
+        shards = [shard for shard in self.shards if shard.split == split]
+        if not shards:
+            known = sorted({shard.split for shard in self.shards})
+            raise UserError(f"split {split!r} is not in the prepared data (splits: {', '.join(known)})")
+        return shards
+
+    def filtered_rows(self, split: str) -> int:
+        return sum(self.filtered.get(split, {}).values())
+
+
+def write_manifest(out_dir: Path, manifest: Manifest) -> Path:
     path = out_dir / MANIFEST
-    write_atomically(path, (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
+    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    write_atomically(path, text.encode("utf-8"))
     return path
 
 
-def load_manifest(out_dir: Path) -> dict[str, Any]:
+def load_manifest(out_dir: Path) -> Manifest:
     """The manifest of prepared data; a clear error when `prepare` has not run or was cut short."""
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
@@ -43,22 +115,26 @@ def load_manifest(out_dir: Path) -> dict[str, Any]:
         raise UserError(f"{path}: corrupt manifest ({error})") from None
     if manifest.get("format") != FORMAT:
         raise UserError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r} (re-run `dist-s2s prepare`)")
-    return manifest
+    try:
+        return Manifest.from_dict(manifest)
+    except (KeyError, TypeError) as error:
+        raise UserError(f"{path}: corrupt manifest ({error}; re-run `dist-s2s prepare`)") from None
 
 
-def shards_of(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
-    shards = [shard for shard in manifest["shards"] if shard["split"] == split]
-    if not shards:
-        known = sorted({shard["split"] for shard in manifest["shards"]})
-        raise UserError(f"split {split!r} is not in the prepared data (splits: {', '.join(known)})")
-    return shards
+def current_manifest(data: DataConfig) -> Manifest | None:
+    """The manifest in data.out_dir if it was prepared with this data config, else None."""
+    out_dir = Path(data.out_dir)
+    if not (out_dir / MANIFEST).is_file():
+        return None
+    manifest = load_manifest(out_dir)
+    return manifest if manifest.config_hash == data_config_hash(data) else None
 
 
-def verify_shards(out_dir: Path, manifest: dict[str, Any]) -> None:
+def verify_shards(out_dir: Path, manifest: Manifest) -> None:
     """Check every shard against its recorded sha256; name the first that differs."""
-    for shard in manifest["shards"]:
-        path = Path(out_dir) / shard["path"]
+    for shard in manifest.shards:
+        path = Path(out_dir) / shard.path
         if not path.is_file():
             raise UserError(f"shard missing: {path}")
-        if sha256_file(path) != shard["sha256"]:
+        if sha256_file(path) != shard.sha256:
             raise UserError(f"shard corrupt (sha256 differs from manifest): {path}")

@@ -36,7 +36,7 @@ class ShardPlan:
     keep_text: bool
 
 
-def tokenize_chunk(pair: InputPair, pair_index: int, chunk: Chunk, config: DataConfig, work_dir: Path) -> dict:
+def tokenize_chunk(pair: InputPair, pair_index: int, chunk: Chunk, config: DataConfig, *, work_dir: Path) -> dict:
     """Pass 1 over one chunk; writes one piece per (split, bucket), word counts, and a receipt.
 
     File names in the receipt are relative to `work_dir`, so a moved output directory still reuses it.
@@ -113,7 +113,7 @@ def read_counts(path: Path) -> tuple[Counter, Counter]:
     return sides
 
 
-def encode_shard(plan: ShardPlan, src_vocab_path: Path, tgt_vocab_path: Path, reverse_source: bool,
+def encode_shard(plan: ShardPlan, src_vocab_path: Path, tgt_vocab_path: Path, *, reverse_source: bool,
                  out_dir: Path) -> dict:
     """Pass 2 for one shard: tokens → ids (source reversed, target wrapped in <s> … </s>)."""
     src_vocab, tgt_vocab = Vocab.load(src_vocab_path), Vocab.load(tgt_vocab_path)

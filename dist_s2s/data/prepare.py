@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict
@@ -24,12 +23,22 @@ import sacremoses
 
 import dist_s2s
 from dist_s2s.config import Config, DataConfig
-from dist_s2s.data.manifest import FORMAT, LOCATION_KEYS, MANIFEST, data_config_hash, write_manifest
-from dist_s2s.data.shards import sha256_file
+from dist_s2s.data.manifest import (
+    FORMAT,
+    LOCATION_KEYS,
+    MANIFEST,
+    Manifest,
+    ShardEntry,
+    VocabFiles,
+    data_config_hash,
+    write_manifest,
+)
 from dist_s2s.data.passes import COUNTS, RECEIPT, ShardPlan, encode_shard, read_counts, tokenize_chunk
+from dist_s2s.data.shards import sha256_file
 from dist_s2s.data.sources import FileScan, InputPair, check_aligned, chunks, input_pairs, scan_file
 from dist_s2s.data.vocab import SPECIALS, Vocab
 from dist_s2s.errors import UserError
+from dist_s2s.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +49,7 @@ _tokenize = ray.remote(num_cpus=1, max_retries=3)(tokenize_chunk)
 _encode = ray.remote(num_cpus=1, max_retries=3)(encode_shard)
 
 
-def prepare(config: Config) -> dict[str, Any]:
+def prepare(config: Config) -> Manifest:
     """Write shards and manifest under data.out_dir; returns the manifest."""
     data = config.data
     out_dir = Path(data.out_dir).resolve()
@@ -59,7 +68,8 @@ def prepare(config: Config) -> dict[str, Any]:
         receipts = _pass_tokenize(pairs, scans, data, out_dir / WORK / content_hash[:16])
         src_vocab, tgt_vocab = _build_vocabs(receipts, data, out_dir)
         shard_records = _pass_encode(receipts, data, out_dir)
-        manifest = _manifest(pairs, scans, receipts, shard_records, src_vocab, tgt_vocab, data, content_hash, out_dir)
+        manifest = _manifest(pairs, scans, receipts, shard_records, src_vocab=src_vocab, tgt_vocab=tgt_vocab,
+                             data=data, content_hash=content_hash, out_dir=out_dir)
         write_manifest(out_dir, manifest)
         shutil.rmtree(out_dir / WORK, ignore_errors=True)
         elapsed = time.perf_counter() - started
@@ -87,35 +97,28 @@ def _connect(config: Config) -> bool:
     return True
 
 
-def _gather(refs: list, label: str) -> list:
-    """ray.get with a progress bar, surfacing a task's UserError as the error it is."""
+def _gather(refs: list, label: str, *, unit: str, pairs_of=None) -> list:
+    """ray.get in completion order with progress (tasks done of N; pairs/s when `pairs_of(result)` counts
+    a task's pairs), surfacing a task's UserError as the error it is."""
     results: dict = {}
     index = {ref: i for i, ref in enumerate(refs)}
     pending = list(refs)
-    progress = _progress(label, len(refs))
-    try:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            results[index[done[0]]] = ray.get(done[0])
-            progress(len(results))
-    except ray.exceptions.RayTaskError as error:
-        if isinstance(error.cause, UserError):
-            raise UserError(str(error.cause)) from None
-        raise
+    with Progress(f"prepare: {label}", len(refs), unit=unit, rate_unit="pairs" if pairs_of else None) as progress:
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                results[index[done[0]]] = ray.get(done[0])
+                progress.advance(work=pairs_of(results[index[done[0]]]) if pairs_of else 0)
+        except ray.exceptions.RayTaskError as error:
+            if isinstance(error.cause, UserError):
+                raise UserError(str(error.cause)) from None
+            raise
     return [results[i] for i in range(len(refs))]
-
-
-def _progress(label: str, total: int):
-    if not sys.stderr.isatty():
-        return lambda done: None
-    def show(done: int) -> None:
-        print(f"\r{label}: {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
-    return show
 
 
 def _scan_inputs(pairs: list[InputPair], chunk_lines: int) -> list[tuple[FileScan, FileScan]]:
     refs = [_scan.remote(path, chunk_lines) for pair in pairs for path in (pair.src_path, pair.tgt_path)]
-    flat = _gather(refs, "scan")
+    flat = _gather(refs, "scan", unit="files")
     scans = list(zip(flat[0::2], flat[1::2]))
     for pair, (src, tgt) in zip(pairs, scans):
         check_aligned(pair, src, tgt)
@@ -132,10 +135,11 @@ def _pass_tokenize(pairs, scans, data: DataConfig, work_dir: Path) -> list[tuple
             chunk_dir = work_dir / input_key / f"{chunk.first_line:012d}-{chunk.num_lines}"
             chunk_dir.mkdir(parents=True, exist_ok=True)
             reused += (chunk_dir / RECEIPT).is_file()  # counted before the task could write it
-            jobs.append((chunk_dir, _tokenize.remote(pair, pair_index, chunk, data, chunk_dir)))
+            jobs.append((chunk_dir, _tokenize.remote(pair, pair_index, chunk, data, work_dir=chunk_dir)))
     if reused:
         log.info("prepare: reusing %d of %d tokenized chunks finished by an interrupted run", reused, len(jobs))
-    receipts = _gather([ref for _, ref in jobs], "tokenize")
+    receipts = _gather([ref for _, ref in jobs], "tokenize", unit="chunks",
+                       pairs_of=lambda receipt: sum(receipt["rows_in"].values()))
     return [(chunk_dir, receipt) for (chunk_dir, _), receipt in zip(jobs, receipts)]
 
 
@@ -181,11 +185,11 @@ def _plan_shards(receipts, data: DataConfig) -> list[ShardPlan]:
                 stream_plans[-1].append((path, start, start + take))
                 start += take
                 filled += take
-        plans += [_plan(split, bucket, index, slices, data) for index, slices in enumerate(stream_plans)]
+        plans += [_plan(split, bucket, index, slices, data=data) for index, slices in enumerate(stream_plans)]
     return plans
 
 
-def _plan(split: str, bucket: int, index: int, slices, data: DataConfig) -> ShardPlan:
+def _plan(split: str, bucket: int, index: int, slices, *, data: DataConfig) -> ShardPlan:
     return ShardPlan(split=split, bucket=bucket, path=f"shards/{split}/b{bucket:02d}-{index:05d}.arrow",
                      slices=tuple(slices), keep_text=split != data.train_split)
 
@@ -195,13 +199,14 @@ def _pass_encode(receipts, data: DataConfig, out_dir: Path) -> list[dict]:
     (out_dir / MANIFEST).unlink(missing_ok=True)  # the old manifest would describe deleted shards
     src_vocab_path = out_dir / f"vocab.{data.src_lang}.txt"
     tgt_vocab_path = out_dir / f"vocab.{data.tgt_lang}.txt"
-    refs = [_encode.remote(plan, src_vocab_path, tgt_vocab_path, data.reverse_source, out_dir)
+    refs = [_encode.remote(plan, src_vocab_path, tgt_vocab_path, reverse_source=data.reverse_source,
+                           out_dir=out_dir)
             for plan in _plan_shards(receipts, data)]
-    return _gather(refs, "encode")
+    return _gather(refs, "encode", unit="shards", pairs_of=lambda record: record["rows"])
 
 
-def _manifest(pairs, scans, receipts, shard_records, src_vocab: Vocab, tgt_vocab: Vocab,
-              data: DataConfig, content_hash: str, out_dir: Path) -> dict[str, Any]:
+def _manifest(pairs, scans, receipts, shard_records, *, src_vocab: Vocab, tgt_vocab: Vocab,
+              data: DataConfig, content_hash: str, out_dir: Path) -> Manifest:
     rows_in: Counter = Counter()
     filtered: dict[str, Counter] = defaultdict(Counter)
     normalized: Counter = Counter()
@@ -216,32 +221,33 @@ def _manifest(pairs, scans, receipts, shard_records, src_vocab: Vocab, tgt_vocab
         totals = {key: sum(r[key] for r in records) for key in ("rows", "src_words", "tgt_words", "src_unk", "tgt_unk")}
         dropped = sum(filtered[split].values())
         if totals["rows"] + dropped != rows_in[split]:  # the accounting invariant: nothing lost silently
-            raise RuntimeError(f"split {split}: {rows_in[split]} rows in but {totals['rows']} kept + {dropped} filtered")
+            raise RuntimeError(f"split {split}: {rows_in[split]} rows in but {totals['rows']} kept + {dropped} "
+                               "filtered")
         splits[split] = {"rows_in": rows_in[split], **totals}
     config_values = {k: v for k, v in asdict(data).items() if k not in LOCATION_KEYS}
-    return {
-        "format": FORMAT,
-        "config_hash": content_hash,
-        "config": config_values,
-        "versions": {"dist_s2s": dist_s2s.__version__, "pyarrow": pyarrow.__version__,
-                     "sacremoses": sacremoses.__version__},
-        "inputs": [
+    return Manifest(
+        format=FORMAT,
+        config_hash=content_hash,
+        config=config_values,
+        versions={"dist_s2s": dist_s2s.__version__, "pyarrow": pyarrow.__version__,
+                  "sacremoses": sacremoses.__version__},
+        inputs=[
             {"corpus": pair.corpus, "split": pair.split or dict(pair.split_fractions),
              "files": [{"path": str(Path(pair.prefix + f".{lang}")), "lines": scan.lines, "bytes": scan.bytes,
                         "sha256": scan.sha256} for lang, scan in ((data.src_lang, src), (data.tgt_lang, tgt))]}
             for pair, (src, tgt) in zip(pairs, scans)
         ],
-        "vocab": {
-            "src_size": len(src_vocab), "tgt_size": len(tgt_vocab),
-            "src_file": f"vocab.{data.src_lang}.txt", "tgt_file": f"vocab.{data.tgt_lang}.txt",
-            "src_sha256": sha256_file(out_dir / f"vocab.{data.src_lang}.txt"),
-            "tgt_sha256": sha256_file(out_dir / f"vocab.{data.tgt_lang}.txt"),
-            "specials": list(SPECIALS),
-        },
-        "splits": splits,
-        "filtered": {split: dict(sorted(filtered[split].items())) for split in sorted(rows_in)},
-        "normalized": dict(sorted(normalized.items())),
-        "bucket_boundaries": data.bucket_boundaries,
-        "shards": [{k: r[k] for k in ("split", "bucket", "path", "rows", "sha256", "src_words", "tgt_words")}
-                   for r in shard_records],
-    }
+        vocab=VocabFiles(
+            src_size=len(src_vocab), tgt_size=len(tgt_vocab),
+            src_file=f"vocab.{data.src_lang}.txt", tgt_file=f"vocab.{data.tgt_lang}.txt",
+            src_sha256=sha256_file(out_dir / f"vocab.{data.src_lang}.txt"),
+            tgt_sha256=sha256_file(out_dir / f"vocab.{data.tgt_lang}.txt"),
+            specials=list(SPECIALS),
+        ),
+        splits=splits,
+        filtered={split: dict(sorted(filtered[split].items())) for split in sorted(rows_in)},
+        normalized=dict(sorted(normalized.items())),
+        bucket_boundaries=data.bucket_boundaries,
+        shards=[ShardEntry(**{k: r[k] for k in ("split", "bucket", "path", "rows", "sha256", "src_words", "tgt_words")})
+                for r in shard_records],
+    )

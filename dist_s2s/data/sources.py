@@ -2,7 +2,7 @@
 
 Each input file is scanned once (line count, sha256, byte offset of every chunk's first line)
 so that a Ray task can read the same line range from both sides of a pair: two unordered
-datasets could misalign the sentences (see ../shared/PLATFORM.md on `ray.data.read_text`).
+datasets could misalign the sentences (see docs/platform.md on `ray.data.read_text`).
 """
 
 from __future__ import annotations
@@ -155,5 +155,6 @@ def read_lines(path: Path, byte_range: tuple[int, int], expected: int) -> list[b
     if data.endswith(b"\n"):
         lines.pop()
     if len(lines) != expected:
-        raise UserError(f"{path}: changed while being read (expected {expected} lines at byte {start}, got {len(lines)})")
+        raise UserError(f"{path}: changed while being read (expected {expected} lines at byte {start}, got "
+                        f"{len(lines)})")
     return lines

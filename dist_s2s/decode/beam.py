@@ -59,7 +59,7 @@ def _select(states: list[State], rows: torch.Tensor) -> list[State]:
 
 
 @torch.no_grad()
-def beam_search(ensemble: Ensemble, src: torch.Tensor, src_lengths: torch.Tensor, beam: int,
+def beam_search(ensemble: Ensemble, src: torch.Tensor, src_lengths: torch.Tensor, beam: int, *,
                 max_length_ratio: float = 2.0, nbest: int = 1, extra_words: int = 10) -> list[list[Hypothesis]]:
     """The `nbest` best translations of each sentence of the batch, best first.
 
@@ -117,7 +117,8 @@ def beam_search(ensemble: Ensemble, src: torch.Tensor, src_lengths: torch.Tensor
             if done[sentence]:
                 continue
             complete = sorted(h.score for h in finished[sentence])
-            if len(complete) >= nbest and float(scores[sentence].max()) < complete[-nbest] or length >= max_words[sentence]:
+            settled = len(complete) >= nbest and float(scores[sentence].max()) < complete[-nbest]
+            if settled or length >= max_words[sentence]:
                 done[sentence] = True
         if bool(done.all()):
             break

@@ -18,6 +18,7 @@ import torch
 from dist_s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from dist_s2s.decode.translator import Translator
 from dist_s2s.errors import UserError
+from dist_s2s.progress import Progress
 
 
 @dataclass
@@ -42,28 +43,39 @@ def read_nbest(path: Path) -> list[Candidate]:
         try:
             sentence, score = int(fields[0]), float(fields[-1])
         except ValueError:
-            raise UserError(f"{path}:{number}: the id must be an integer and the score a number: {line[:80]!r}") from None
+            raise UserError(f"{path}:{number}: the id must be an integer and the score a number: "
+                            f"{line[:80]!r}") from None
         if candidates and sentence < candidates[-1].sentence:
-            raise UserError(f"{path}:{number}: sentence ids must not decrease ({sentence} after {candidates[-1].sentence})")
+            raise UserError(f"{path}:{number}: sentence ids must not decrease ({sentence} after "
+                            f"{candidates[-1].sentence})")
         seen[sentence] = seen.get(sentence, -1) + 1
         candidates.append(Candidate(sentence, fields[1], fields[2], score, seen[sentence]))
     return candidates
 
 
-def model_scores(translator: Translator, sources: list[str], candidates: list[Candidate], batch_size: int = 64) -> list[float]:
+def model_scores(translator: Translator, sources: list[str], candidates: list[Candidate], *, batch_size: int = 64,
+                 progress: str | None = None) -> list[float]:
     """log p(candidate | source) under the ensemble (mean of members' log-probabilities per word)."""
     pairs = []
     for candidate in candidates:
         if candidate.sentence >= len(sources):
             raise UserError(f"n-best sentence id {candidate.sentence} has no source line ({len(sources)} lines given)")
         pairs.append((translator.source_ids(sources[candidate.sentence]), translator.target_ids(candidate.text)))
-    return pair_log_probs(translator, pairs, batch_size)
+    return pair_log_probs(translator, pairs, batch_size=batch_size, progress=progress)
 
 
 @torch.no_grad()
-def pair_log_probs(translator: Translator, pairs: list[tuple[list[int], list[int]]], batch_size: int = 64) -> list[float]:
-    """Teacher-forced log p(target words + </s> | source ids) of each pair under the ensemble."""
+def pair_log_probs(translator: Translator, pairs: list[tuple[list[int], list[int]]], *, batch_size: int = 64,
+                   progress: str | None = None) -> list[float]:
+    """Teacher-forced log p(target words + </s> | source ids) of each pair under the ensemble;
+    `progress` names a progress bar / log line counting pairs (None: silent)."""
     pairs = [(src or [EOS_ID], tgt) for src, tgt in pairs]  # an empty source still conditions, on </s>
+    with Progress(progress or "", len(pairs), unit="pairs", show=progress is not None) as bar:
+        return _pair_log_probs(translator, pairs, batch_size, bar)
+
+
+def _pair_log_probs(translator: Translator, pairs: list[tuple[list[int], list[int]]], batch_size: int,
+                    bar: Progress) -> list[float]:
     scores = [0.0] * len(pairs)
     order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]))
     device = translator.device
@@ -79,7 +91,8 @@ def pair_log_probs(translator: Translator, pairs: list[tuple[list[int], list[int
             src[row, :len(s)] = torch.tensor(s)
             tgt_in[row, :len(t) + 1] = torch.tensor([BOS_ID, *t])
             tgt_out[row, :len(t) + 1] = torch.tensor([*t, EOS_ID])
-        src, src_lengths, tgt_in, tgt_out = src.to(device), src_lengths.to(device), tgt_in.to(device), tgt_out.to(device)
+        src, src_lengths = src.to(device), src_lengths.to(device)
+        tgt_in, tgt_out = tgt_in.to(device), tgt_out.to(device)
         per_member = []
         for model in translator.ensemble.models:
             hidden, _ = model.decode(tgt_in, model.encode(src, src_lengths))
@@ -88,6 +101,7 @@ def pair_log_probs(translator: Translator, pairs: list[tuple[list[int], list[int
         word_scores = torch.stack(per_member).mean(dim=0).masked_fill(tgt_out == PAD_ID, 0.0)
         for row, index in enumerate(chunk):
             scores[index] = float(word_scores[row].sum())
+        bar.advance(len(chunk))
     return scores
 
 
@@ -106,5 +120,5 @@ def rescore_command(translator: Translator, sources: list[str], nbest_path: Path
     if not 0.0 <= weight <= 1.0:
         raise UserError(f"--weight must be between 0 and 1, got {weight}")
     candidates = read_nbest(nbest_path)
-    ranked = rerank(candidates, model_scores(translator, sources, candidates), weight)
+    ranked = rerank(candidates, model_scores(translator, sources, candidates, progress="rescore"), weight)
     return [ranked[i][0].text if i in ranked else "" for i in range(len(sources))]

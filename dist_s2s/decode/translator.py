@@ -20,24 +20,30 @@ from pathlib import Path
 import torch
 
 from dist_s2s.config import Config, config_from_dict
-from dist_s2s.data.manifest import load_manifest
+from dist_s2s.data.manifest import Manifest, load_manifest
 from dist_s2s.data.tokenize import detokenize, tokenize
 from dist_s2s.data.vocab import PAD_ID, UNK, UNK_ID, Vocab
 from dist_s2s.decode.beam import Ensemble, Hypothesis, beam_search
+from dist_s2s.device import pick_device
 from dist_s2s.errors import UserError
 from dist_s2s.model.seq2seq import Seq2Seq
-from dist_s2s.train.checkpoint import check_compatible, load_checkpoint, load_weights, model_weights
-from dist_s2s.train.trainer import pick_device, vocabulary_compatibility
+from dist_s2s.progress import Progress
+from dist_s2s.train.checkpoint import (
+    check_compatible,
+    load_checkpoint,
+    load_weights,
+    model_weights,
+    vocabulary_compatibility,
+)
 
 log = logging.getLogger(__name__)
 
 
-def load_model(path: Path, manifest: dict, device: torch.device) -> Seq2Seq:
+def load_model(path: Path, manifest: Manifest, device: torch.device) -> Seq2Seq:
     """A checkpoint (either format) as an eval-mode model, refused if trained on another vocabulary."""
     state = load_checkpoint(Path(path))
     check_compatible(Path(path), state["compat"], vocabulary_compatibility(manifest))
-    vocab = manifest["vocab"]
-    model = Seq2Seq(config_from_dict(state["config"]).model, vocab["src_size"], vocab["tgt_size"])
+    model = Seq2Seq(config_from_dict(state["config"]).model, manifest.vocab.src_size, manifest.vocab.tgt_size)
     load_weights(model, Path(path), model_weights(Path(path), state))
     return model.to(device).eval()
 
@@ -56,17 +62,17 @@ class Translator:
         manifest = load_manifest(out_dir)
         self.config = config
         self.device = torch.device(device)
-        self.src_vocab = Vocab.load(out_dir / manifest["vocab"]["src_file"])
-        self.tgt_vocab = Vocab.load(out_dir / manifest["vocab"]["tgt_file"])
+        self.src_vocab = Vocab.load(out_dir / manifest.vocab.src_file)
+        self.tgt_vocab = Vocab.load(out_dir / manifest.vocab.tgt_file)
         self.ensemble = Ensemble([load_model(path, manifest, self.device) for path in checkpoints])
-        self.prepared = manifest["config"]  # the data config the vocabulary was built with
+        self.prepared = manifest.data_config()  # the data config the vocabulary was built with
 
     def source_ids(self, text: str) -> list[int]:
         """A raw source line → model input ids, exactly as `prepare` makes them."""
         text = " ".join(text.split())
-        tokens = tokenize(text, self.prepared["src_lang"], self.prepared["lowercase"]) if text else []
+        tokens = tokenize(text, self.prepared.src_lang, self.prepared.lowercase) if text else []
         ids = self.src_vocab.encode(tokens)
-        return ids[::-1] if self.prepared["reverse_source"] else ids
+        return ids[::-1] if self.prepared.reverse_source else ids
 
     def target_ids(self, text: str) -> list[int]:
         """A target sentence (a hypothesis written by `translate`, say) → ids; a literal <unk> stays one word."""
@@ -75,33 +81,38 @@ class Translator:
             if index:
                 tokens.append(UNK)
             if piece.strip():
-                tokens += tokenize(piece.strip(), self.prepared["tgt_lang"], self.prepared["lowercase"])
+                tokens += tokenize(piece.strip(), self.prepared.tgt_lang, self.prepared.lowercase)
         return self.tgt_vocab.encode(tokens)
 
-    def translate(self, lines: list[str], beam: int, nbest: int = 1) -> list[list[Translation]]:
+    def translate(self, lines: list[str], beam: int, nbest: int = 1, *, progress: str = "translate"
+                  ) -> list[list[Translation]]:
         """The `nbest` translations of every line, in input order."""
-        return self.translate_ids([self.source_ids(line) for line in lines], beam, nbest)
+        return self.translate_ids([self.source_ids(line) for line in lines], beam, nbest, progress=progress)
 
-    def translate_ids(self, sources: list[list[int]], beam: int, nbest: int = 1,
-                      batch_size: int | None = None) -> list[list[Translation]]:
+    def translate_ids(self, sources: list[list[int]], beam: int, nbest: int = 1, *, batch_size: int | None = None,
+                      progress: str | None = None) -> list[list[Translation]]:
+        """The same from source ids; `progress` names a progress bar / log line (None: silent)."""
         batch_size = batch_size or self.config.eval.batch_size
         results: list[list[Translation]] = [[Translation("", [], 0.0)] for _ in sources]
         order = sorted((i for i, ids in enumerate(sources) if ids), key=lambda i: -len(sources[i]))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            lengths = torch.tensor([len(sources[i]) for i in chunk])
-            src = torch.full((len(chunk), int(lengths.max())), PAD_ID, dtype=torch.long)
-            for row, index in enumerate(chunk):
-                src[row, :len(sources[index])] = torch.tensor(sources[index])
-            found = beam_search(self.ensemble, src.to(self.device), lengths.to(self.device), beam,
-                                self.config.eval.max_length_ratio, nbest)
-            for index, hypotheses in zip(chunk, found):
-                results[index] = [self._text(h) for h in hypotheses]
+        with Progress(progress or "", len(sources), unit="sentences", show=progress is not None) as bar:
+            bar.advance(len(sources) - len(order))  # empty lines: nothing to decode
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                lengths = torch.tensor([len(sources[i]) for i in chunk])
+                src = torch.full((len(chunk), int(lengths.max())), PAD_ID, dtype=torch.long)
+                for row, index in enumerate(chunk):
+                    src[row, :len(sources[index])] = torch.tensor(sources[index])
+                found = beam_search(self.ensemble, src.to(self.device), lengths.to(self.device), beam,
+                                    max_length_ratio=self.config.eval.max_length_ratio, nbest=nbest)
+                for index, hypotheses in zip(chunk, found):
+                    results[index] = [self._text(h) for h in hypotheses]
+                bar.advance(len(chunk))
         return results
 
     def _text(self, hypothesis: Hypothesis) -> Translation:
         tokens = self.tgt_vocab.decode(hypothesis.tokens)
-        return Translation(detokenize(tokens, self.prepared["tgt_lang"]), tokens, hypothesis.score,
+        return Translation(detokenize(tokens, self.prepared.tgt_lang), tokens, hypothesis.score,
                            hypothesis.model_scores)
 
     def unknown_share(self, lines: list[str]) -> float:
@@ -141,7 +152,7 @@ def write_lines(lines: list[str], path: Path | str | None, stream) -> None:
         stream.write(text)
 
 
-def translate_command(config: Config, checkpoints: list[str], beam: int, nbest: int, input_path: str | None,
+def translate_command(config: Config, checkpoints: list[str], *, beam: int, nbest: int, input_path: str | None,
                       output_path: str | None, stdin, stdout) -> dict:
     lines = read_lines(input_path, stdin)
     translator = Translator(config, [Path(c) for c in checkpoints], pick_device(config.train.device))

@@ -55,7 +55,7 @@ def quantile_edges(values: list[float], bins: int) -> list[float]:
     return [min(values) - 1e-9, *sorted(set(inner))]
 
 
-def plot_bins(bins: list[dict], xlabel: str, title: str, path: Path, whole: bool = False) -> Path:
+def plot_bins(bins: list[dict], xlabel: str, title: str, path: Path, *, whole: bool = False) -> Path:
     """BLEU per bin; `whole` labels integer bins by their first and last member (1–8, 9–11, …)."""
     import matplotlib
 
@@ -90,7 +90,8 @@ def sentence_vectors(translator: Translator, phrases: tuple[str, ...] = PHRASES)
         src = torch.tensor([ids], device=translator.device)
         lengths = torch.tensor([len(ids)])
         states = translator.ensemble.encode(src, lengths)
-        vectors.append(torch.stack([torch.cat([h[0, 0] for h, _ in member]) for member in states]).mean(0).cpu().numpy())
+        per_member = [torch.cat([h[0, 0] for h, _ in member]) for member in states]
+        vectors.append(torch.stack(per_member).mean(0).cpu().numpy())
     return np.stack(vectors)
 
 

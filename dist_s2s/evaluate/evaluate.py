@@ -23,32 +23,34 @@ import pyarrow as pa
 from sacrebleu.metrics import BLEU, CHRF
 
 from dist_s2s.config import Config
-from dist_s2s.data.manifest import load_manifest, shards_of
+from dist_s2s.data.manifest import Manifest, load_manifest
 from dist_s2s.data.shards import read_table
 from dist_s2s.data.tokenize import tokenize
 from dist_s2s.decode.rescore import pair_log_probs
 from dist_s2s.decode.translator import Translator
+from dist_s2s.device import pick_device
 from dist_s2s.errors import UserError
 from dist_s2s.evaluate import analysis
 from dist_s2s.train.tracking import RUN_ID_FILE, Tracker
-from dist_s2s.train.trainer import pick_device
 
 log = logging.getLogger(__name__)
 
 
-def split_rows(out_dir: Path, split: str, manifest: dict[str, Any] | None = None) -> pa.Table:
+def split_rows(out_dir: Path, split: str, manifest: Manifest | None = None) -> pa.Table:
     """A prepared split's rows in corpus order, with their raw text."""
     manifest = manifest or load_manifest(out_dir)
-    if split not in manifest["splits"]:
-        raise UserError(f"split {split!r} is not prepared in {out_dir} (prepared: {', '.join(sorted(manifest['splits']))})")
-    tables = [read_table(out_dir / shard["path"]) for shard in shards_of(manifest, split)]
+    if split not in manifest.splits:
+        raise UserError(f"split {split!r} is not prepared in {out_dir} (prepared: "
+                        f"{', '.join(sorted(manifest.splits))})")
+    tables = [read_table(out_dir / shard.path) for shard in manifest.shards_of(split)]
     table = pa.concat_tables(tables).select(["src_ids", "tgt_ids", "src_len", "input", "line", "src_text", "tgt_text"])
     if table.num_rows and table.column("tgt_text").null_count:
-        raise UserError(f"split {split!r} in {out_dir} keeps no reference text (the training split cannot be evaluated)")
+        raise UserError(f"split {split!r} in {out_dir} keeps no reference text (the training split cannot be "
+                        "evaluated)")
     return table.sort_by([("input", "ascending"), ("line", "ascending")])
 
 
-def evaluate(config: Config, checkpoints: list[str], split: str | None = None, beam: int | None = None,
+def evaluate(config: Config, checkpoints: list[str], *, split: str | None = None, beam: int | None = None,
              output: str | None = None) -> dict[str, Any]:
     split = split or config.eval.split
     beam = beam or config.eval.beam_size
@@ -62,7 +64,7 @@ def evaluate(config: Config, checkpoints: list[str], split: str | None = None, b
     references = rows.column("tgt_text").to_pylist()
 
     started = time.perf_counter()
-    translations = [found[0] for found in translator.translate_ids(src_ids, beam)]
+    translations = [found[0] for found in translator.translate_ids(src_ids, beam, progress=f"evaluate {split}")]
     seconds = time.perf_counter() - started
     perplexity = split_perplexity(translator, src_ids, rows.column("tgt_ids").to_pylist())
     hypotheses = [t.text for t in translations]
@@ -70,12 +72,12 @@ def evaluate(config: Config, checkpoints: list[str], split: str | None = None, b
     bleu, chrf = BLEU(), CHRF()
     bleu_score, chrf_score = bleu.corpus_score(hypotheses, [references]), chrf.corpus_score(hypotheses, [references])
     prepared = translator.prepared
-    tokenized_refs = [" ".join(tokenize(" ".join(r.split()), prepared["tgt_lang"], prepared["lowercase"]))
+    tokenized_refs = [" ".join(tokenize(" ".join(r.split()), prepared.tgt_lang, prepared.lowercase))
                       for r in references]
     tokenized_bleu = BLEU(tokenize="none").corpus_score([" ".join(t.tokens) for t in translations], [tokenized_refs])
     scores = {
         "split": split, "beam": beam, "checkpoints": [str(c) for c in checkpoints], "sentences": len(hypotheses),
-        "filtered_from_split": sum(manifest["filtered"].get(split, {}).values()),
+        "filtered_from_split": manifest.filtered_rows(split),
         "bleu": round(bleu_score.score, 2), "chrf": round(chrf_score.score, 2), "perplexity": round(perplexity, 3),
         "length_ratio": round(bleu_score.sys_len / max(1, bleu_score.ref_len), 3),
         "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
@@ -88,7 +90,8 @@ def evaluate(config: Config, checkpoints: list[str], split: str | None = None, b
     report_dir = Path(config.train.run_dir) / "eval" / f"{split}-beam{beam}"
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "hypotheses.txt").write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
-    plots = _analyses(translator, rows, src_ids, hypotheses, references, report_dir, scores)
+    plots = _analyses(translator, rows, src_ids, hypotheses=hypotheses, references=references,
+                      report_dir=report_dir, scores=scores)
     scores["report_dir"] = str(report_dir)
     (report_dir / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
 
@@ -118,11 +121,11 @@ def split_perplexity(translator: Translator, src_ids: list[list[int]], tgt_ids: 
     """exp(-mean log-probability) of the references' words and </s> (§3.6's test perplexity), teacher-forced
     through the ensemble; `tgt_ids` as prepared, <s> … </s>."""
     pairs = [(src, tgt[1:-1]) for src, tgt in zip(src_ids, tgt_ids)]
-    log_prob = sum(pair_log_probs(translator, pairs))
+    log_prob = sum(pair_log_probs(translator, pairs, progress="perplexity"))
     return math.exp(-log_prob / sum(len(t) + 1 for _, t in pairs))
 
 
-def _analyses(translator: Translator, rows: pa.Table, src_ids: list[list[int]], hypotheses: list[str],
+def _analyses(translator: Translator, rows: pa.Table, src_ids: list[list[int]], *, hypotheses: list[str],
               references: list[str], report_dir: Path, scores: dict[str, Any]) -> list[Path]:
     lengths = rows.column("src_len").to_pylist()
     by_length = analysis.binned_bleu(lengths, hypotheses, references, list(analysis.LENGTH_EDGES))

@@ -1,6 +1,6 @@
 """DeepSpeed pipeline engine around the model's units, with two DeepSpeed 0.19.8 bugs worked around.
 
-Both are verified in ../shared/PLATFORM.md:
+Both were found here by testing every stage layout against the single-device model (docs/platform.md):
 - `clip_fp32_gradients` counts only pipeline stage 0's parameters in the norm, so every stage
   would clip by stage 0's norm. We replace it on the engine with the paper's rescale (§3.4)
   by the global norm, all-reduced over the pipeline group (data-parallel gradients are
@@ -21,7 +21,6 @@ from torch import nn
 
 from dist_s2s.config import Config
 from dist_s2s.data.batch import Batch
-from dist_s2s.errors import UserError
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.stages import pipeline_units, stage_boundaries
 from dist_s2s.train.clipping import rescale, squared_norm
@@ -72,14 +71,6 @@ def deepspeed_config(config: Config) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-
-
-def check_world_size(config: Config, world_size: int) -> None:
-    """Every process is one stage of one replica: the launcher must start exactly stages × data."""
-    needed = config.parallel.stages * config.parallel.data
-    if needed != world_size:
-        raise UserError(f"parallel.stages × parallel.data = {config.parallel.stages} × {config.parallel.data} = {needed}, "
-                        f"but {world_size} processes were launched (set --nproc_per_node / --num_gpus to {needed})")
 
 
 def build_engine(config: Config, model: Seq2Seq):

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from dist_s2s.config import ModelConfig
+from dist_s2s.data.manifest import Manifest
 from dist_s2s.data.shards import sha256_file, write_atomically
 from dist_s2s.errors import UserError
 from dist_s2s.model.seq2seq import Seq2Seq, merge_softmax_shards
@@ -122,7 +124,8 @@ def load_checkpoint(path: Path, expected_sha256: str | None = None, kind: str = 
                             f"(only tensors and plain data are accepted)") from None
         raise UserError(f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: {error})") from None
     if not isinstance(state, dict) or state.get("format") != kind:
-        raise UserError(f"{path} is not a {kind} file (format {state.get('format') if isinstance(state, dict) else None!r})")
+        raise UserError(f"{path} is not a {kind} file (format "
+                        f"{state.get('format') if isinstance(state, dict) else None!r})")
     return state
 
 
@@ -148,7 +151,8 @@ def load_weights(model: Seq2Seq, path: Path, weights: dict[str, torch.Tensor]) -
     expected = {k for k in model.state_dict() if not k.startswith("softmax.")} | {"softmax.weight", "softmax.bias"}
     missing = sorted(expected - set(weights))
     if missing:
-        raise UserError(f"checkpoint {path} has no {missing[0]} ({len(missing)} tensors missing: a stage part is lost?)")
+        raise UserError(f"checkpoint {path} has no {missing[0]} ({len(missing)} tensors missing: a stage part "
+                        "is lost?)")
     try:
         model.load_unsharded_state_dict(weights)
     except RuntimeError as error:
@@ -159,5 +163,22 @@ def check_compatible(path: Path, saved: dict[str, Any], current: dict[str, Any])
     """Refuse a checkpoint trained with another vocabulary or model shape, naming the key."""
     for key, value in current.items():
         if saved.get(key) != value:
-            raise UserError(f"checkpoint {path} does not fit this config: it was trained with {key}={saved.get(key)!r}, "
+            raise UserError(f"checkpoint {path} does not fit this config: it was trained with "
+                            f"{key}={saved.get(key)!r}, "
                             f"the config gives {key}={value!r}")
+
+
+def vocabulary_compatibility(manifest: Manifest) -> dict[str, Any]:
+    """What a checkpoint must share with prepared data to read and write its words (decoding needs no more)."""
+    vocab = manifest.vocab
+    return {"vocab.src_size": vocab.src_size, "vocab.tgt_size": vocab.tgt_size,
+            "vocab.src_sha256": vocab.src_sha256, "vocab.tgt_sha256": vocab.tgt_sha256}
+
+
+def model_compatibility(model: ModelConfig, manifest: Manifest) -> dict[str, Any]:
+    """What a checkpoint must share with the config to be loaded into its model."""
+    return {
+        **vocabulary_compatibility(manifest),
+        "model.embedding_dim": model.embedding_dim, "model.hidden_size": model.hidden_size,
+        "model.num_layers": model.num_layers,
+    }

@@ -1,17 +1,23 @@
-"""One optimizer step on one device: the paper's recipe (§3.4), and what a step reports.
+"""The contract between the training loop and what runs the model (`Steps`), and its one-device provider.
 
-The pipeline (`parallel/trainer.py`) provides the same three calls, so `trainer.py` runs
-either without knowing which.
+`trainer.train` asks a `Steps` for a step, a validation pass and checkpoint weights, and never
+learns where the model lives. `SingleDeviceSteps` (here) runs the paper's recipe (§3.4) in this
+process; `parallel.pipeline_steps.PipelineSteps` runs the same step as one rank of a DeepSpeed
+pipeline. Whoever launches training picks one (the `train` command, tests, benchmarks).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from dist_s2s.config import Config
 from dist_s2s.data.batch import Batch
+from dist_s2s.device import pick_device
+from dist_s2s.errors import UserError
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.train.checkpoint import CheckpointDir
 from dist_s2s.train.clipping import clip_gradients
@@ -26,6 +32,40 @@ class StepResult:
     words: int
     sentences: int
     grad_norm: float
+
+
+@runtime_checkable
+class Steps(Protocol):
+    """What the loop needs from whatever runs the model, one process's view of it."""
+
+    replica: int
+    """Which data-parallel replica this process belongs to (its slice of every batch)."""
+    is_main: bool
+    """This process logs, tracks and writes the checkpoint file (rank 0 of a pipeline)."""
+
+    def train_step(self, batch: Batch, lr: float) -> StepResult:
+        """One optimizer step on `batch` (this replica's slice) at rate `lr`; sums over all replicas."""
+        ...
+
+    def validation_nll(self, batches: Iterable[Batch]) -> tuple[float, int]:
+        """Summed NLL and target tokens (</s> included) over a split, without changing the weights."""
+        ...
+
+    def checkpoint_weights(self, checkpoints: CheckpointDir, step: int) -> dict[str, Any] | None:
+        """The weights entry of the checkpoint at `step` (None on processes that do not write it)."""
+        ...
+
+    def lost_contact(self, error: BaseException) -> bool:
+        """Whether `error` means another process died or hung (the loop then says how to resume)."""
+        ...
+
+    def close(self, finished: bool) -> None:
+        """Release what the steps hold; `finished` is False after a failure."""
+        ...
+
+
+StepsFactory = Callable[[Config, Seq2Seq], Steps]
+"""Builds the steps for a model that already holds its initial or resumed weights."""
 
 
 class SingleDeviceSteps:
@@ -52,8 +92,7 @@ class SingleDeviceSteps:
         return StepResult(nll=float(nll.detach()), target_tokens=int(target_tokens), words=batch.words,
                           sentences=len(batch), grad_norm=grad_norm)
 
-    def validation_nll(self, batches) -> tuple[float, int]:
-        """Summed NLL and target tokens (</s> included) over a whole split."""
+    def validation_nll(self, batches: Iterable[Batch]) -> tuple[float, int]:
         self.model.eval()
         total, tokens = 0.0, 0
         with torch.no_grad():
@@ -64,8 +103,26 @@ class SingleDeviceSteps:
         self.model.train()
         return total, tokens
 
-    def checkpoint_weights(self, checkpoints: CheckpointDir, step: int) -> dict:
+    def checkpoint_weights(self, checkpoints: CheckpointDir, step: int) -> dict[str, Any]:
         return {"model": self.model.unsharded_state_dict()}
+
+    def lost_contact(self, error: BaseException) -> bool:
+        return False  # no other process to lose
 
     def close(self, finished: bool = True) -> None:
         pass
+
+
+def single_device_steps(config: Config, model: Seq2Seq) -> SingleDeviceSteps:
+    """The default `StepsFactory`: the whole model on `train.device`, for a config that asks for one process."""
+    require_one_process(config)
+    return SingleDeviceSteps(config, model, pick_device(config.train.device))
+
+
+def require_one_process(config: Config) -> None:
+    """A config that asks for several processes is an error in a plain one, saying how to launch it."""
+    processes = config.parallel.stages * config.parallel.data
+    if processes > 1:
+        raise UserError(f"parallel.stages × parallel.data = {processes} processes: launch with "
+                        f"`torchrun --nproc_per_node {processes} -m dist_s2s train ...` or "
+                        f"`deepspeed --num_gpus {processes} --module dist_s2s train ...`")

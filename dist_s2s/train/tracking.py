@@ -42,7 +42,7 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 class Tracker:
-    def __init__(self, config: Config, run_dir: Path, run_name: str | None = None, store_dir: Path | None = None,
+    def __init__(self, config: Config, run_dir: Path, *, run_name: str | None = None, store_dir: Path | None = None,
                  continuing: bool = True):
         """`run_dir` keeps the local record and run id; the default sqlite store lives in
         `store_dir` (default `run_dir`): an evaluation logs beside the training run it evaluates.

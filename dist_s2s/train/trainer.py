@@ -1,4 +1,4 @@
-"""`dist-s2s train`: the paper's schedule (§3.4) on one device, or as one rank of a pipeline.
+"""The training loop: the paper's schedule (§3.4), whatever runs the steps.
 
     dist-s2s train --config configs/multi30k.yaml
     dist-s2s train --config configs/tiny.yaml --train.max_steps=20 --train.resume=true
@@ -6,8 +6,9 @@
 
 The loop is the same either way: batches of `train.batch_size` similar-length sentences, the
 learning rate by epoch, a log line every `log_every` steps, validation perplexity, checkpoints
-with the data cursor. What a step does comes from `step.SingleDeviceSteps` or, when launched by
-torchrun or the deepspeed launcher, `parallel.trainer.PipelineSteps`.
+with the data cursor. What a step does comes from the `Steps` its caller hands in (`train/step.py`
+defines the contract): `SingleDeviceSteps` by default, `parallel.pipeline_steps.PipelineSteps`
+when the `train` command runs as a pipeline rank. This file imports nothing of `parallel/`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,32 +28,31 @@ import yaml
 
 from dist_s2s.config import Config
 from dist_s2s.data.loader import BatchLoader
-from dist_s2s.data.manifest import MANIFEST, data_config_hash, load_manifest
+from dist_s2s.data.manifest import MANIFEST, Manifest, current_manifest
 from dist_s2s.errors import UserError
 from dist_s2s.model.seq2seq import Seq2Seq
-from dist_s2s.train.checkpoint import CheckpointDir, check_compatible, load_checkpoint, load_weights, model_weights
+from dist_s2s.progress import Progress
+from dist_s2s.train.checkpoint import (
+    CheckpointDir,
+    check_compatible,
+    load_checkpoint,
+    load_weights,
+    model_compatibility,
+    model_weights,
+)
 from dist_s2s.train.plots import loss_curve
 from dist_s2s.train.schedule import learning_rate
-from dist_s2s.train.step import SingleDeviceSteps, StepResult
+from dist_s2s.train.step import StepResult, StepsFactory, single_device_steps
 from dist_s2s.train.tracking import QuietTracker, Tracker
 
 log = logging.getLogger(__name__)
 
 
-def current_manifest(config: Config) -> dict[str, Any] | None:
-    """The manifest in data.out_dir if it was prepared with this data config, else None."""
-    out_dir = Path(config.data.out_dir)
-    if not (out_dir / MANIFEST).is_file():
-        return None
-    manifest = load_manifest(out_dir)
-    return manifest if manifest["config_hash"] == data_config_hash(config.data) else None
-
-
-def ensure_prepared(config: Config) -> dict[str, Any]:
+def ensure_prepared(config: Config) -> Manifest:
     """The manifest of this data config, running `prepare` first when it is missing or stale.
 
     Ray is imported only when preparing is needed."""
-    manifest = current_manifest(config)
+    manifest = current_manifest(config.data)
     if manifest is None:
         log.info("train: %s holds no data prepared with this data config; running prepare", config.data.out_dir)
         from dist_s2s.data.prepare import prepare
@@ -60,35 +61,22 @@ def ensure_prepared(config: Config) -> dict[str, Any]:
     return manifest
 
 
-def prepared_manifest(config: Config) -> dict[str, Any]:
+def prepared_manifest(config: Config) -> Manifest:
     """The manifest, which pipeline ranks need ready: N processes must not prepare the data at once."""
-    manifest = current_manifest(config)
+    manifest = current_manifest(config.data)
     if manifest is None:
         raise UserError(f"{config.data.out_dir} holds no data prepared with this data config; run `dist-s2s prepare` "
                         f"with the same --config first (pipeline ranks do not prepare data)")
     return manifest
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+class Terminated(UserError):
+    """SIGTERM arrived: torchrun and the deepspeed launcher send it to every rank when one rank dies."""
 
 
-def vocabulary_compatibility(manifest: dict[str, Any]) -> dict[str, Any]:
-    """What a checkpoint must share with prepared data to read and write its words (decoding needs no more)."""
-    vocab = manifest["vocab"]
-    return {"vocab.src_size": vocab["src_size"], "vocab.tgt_size": vocab["tgt_size"],
-            "vocab.src_sha256": vocab["src_sha256"], "vocab.tgt_sha256": vocab["tgt_sha256"]}
-
-
-def compatibility(config: Config, manifest: dict[str, Any]) -> dict[str, Any]:
-    """What a checkpoint must share with the config to be loaded into its model."""
-    return {
-        **vocabulary_compatibility(manifest),
-        "model.embedding_dim": config.model.embedding_dim, "model.hidden_size": config.model.hidden_size,
-        "model.num_layers": config.model.num_layers,
-    }
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough; the launcher may send more
+    raise Terminated("stopped by SIGTERM")  # the loop turns it into the line that says how to resume
 
 
 @dataclass
@@ -112,32 +100,21 @@ class Window:
         self.grad_norm += result.grad_norm
 
 
-def train(config: Config) -> dict[str, Any] | None:
-    """Train to train.max_steps or optim.epochs; a summary of the run (None on pipeline ranks but rank 0)."""
-    from dist_s2s.parallel.trainer import join_process_group, launched_as_ranks, lost_contact
+def train(config: Config, make_steps: StepsFactory = single_device_steps, *,
+          prepare_missing: bool = True) -> dict[str, Any] | None:
+    """Train to train.max_steps or optim.epochs; a summary of the run (None on pipeline ranks but rank 0).
 
-    as_ranks = launched_as_ranks()
-    if as_ranks:
-        join_process_group(config)
-    elif config.parallel.stages * config.parallel.data > 1:
-        processes = config.parallel.stages * config.parallel.data
-        raise UserError(f"parallel.stages × parallel.data = {processes} processes: launch with "
-                        f"`torchrun --nproc_per_node {processes} -m dist_s2s train ...` or "
-                        f"`deepspeed --num_gpus {processes} --module dist_s2s train ...`")
+    `make_steps(config, model)` builds what runs the model, after the model has its initial or
+    resumed weights; `prepare_missing` runs `prepare` when the data is missing (one process only)."""
     run_dir = Path(config.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = prepared_manifest(config) if as_ranks else ensure_prepared(config)
+    manifest = ensure_prepared(config) if prepare_missing else prepared_manifest(config)
     torch.manual_seed(config.train.seed)
-    model = Seq2Seq(config.model, manifest["vocab"]["src_size"], manifest["vocab"]["tgt_size"])
+    model = Seq2Seq(config.model, manifest.vocab.src_size, manifest.vocab.tgt_size)
     checkpoints = CheckpointDir(run_dir / "checkpoints", keep=config.train.keep_checkpoints)
     resumed = _resume(config, checkpoints, model, manifest)  # weights go in before a pipeline takes the model
 
-    if as_ranks:
-        from dist_s2s.parallel.trainer import PipelineSteps
-
-        steps = PipelineSteps(config, model)
-    else:
-        steps = SingleDeviceSteps(config, model, pick_device(config.train.device))
+    steps = make_steps(config, model)
     loader = BatchLoader(config.data.out_dir, config.data.train_split, config.train.batch_size, seed=config.train.seed,
                          replica=steps.replica, replicas=config.parallel.data)
     valid = BatchLoader(config.data.out_dir, config.train.valid_split, config.train.batch_size, shuffle=False,
@@ -156,8 +133,8 @@ def train(config: Config) -> dict[str, Any] | None:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     if step == 0:
         for path in (run_dir / "config.yaml", Path(config.data.out_dir) / MANIFEST,
-                     Path(config.data.out_dir) / manifest["vocab"]["src_file"],
-                     Path(config.data.out_dir) / manifest["vocab"]["tgt_file"]):
+                     Path(config.data.out_dir) / manifest.vocab.src_file,
+                     Path(config.data.out_dir) / manifest.vocab.tgt_file):
             tracker.log_artifact(path, "inputs")
 
     per_epoch = loader.batches_per_epoch()
@@ -169,8 +146,9 @@ def train(config: Config) -> dict[str, Any] | None:
     batches = iter(loader)
     summary: dict[str, Any] = {}
     status = "FAILED"
+    previous_handler = _on_sigterm(_raise_terminated)
     try:
-        with _progress(total_steps, step, show=steps.is_main) as advance:
+        with Progress("training", total_steps, unit="steps", done=step, show=steps.is_main, log_lines=False) as bar:
             while step < total_steps:
                 epochs_done = loader.epoch_progress
                 try:
@@ -181,9 +159,9 @@ def train(config: Config) -> dict[str, Any] | None:
                 lr = learning_rate(config.optim, epochs_done)
                 window.add(steps.train_step(batch, lr))
                 step += 1
-                advance()
+                bar.advance()
                 if step % config.train.log_every == 0 or step == total_steps:
-                    summary.update(_log_window(window, step, loader.epoch_progress, lr, tracker))
+                    summary.update(_log_window(window, step, epochs=loader.epoch_progress, lr=lr, tracker=tracker))
                     window = Window(started=time.perf_counter())
                 if step % config.train.valid_every == 0 or step == total_steps:
                     validation_started = time.perf_counter()
@@ -195,36 +173,49 @@ def train(config: Config) -> dict[str, Any] | None:
                 if step % config.train.checkpoint_every == 0 or step == total_steps:
                     weights = steps.checkpoint_weights(checkpoints, step)
                     if steps.is_main:
-                        _save(checkpoints, step, weights, loader, config, manifest, tracker.run_id)
+                        _save(checkpoints, step, weights, loader=loader, config=config, manifest=manifest,
+                              run_id=tracker.run_id)
         status = "FINISHED"
+    except Terminated:
+        raise Terminated(f"rank {os.environ.get('RANK', 0)} stopped by SIGTERM at step {step + 1} (a launcher ends "
+                         f"every rank when one dies; see the other ranks' logs). Resume with --train.resume=true "
+                         f"(latest checkpoint: {checkpoints.latest()})") from None
     except RuntimeError as error:
-        if as_ranks and lost_contact(error):
-            latest = checkpoints.latest()
+        if steps.lost_contact(error):
             raise UserError(f"rank {os.environ.get('RANK')} lost contact with another rank at step {step + 1} "
                             f"({str(error).splitlines()[0][:300]}): a rank died or hung for parallel.timeout_s="
                             f"{config.parallel.timeout_s}; see its log. Resume with --train.resume=true "
-                            f"(latest checkpoint: {latest})") from None
+                            f"(latest checkpoint: {checkpoints.latest()})") from None
         raise
     finally:
-        metrics_file = run_dir / "metrics.jsonl"
-        if steps.is_main and metrics_file.is_file() and metrics_file.stat().st_size:
-            tracker.log_artifact(loss_curve(metrics_file, run_dir / "loss_curve.png"), "plots")
-        if status == "FINISHED" and step > 0 and checkpoints.latest():
-            tracker.log_artifact(checkpoints.latest(), "checkpoints")
-        tracker.finish(status)
-        steps.close(finished=status == "FINISHED")
+        # The launcher's SIGTERM often follows a peer's death within milliseconds: let it not cut the
+        # closing work (tracking, the error line) short; the launcher kills for good 30 s later.
+        _on_sigterm(signal.SIG_IGN)
+        try:
+            metrics_file = run_dir / "metrics.jsonl"
+            if steps.is_main and metrics_file.is_file() and metrics_file.stat().st_size:
+                tracker.log_artifact(loss_curve(metrics_file, run_dir / "loss_curve.png"), "plots")
+            if status == "FINISHED" and step > 0 and checkpoints.latest():
+                tracker.log_artifact(checkpoints.latest(), "checkpoints")
+            tracker.finish(status)
+            steps.close(finished=status == "FINISHED")
+        finally:
+            _on_sigterm(previous_handler)
     if not steps.is_main:
         return None
     summary.update({"step": step, "checkpoint": str(checkpoints.latest()), "mlflow_run_id": tracker.run_id,
                     "tracking_uri": tracker.uri})
-    if config.eval.after_training:
-        from dist_s2s.evaluate.evaluate import evaluate
-
-        summary["eval"] = evaluate(config, [str(checkpoints.latest())])
     return summary
 
 
-def _log_window(window: Window, step: int, epochs: float, lr: float, tracker) -> dict[str, float]:
+def _on_sigterm(handler):
+    """Install a SIGTERM handler and return the previous one (a no-op outside the main thread)."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _log_window(window: Window, step: int, *, epochs: float, lr: float, tracker) -> dict[str, float]:
     elapsed = max(time.perf_counter() - window.started, 1e-9)
     metrics = {
         "train/loss": window.nll / window.sentences,
@@ -241,8 +232,7 @@ def _log_window(window: Window, step: int, epochs: float, lr: float, tracker) ->
     return metrics
 
 
-def _resume(config: Config, checkpoints: CheckpointDir, model: Seq2Seq,
-            manifest: dict[str, Any]) -> dict[str, Any] | None:
+def _resume(config: Config, checkpoints: CheckpointDir, model: Seq2Seq, manifest: Manifest) -> dict[str, Any] | None:
     """Load the latest checkpoint's weights into `model` when resuming; its state (step, cursor, RNG)."""
     latest = checkpoints.latest()
     if latest is None:
@@ -255,46 +245,20 @@ def _resume(config: Config, checkpoints: CheckpointDir, model: Seq2Seq,
     for name in checkpoints.discard_partial():
         log.warning("train: removed %s, a checkpoint write that an earlier run did not finish", name)
     state = load_checkpoint(latest, checkpoints.expected_sha256(latest))
-    check_compatible(latest, state["compat"], compatibility(config, manifest))
+    check_compatible(latest, state["compat"], model_compatibility(config.model, manifest))
     load_weights(model, latest, model_weights(latest, state))  # plain SGD keeps no optimizer state
     log.info("train: resuming from %s", latest)
     return state
 
 
-def _save(checkpoints: CheckpointDir, step: int, weights: dict[str, Any], loader: BatchLoader, config: Config,
-          manifest: dict[str, Any], run_id: str | None) -> Path:
+def _save(checkpoints: CheckpointDir, step: int, weights: dict[str, Any], *, loader: BatchLoader, config: Config,
+          manifest: Manifest, run_id: str | None) -> Path:
     return checkpoints.save(step, {
         **weights,
         "loader": loader.state_dict(),
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        "compat": compatibility(config, manifest),
+        "compat": model_compatibility(config.model, manifest),
         "config": config.to_dict(),
         "mlflow_run_id": run_id,
     })
-
-
-class _progress:
-    """A progress bar on a terminal; nothing when output is a file or a pipe."""
-
-    def __init__(self, total: int, done: int, show: bool = True):
-        self.total, self.done, self.show = total, done, show
-        self.bar = None
-
-    def __enter__(self):
-        if self.show and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import Progress
-
-            self.bar = Progress(transient=True, console=Console(stderr=True), redirect_stderr=True)
-            self.bar.start()
-            self.task = self.bar.add_task("training", total=self.total, completed=self.done)
-        return self.advance
-
-    def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()

@@ -1,4 +1,4 @@
-"""`dist-s2s train` as one rank of a DeepSpeed pipeline: what differs from one device.
+"""`PipelineSteps`: the `train.step.Steps` of one rank of a DeepSpeed pipeline.
 
     torchrun --nproc_per_node 8 -m dist_s2s train --config configs/paper.yaml
     deepspeed --num_gpus 8 --module dist_s2s train --config configs/paper.yaml
@@ -13,8 +13,6 @@ replica 0 writes its own part of the weights beside it.
 from __future__ import annotations
 
 import logging
-import os
-from datetime import timedelta
 
 import torch
 
@@ -22,46 +20,12 @@ from dist_s2s.config import Config
 from dist_s2s.data.batch import Batch
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.checkpoint import stage_state
-from dist_s2s.parallel.engine import build_engine, check_world_size, evaluation_scale, micro_batches, training_scale
+from dist_s2s.parallel.engine import build_engine, evaluation_scale, micro_batches, training_scale
+from dist_s2s.parallel.process_group import lost_contact
 from dist_s2s.train.checkpoint import CheckpointDir
 from dist_s2s.train.step import StepResult
 
 log = logging.getLogger(__name__)
-
-
-def launched_as_ranks() -> bool:
-    """Started by torchrun or the deepspeed launcher (they set WORLD_SIZE), not as a plain process."""
-    return "WORLD_SIZE" in os.environ
-
-
-def join_process_group(config: Config) -> None:
-    """gloo on CPU, NCCL on GPUs (DeepSpeed's accelerator picks); every wait bounded by parallel.timeout_s.
-
-    DeepSpeed's CPU shared-memory all-reduce is switched off: it serves only inference all-reduce
-    (unused here), yet each rank leaves a 69 MB /dev/shm segment named by master address, port
-    and rank that is never unlinked; a later job on the same port opens the stale segments and
-    can abort (SIGABRT seen here, deepspeed 0.19.8).
-    """
-    import importlib
-
-    check_world_size(config, int(os.environ["WORLD_SIZE"]))  # before joining: a wrong count would wait, not fail
-    import deepspeed
-    from deepspeed.utils import logger as deepspeed_logger
-
-    # `deepspeed.comm.torch` as an attribute is the torch package (re-exported); the module is needed.
-    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-    deepspeed_logger.setLevel(logging.WARNING)
-    deepspeed.init_distributed(timeout=timedelta(seconds=config.parallel.timeout_s), verbose=False)
-    if torch.distributed.get_rank() != 0:  # one console: rank 0's
-        logging.getLogger("dist_s2s").setLevel(logging.WARNING)
-
-
-def lost_contact(error: RuntimeError) -> bool:
-    """A communication failure (peer gone, or silent past the timeout), as gloo and NCCL report it."""
-    if isinstance(error, torch.distributed.DistError):
-        return True
-    text = str(error)
-    return any(mark in text for mark in ("gloo", "NCCL", "Connection reset", "Connection closed", "Timed out"))
 
 
 def bubble_fraction(stages: int, micro_batches: int) -> float:
@@ -111,6 +75,9 @@ class PipelineSteps:
             torch.distributed.all_reduce(counts, group=self.engine.grid.get_data_parallel_group())
         tokens, words, sentences = counts.tolist()
         return tokens, words, sentences
+
+    def lost_contact(self, error: BaseException) -> bool:
+        return lost_contact(error)
 
     def checkpoint_weights(self, checkpoints: CheckpointDir, step: int) -> dict | None:
         """Each stage of replica 0 writes its part; rank 0 gets the list for the checkpoint file."""

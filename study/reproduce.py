@@ -1,13 +1,13 @@
 """Run the reproduction study of configs/experiments/study.yaml with the project's own commands.
 
-    .venv/bin/python benchmarks/reproduce.py                       # the whole study (hours on 2 CPU cores)
-    .venv/bin/python benchmarks/reproduce.py --study S.yaml --set train.max_steps=20 ...
+    .venv/bin/python study/reproduce.py                       # the whole study (hours on 2 CPU cores)
+    .venv/bin/python study/reproduce.py --study S.yaml --set train.max_steps=20 ...
 
 Every step is a `dist-s2s` subprocess (train, evaluate, translate --nbest, rescore), tracked in
 MLflow as those commands track themselves. Steps whose result file exists are skipped and an
 interrupted training resumes from its checkpoint, so rerunning after a crash picks up where it
 stopped. Everything lands in `<run_dir>/study.json` (scores, perplexities, MLflow run ids,
-commands); `benchmarks/study_report.py` turns that into tables and plots.
+commands); `study/report.py` turns that into tables and plots.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class Runner:
         self.save()
         return trained[name]
 
-    def evaluate(self, label: str, row: str, checkpoints: list[str], split: str, beam: int) -> dict:
+    def evaluate(self, label: str, row: str, checkpoints: list[str], *, split: str, beam: int) -> dict:
         key = f"{label}|{split}|beam{beam}"
         evaluated = self.results.setdefault("evaluated", {})
         if key in evaluated:
@@ -180,12 +180,12 @@ def run(study: Study, overrides: list[str]) -> dict:
     top = max(study.beam_sweep.beams)
     for split in study.splits:  # every row and the ensemble at the largest beam (claims 1, 2, 4, 5, 6)
         for row in study.rows:
-            runner.evaluate(row, row, [trained[row]["checkpoint"]], split, top)
-        runner.evaluate("ensemble", best, ensemble, split, top)
+            runner.evaluate(row, row, [trained[row]["checkpoint"]], split=split, beam=top)
+        runner.evaluate("ensemble", best, ensemble, split=split, beam=top)
     for split in study.beam_sweep.splits:  # the smaller beams: the best single row and the ensemble (claim 3)
         for beam in study.beam_sweep.beams:
-            runner.evaluate(best, best, [trained[best]["checkpoint"]], split, beam)
-            runner.evaluate("ensemble", best, ensemble, split, beam)
+            runner.evaluate(best, best, [trained[best]["checkpoint"]], split=split, beam=beam)
+            runner.evaluate("ensemble", best, ensemble, split=split, beam=beam)
     rescorer = best if study.rescore.rescorer == "best" else study.rescore.rescorer
     for split in study.rescore.splits:
         runner.rescore(split, study.rescore.first_pass, rescorer)

@@ -1,8 +1,8 @@
 """Tables and plots of the reproduction study, regenerated from its MLflow runs.
 
-    .venv/bin/python benchmarks/study_report.py                    # runs/study → docs/reproduction/
+    .venv/bin/python study/report.py                    # runs/study → docs/reproduction/
 
-`study.json` (written by `benchmarks/reproduce.py`) says which MLflow run is which row, split and
+`study.json` (written by `study/reproduce.py`) says which MLflow run is which row, split and
 beam; every number in the tables is read back from those runs in the study's MLflow store.
 Writes `tables.md` (one table per claim, with run ids) and the plots beside it.
 """

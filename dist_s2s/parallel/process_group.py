@@ -1,0 +1,59 @@
+"""Joining the launcher's process group, and telling a lost peer from any other failure.
+
+torchrun and the deepspeed launcher start one process per pipeline stage and replica and set
+WORLD_SIZE, RANK, LOCAL_RANK and MASTER_ADDR / MASTER_PORT; DeepSpeed forms the group from them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from datetime import timedelta
+
+import torch
+
+from dist_s2s.config import Config
+from dist_s2s.errors import UserError
+
+
+def launched_as_ranks() -> bool:
+    """Started by torchrun or the deepspeed launcher (they set WORLD_SIZE), not as a plain process."""
+    return "WORLD_SIZE" in os.environ
+
+
+def join_process_group(config: Config) -> None:
+    """gloo on CPU, NCCL on GPUs (DeepSpeed's accelerator picks); every wait bounded by parallel.timeout_s.
+
+    DeepSpeed's CPU shared-memory all-reduce is switched off: it serves only inference all-reduce
+    (unused here), yet each rank leaves a 69 MB /dev/shm segment named by master address, port
+    and rank that is never unlinked; a later job on the same port opens the stale segments and
+    can abort (SIGABRT seen here, deepspeed 0.19.8).
+    """
+    check_world_size(config, int(os.environ["WORLD_SIZE"]))  # before joining: a wrong count would wait, not fail
+    import deepspeed
+    from deepspeed.utils import logger as deepspeed_logger
+
+    # `deepspeed.comm.torch` as an attribute is the torch package (re-exported); the module is needed.
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    deepspeed_logger.setLevel(logging.WARNING)
+    deepspeed.init_distributed(timeout=timedelta(seconds=config.parallel.timeout_s), verbose=False)
+    if torch.distributed.get_rank() != 0:  # one console: rank 0's
+        logging.getLogger("dist_s2s").setLevel(logging.WARNING)
+
+
+def lost_contact(error: RuntimeError) -> bool:
+    """A communication failure (peer gone, or silent past the timeout), as gloo and NCCL report it."""
+    if isinstance(error, torch.distributed.DistError):
+        return True
+    text = str(error)
+    return any(mark in text for mark in ("gloo", "NCCL", "Connection reset", "Connection closed", "Timed out"))
+
+
+def check_world_size(config: Config, world_size: int) -> None:
+    """Every process is one stage of one replica: the launcher must start exactly stages × data."""
+    needed = config.parallel.stages * config.parallel.data
+    if needed != world_size:
+        raise UserError(f"parallel.stages × parallel.data = {config.parallel.stages} × {config.parallel.data} = "
+                        f"{needed}, "
+                        f"but {world_size} processes were launched (set --nproc_per_node / --num_gpus to {needed})")
