@@ -1,6 +1,6 @@
-"""Regenerate the README's benchmark table from the committed `benchmarks/results/bench-*.json`.
+"""Regenerate the benchmark table of docs/benchmarks.md from the committed `benchmarks/results/bench-*.json`.
 
-    .venv/bin/python benchmarks/readme_table.py          # rewrites README.md between the bench-table markers
+    .venv/bin/python benchmarks/readme_table.py          # rewrites docs/benchmarks.md between the bench-table markers
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ def render() -> str:
 
 
 def main() -> None:
-    readme = REPO / "README.md"
+    readme = REPO / "docs" / "benchmarks.md"
     text = readme.read_text()
     if START not in text or END not in text:
-        raise SystemExit(f"README.md has no {START} … {END} markers")
+        raise SystemExit(f"{readme} has no {START} … {END} markers")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     readme.write_text(f"{head}{START}\n{render()}\n{END}{tail}")
