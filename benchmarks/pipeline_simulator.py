@@ -1,7 +1,9 @@
-"""The 1F1B schedule simulator (`dist_s2s/bench/schedule.py`): validated here, then projected.
+"""The schedule simulators (`dist_s2s/bench/schedule.py` for 1F1B, `wavefront_sim.py`): validated here.
 
     DS_ACCELERATOR=cpu .venv/bin/python benchmarks/pipeline_simulator.py --config configs/multi30k.yaml \
         --stages 2 --micro-batches 4 --output benchmarks/results/simulator-cpu-multi30k.json
+    DS_ACCELERATOR=cpu .venv/bin/python benchmarks/pipeline_simulator.py --config configs/multi30k.yaml \
+        --stages 2 --parallel.schedule=wavefront --parallel.placement=colocated --timeline docs/timeline-wavefront.png
     .venv/bin/python benchmarks/pipeline_simulator.py --config configs/paper.yaml --batches runs/data/multi30k \
         --stages 8 --micro-batches 8 --no-measure --link-gbps 12 --link-latency-us 10
 
@@ -27,9 +29,12 @@ import torch.multiprocessing as mp
 
 from dist_s2s.bench.run import Mode, run_mode
 from dist_s2s.bench.schedule import simulate, stage_costs
+from dist_s2s.bench.timeline import as_rows, plot, simulated_rows
+from dist_s2s.bench.wavefront_sim import operation_costs, simulate_program
 from dist_s2s.bench.worker import real_batches
 from dist_s2s.config import load_config
 from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.parallel.placement import placement
 
 
 def _ping_pong(rank: int, port: int, sizes: list[int], out: str) -> None:
@@ -69,57 +74,97 @@ def measure_link() -> tuple[float, float]:
     return bandwidth, max(times[small] - small / bandwidth, 0.0)
 
 
+def predict_1f1b(model, batches, args, link) -> tuple[float, dict, list]:
+    stage_costs(model, batches[:1], args.stages, args.micro_batches)  # warm-up
+    costs = stage_costs(model, batches[1:], args.stages, args.micro_batches)
+    predicted = simulate(costs, args.micro_batches, *link)
+    words = sum(b.words for b in batches[1:]) / len(batches[1:])
+    details = {"forward_s": costs.forward_s, "backward_s": costs.backward_s,
+               "activation_bytes": costs.activation_bytes, "optimizer_s": costs.optimizer_s,
+               "predicted_bubble_fraction": round(predicted["bubble_fraction"], 3),
+               "single_process_words_per_sec": round(words / (sum(costs.forward_s) + sum(costs.backward_s))
+                                                     / args.micro_batches, 1)}
+    print(f"stage forward s/micro-batch {[round(f, 4) for f in costs.forward_s]}, backward "
+          f"{[round(b, 4) for b in costs.backward_s]}, sends {[int(a) for a in costs.activation_bytes]} B")
+    last = simulate(stage_costs(model, batches[-1:], args.stages, args.micro_batches), args.micro_batches, *link)
+    return words / predicted["step_s"], details, simulated_rows(last["timeline"], args.stages)
+
+
+def predict_wavefront(model, batches, args, *, config, link) -> tuple[float, dict, list]:
+    layout = placement(config.parallel.placement, config.model.num_layers, config.model.softmax_shards, args.stages)
+    operation_costs(model, layout, batches[0], config.parallel.chunk_steps)  # warm-up
+    runs = [operation_costs(model, layout, batch, config.parallel.chunk_steps) for batch in batches[1:]]
+    predictions = [simulate_program(run, args.stages, *link) for run in runs]
+    step_s = sum(p["step_s"] for p in predictions)
+    by_kind: dict[str, float] = {}
+    for run in runs:
+        for op, seconds in zip(run.program, run.seconds):
+            by_kind[f"{op.kind}@stage{op.stage}"] = by_kind.get(f"{op.kind}@stage{op.stage}", 0.0) + seconds
+    details = {"placement": config.parallel.placement, "chunk_steps": config.parallel.chunk_steps,
+               "seconds_by_operation_and_stage": {k: round(v / len(runs), 5) for k, v in sorted(by_kind.items())},
+               "optimizer_s": sum(r.optimizer_s for r in runs) / len(runs),
+               "predicted_busy_fraction": round(sum(p["busy_fraction"] for p in predictions) / len(predictions), 3),
+               "single_process_words_per_sec": round(sum(r.words for r in runs)
+                                                     / sum(sum(r.seconds) + r.optimizer_s for r in runs), 1)}
+    print(f"per step, seconds by operation and stage: {details['seconds_by_operation_and_stage']}")
+    return sum(r.words for r in runs) / step_s, details, simulated_rows(predictions[-1]["timeline"], args.stages)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--batches", help="prepared data whose train batches are used (default data.out_dir)")
     parser.add_argument("--stages", type=int, required=True)
-    parser.add_argument("--micro-batches", type=int, required=True)
+    parser.add_argument("--micro-batches", type=int, default=1, help="1F1B micro-batches")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--no-measure", action="store_true", help="predict only (no multi-process run)")
     parser.add_argument("--link-gbps", type=float, help="link bandwidth in GB/s (default: measured gloo)")
     parser.add_argument("--link-latency-us", type=float, default=None)
+    parser.add_argument("--timeline", type=Path, help="PNG: the last timed step, measured and simulated")
     parser.add_argument("--output", type=Path)
     args, overrides = parser.parse_known_args()
     overrides = [*overrides, f"--parallel.micro_batches={args.micro_batches}"]
     config = load_config(args.config, overrides)
+    schedule = config.parallel.schedule
     batches_dir = args.batches or config.data.out_dir
-    batches = real_batches(config, batches_dir, args.steps + 1)
+    warmup = 2
+    batches = real_batches(config, batches_dir, warmup + args.steps)[warmup - 1:]  # the measured run's, + 1 warm-up
     torch.set_num_threads(1)
     torch.manual_seed(config.train.seed)
     model = Seq2Seq(config.model, config.data.src_vocab_size, config.data.tgt_vocab_size)
-    stage_costs(model, batches[:1], args.stages, args.micro_batches)  # warm-up
-    costs = stage_costs(model, batches[1:], args.stages, args.micro_batches)
     if args.link_gbps:
-        bandwidth, latency = args.link_gbps * 1e9, (args.link_latency_us or 0.0) * 1e-6
+        link = args.link_gbps * 1e9, (args.link_latency_us or 0.0) * 1e-6
     else:
-        bandwidth, latency = measure_link()
-    predicted = simulate(costs, args.micro_batches, bandwidth, latency)
-    words = sum(b.words for b in batches[1:]) / len(batches[1:])
+        link = measure_link()
+    if schedule == "wavefront":
+        predicted, details, simulated = predict_wavefront(model, batches, args, config=config, link=link)
+    else:
+        predicted, details, simulated = predict_1f1b(model, batches, args, link)
     result = {
         "config": args.config, "overrides": overrides, "batches": batches_dir, "stages": args.stages,
-        "micro_batches": args.micro_batches, "forward_s": costs.forward_s, "backward_s": costs.backward_s,
-        "activation_bytes": costs.activation_bytes, "optimizer_s": costs.optimizer_s,
-        "link_gb_per_s": bandwidth / 1e9, "link_latency_us": latency * 1e6,
-        "predicted_words_per_sec": round(words / predicted["step_s"], 1),
-        "predicted_bubble_fraction": round(predicted["bubble_fraction"], 3),
-        "single_process_words_per_sec": round(words / (sum(costs.forward_s) + sum(costs.backward_s))
-                                              / args.micro_batches, 1),
+        "schedule": schedule, "micro_batches": args.micro_batches, **details,
+        "link_gb_per_s": link[0] / 1e9, "link_latency_us": link[1] * 1e6,
+        "predicted_words_per_sec": round(predicted, 1),
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "device": "cpu",
     }
-    print(f"stage forward s/micro-batch {[round(f, 4) for f in costs.forward_s]}, backward "
-          f"{[round(b, 4) for b in costs.backward_s]}, sends {[int(a) for a in costs.activation_bytes]} B; "
-          f"link {bandwidth / 1e9:.2f} GB/s, {latency * 1e6:.0f} µs")
-    print(f"predicted: {result['predicted_words_per_sec']:,.0f} words/s, bubble "
-          f"{result['predicted_bubble_fraction']:.2f}")
+    print(f"link {link[0] / 1e9:.2f} GB/s, {link[1] * 1e6:.0f} µs; predicted: {predicted:,.0f} words/s")
     if not args.no_measure:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        ranks = run_mode(Mode("pipeline", args.stages, 1), args.config, overrides, batches_dir, args.steps, 2,
-                         args.micro_batches)
+        ranks = run_mode(Mode("pipeline", args.stages, 1), args.config, overrides=overrides, batches=batches_dir,
+                         steps=args.steps, warmup=warmup, config=config, record_timeline=args.timeline is not None)
         measured = ranks[0]["words"] / ranks[0]["seconds"]
         result["measured_words_per_sec"] = round(measured, 1)
-        result["prediction_error"] = round(result["predicted_words_per_sec"] / measured - 1, 3)
+        result["prediction_error"] = round(predicted / measured - 1, 3)
         print(f"measured:  {measured:,.0f} words/s (prediction {100 * result['prediction_error']:+.1f}%)")
+        if args.timeline:
+            by_stage = [r["timeline"] for r in sorted(ranks, key=lambda r: r["stage"])]
+            label = f"{args.stages} stages, {schedule}" + (
+                f" ({config.parallel.placement}, chunks of {config.parallel.chunk_steps} steps)"
+                if schedule == "wavefront" else f" ({args.micro_batches} micro-batches)")
+            plot([(f"measured: {label}, one step of {args.config}", as_rows(by_stage)),
+                  ("simulated: the same step from one-process costs and the measured link", simulated)],
+                 args.timeline)
+            print(f"timeline: {args.timeline}")
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2) + "\n")

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 
 from dist_s2s.config import Config, describe_options, load_config
-from dist_s2s.errors import UserError
+from dist_s2s.errors import Terminated, UserError
 
 
 def keep_local_ray_on_loopback(config: Config) -> None:
@@ -251,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.command][1](config, args)
     except UserError as error:
         print(f"dist-s2s: error: {error}", file=sys.stderr)
+        return 2
+    except Terminated as stopped:  # outside the training loop, which says where it stopped
+        print(f"dist-s2s: error: {stopped}", file=sys.stderr)
         return 2
     return 0
 

@@ -113,7 +113,15 @@ class ParallelConfig:
     data: int = 1
     """Data-parallel replicas of the whole pipeline."""
     micro_batches: int = 1
-    """Micro-batches a batch is split into for the pipeline schedule."""
+    """Micro-batches a batch is split into for the 1f1b schedule (the wavefront keeps the batch whole)."""
+    schedule: Literal["1f1b", "wavefront"] = "1f1b"
+    """`1f1b`: DeepSpeed's schedule over micro-batches; `wavefront`: the paper's (§3.5), each layer's stage
+    handing every time chunk on as soon as it is computed, the batch of 128 kept whole."""
+    chunk_steps: int = 8
+    """Wavefront: time steps of the source and of the target in one chunk (the unit a stage hands on)."""
+    placement: Literal["chain", "colocated"] = "chain"
+    """Wavefront: `chain` (LSTM layers, then softmax shards, in order: with layers + shards stages the
+    paper's layout) or `colocated` (every stage holds layers and a share of the vocabulary)."""
     timeout_s: int = 300
     """Seconds a rank waits for the others before failing: a dead rank ends the job, never hangs it."""
 
@@ -259,6 +267,7 @@ def validate(config: Config) -> None:
         "parallel.stages": config.parallel.stages,
         "parallel.data": config.parallel.data,
         "parallel.micro_batches": config.parallel.micro_batches,
+        "parallel.chunk_steps": config.parallel.chunk_steps,
         "parallel.timeout_s": config.parallel.timeout_s,
         "train.batch_size": config.train.batch_size,
         "train.log_every": config.train.log_every,
@@ -288,6 +297,13 @@ def validate(config: Config) -> None:
                         "a stage can hold "
                         f"(model.num_layers + model.softmax_shards = {config.model.num_layers} + "
                         f"{config.model.softmax_shards}): at most one LSTM layer or softmax shard a stage")
+    if config.parallel.schedule == "wavefront" and config.parallel.micro_batches != 1:
+        raise UserError(f"config key parallel.micro_batches={config.parallel.micro_batches}: the wavefront schedule "
+                        "keeps the batch whole (set parallel.micro_batches=1, or parallel.schedule=1f1b)")
+    if config.parallel.placement == "colocated" and config.parallel.stages > min(config.model.num_layers,
+                                                                                 config.model.softmax_shards):
+        raise UserError(f"config key parallel.placement=colocated needs parallel.stages={config.parallel.stages} "
+                        f"<= model.num_layers and model.softmax_shards (each stage holds a layer and a shard)")
     parts = config.parallel.data * config.parallel.micro_batches
     if config.train.batch_size < 2 * parts:
         raise UserError(f"config key train.batch_size={config.train.batch_size} must be at least 2 × parallel.data × "

@@ -7,3 +7,10 @@ class UserError(Exception):
     The message must name what is wrong and where (file and line, or config key), so the
     user can fix it without reading our code.
     """
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: torchrun and the deepspeed launcher send it to every rank when one rank dies.
+
+    A BaseException, as KeyboardInterrupt is, so that no library's `except Exception` swallows it
+    (one inside DeepSpeed's step did, and the rank trained on)."""

@@ -1,6 +1,8 @@
 """Run under torchrun by test_pipeline.py: N pipeline steps vs the single-device trainer step, same batches.
 
-Each rank writes rank-<r>.json with the largest parameter difference on its stage and the losses.
+Each rank writes rank-<r>.json with the largest parameter difference on its stage and the losses; under the
+wavefront schedule, per step, whether an encoder chunk boundary fell inside some sentences and past the end
+of others.
 """
 
 from __future__ import annotations
@@ -37,13 +39,19 @@ def main() -> None:
                                         replica=replica, replicas=config.parallel.data))
     reference_batches = iter(BatchLoader(config.data.out_dir, "train", config.train.batch_size, seed=config.train.seed))
     optimizer = torch.optim.SGD(reference.parameters(), lr=config.optim.lr)
-    losses, reference_losses, norms, reference_norms, shapes = [], [], [], [], []
+    losses, reference_losses, norms, reference_norms, shapes, splits = [], [], [], [], [], []
     micro, replicas = config.parallel.micro_batches, config.parallel.data
     for _ in range(steps):
         batch = next(pipeline_batches)
         shapes.append([[part.src.shape[1], part.tgt_in.shape[1]] for part in batch.split(micro)])
-        losses.append(float(engine.train_batch(data_iter=micro_batches(batch, micro,
-                                                                        training_scale(batch, micro, replicas)))))
+        if config.parallel.schedule == "wavefront":
+            losses.append(engine.train_wavefront(batch, scale=replicas / batch.step_sentences) / batch.step_sentences)
+            boundaries = range(config.parallel.chunk_steps, batch.src.shape[1], config.parallel.chunk_steps)
+            lengths = batch.src_lengths.tolist()
+            splits.append(any(min(lengths) < b < max(lengths) for b in boundaries))
+        else:
+            losses.append(float(engine.train_batch(data_iter=micro_batches(batch, micro,
+                                                                            training_scale(batch, micro, replicas)))))
         norms.append(engine.last_grad_norm)
         batch = next(reference_batches)
         optimizer.zero_grad()
@@ -68,7 +76,7 @@ def main() -> None:
     (out_dir / f"rank-{rank}.json").write_text(json.dumps({
         "stage": engine.stage_id, "local": local, "part": part, "max_difference": difference,
         "micro_batch_shapes": shapes, "losses": losses, "reference_losses": reference_losses, "norms": norms,
-        "reference_norms": reference_norms,
+        "reference_norms": reference_norms, "chunk_boundary_inside_some_past_others": splits,
     }))
 
 

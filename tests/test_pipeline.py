@@ -45,6 +45,31 @@ def test_pipeline_parameters_and_losses_match_the_single_device_trainer(prepared
     assert_stage_parts_merge_into_the_single_device_weights(tmp_path, [r["part"] for r in ranks if r["part"]], layers)
 
 
+@pytest.mark.parametrize("stages, data, placement, layers, shards, chunk_steps", [
+    (2, 1, "chain", 2, 2, 4),      # [both LSTM layers | both softmax shards]
+    (2, 1, "colocated", 2, 2, 3),  # each stage: one layer pair and half the vocabulary
+    (4, 1, "chain", 2, 2, 5),      # one unit a stage: the softmax shards in parallel on stages 2 and 3
+    (8, 1, "chain", 4, 4, 3),      # the paper's layout: 4 LSTM layer stages + 4 softmax shard stages
+    (2, 2, "colocated", 2, 2, 3),  # 2 replicas × 2 stages
+])
+def test_the_wavefront_matches_the_single_device_trainer(prepared_tiny, tmp_path, stages, data, placement, layers,
+                                                         shards, chunk_steps):
+    ranks = run_pipeline(prepared_tiny, tmp_path, stages * data, f"--parallel.stages={stages}",
+                         f"--parallel.data={data}", "--parallel.schedule=wavefront",
+                         f"--parallel.placement={placement}", f"--parallel.chunk_steps={chunk_steps}",
+                         f"--model.num_layers={layers}", f"--model.softmax_shards={shards}",
+                         "--optim.max_grad_norm=1.0")
+    assert sorted({r["stage"] for r in ranks}) == list(range(stages))
+    for rank in ranks:
+        assert rank["max_difference"] < 1e-5, rank
+        assert rank["losses"] == pytest.approx(rank["reference_losses"], rel=1e-5)
+        assert rank["norms"] == pytest.approx(rank["reference_norms"], rel=1e-5), "clipping used the global norm"
+        assert min(rank["reference_norms"]) > 1.0, "clipping triggered at every step"
+        assert any(rank["chunk_boundary_inside_some_past_others"]), "a chunk ended inside some sentences only"
+    assert_lengths_varied(ranks[0]["micro_batch_shapes"], 1)
+    assert_stage_parts_merge_into_the_single_device_weights(tmp_path, [r["part"] for r in ranks if r["part"]], layers)
+
+
 def assert_lengths_varied(shapes: list[list[list[int]]], micro: int) -> None:
     """The match above covers batches of several (source, target) widths, and micro-batches of
     unequal widths within a step: a stage reading a stale or mis-shaped buffer could not match."""

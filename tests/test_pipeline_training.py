@@ -131,6 +131,62 @@ def test_a_two_stage_checkpoint_resumes_as_one_stage_with_two_data_replicas(two_
     assert largest_difference(weights_at(run_dir, 6), weights_at(reference, 6)) < 1e-5
 
 
+WAVEFRONT = ("--parallel.stages=2", "--parallel.schedule=wavefront", "--parallel.placement=colocated",
+             "--parallel.chunk_steps=3")
+
+
+def copy_checkpoint(source_run: Path, step: int, run_dir: Path) -> None:
+    """The checkpoint of `step` (file and stage parts) as the only one of a new run directory."""
+    (run_dir / "checkpoints").mkdir(parents=True)
+    source = CheckpointDir(source_run / "checkpoints", 3)
+    for file in source.directory.glob(f"step-{step:08d}.*"):
+        (run_dir / "checkpoints" / file.name).write_bytes(file.read_bytes())
+    (run_dir / "checkpoints" / "index.json").write_text(
+        json.dumps({"checkpoints": [{"step": step, "file": source.path_of(step).name,
+                                     "sha256": source.expected_sha256(source.path_of(step))}]}))
+
+
+@pytest.fixture(scope="module")
+def wavefront_run(prepared_tiny, tmp_path_factory) -> Path:
+    """torchrun, the wavefront on 2 co-located stages, 6 steps (validation and checkpoints every 3)."""
+    tmp_path = tmp_path_factory.mktemp("wavefront")
+    succeeded(torchrun(prepared_tiny, tmp_path, 2, tmp_path / "run", *WAVEFRONT, "--train.max_steps=6"))
+    return tmp_path / "run"
+
+
+def test_the_wavefront_trains_validates_and_checkpoints_like_one_device(wavefront_run, reference):
+    for step in (3, 6):
+        assert largest_difference(weights_at(wavefront_run, step), weights_at(reference, step)) < 1e-5
+    metrics = [json.loads(line) for line in (wavefront_run / "metrics.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [m["step"] for m in expected]
+    for ours, theirs in zip(metrics, expected):
+        for key in ("train/loss", "train/grad_norm", "valid/ppl"):
+            assert ours.get(key) == pytest.approx(theirs.get(key), rel=1e-5), key
+
+
+def test_a_wavefront_run_stopped_and_resumed_ends_bit_identical_to_one_straight_run(wavefront_run, prepared_tiny,
+                                                                                   tmp_path):
+    run_dir = tmp_path / "run"
+    succeeded(torchrun(prepared_tiny, tmp_path, 2, run_dir, *WAVEFRONT, "--train.max_steps=3"))
+    succeeded(torchrun(prepared_tiny, tmp_path, 2, run_dir, *WAVEFRONT, "--train.max_steps=6", "--train.resume=true"))
+    straight, resumed = weights_at(wavefront_run, 6), weights_at(run_dir, 6)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_a_wavefront_checkpoint_resumes_under_1f1b_and_on_one_device(wavefront_run, reference, prepared_tiny, tmp_path):
+    under_1f1b = tmp_path / "1f1b" / "run"
+    copy_checkpoint(wavefront_run, 3, under_1f1b)
+    output = succeeded(torchrun(prepared_tiny, tmp_path, 2, under_1f1b, "--parallel.stages=2",
+                                "--parallel.micro_batches=2", "--train.max_steps=6", "--train.resume=true"))
+    assert "resumed at step 3" in output
+    assert largest_difference(weights_at(under_1f1b, 6), weights_at(reference, 6)) < 1e-5
+    one_device = tmp_path / "single" / "run"
+    copy_checkpoint(wavefront_run, 3, one_device)
+    single_device_run(prepared_tiny, one_device, "--train.max_steps=6", "--train.resume=true")
+    assert largest_difference(weights_at(one_device, 6), weights_at(reference, 6)) < 1e-5
+
+
 def test_the_papers_eight_stage_layout_under_the_deepspeed_launcher_matches_one_device(prepared_tiny, tmp_path):
     """4 LSTM layer stages + 4 softmax shard stages, 4 micro-batches: `deepspeed --num_gpus 8` on gloo."""
     paper_layout = ("--model.num_layers=4", "--model.softmax_shards=4", "--train.max_steps=4")
@@ -259,7 +315,8 @@ def test_a_rank_that_dies_or_hangs_makes_the_other_exit_with_a_clear_error(prepa
 
 
 def single_node_job(prepared, tmp_path: Path, launcher: str) -> subprocess.Popen:
-    """2 stages on one machine under `torchrun --standalone` or `deepspeed --num_gpus 2`, running long."""
+    """2 stages on one machine under `torchrun --standalone` or `deepspeed --num_gpus 2`, running long;
+    output to tmp_path/job.log (a pipe nobody reads fills and stalls the ranks)."""
     start = {"torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "dist_s2s"],
              "deepspeed": [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
@@ -267,7 +324,7 @@ def single_node_job(prepared, tmp_path: Path, launcher: str) -> subprocess.Popen
     return subprocess.Popen(
         [*start, *train_arguments(prepared, tmp_path / "run", "--parallel.stages=2", "--parallel.micro_batches=2",
                                   "--train.max_steps=100000", "--train.valid_every=100000")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=launcher_env(tmp_path), cwd=tmp_path,
+        stdout=open(tmp_path / "job.log", "w"), stderr=subprocess.STDOUT, env=launcher_env(tmp_path), cwd=tmp_path,
         start_new_session=True)
 
 
@@ -292,15 +349,21 @@ def worker_rank(job: subprocess.Popen, rank: int) -> int:
 ])
 def test_a_rank_ended_by_its_launcher_says_where_it_stopped_and_how_to_resume(prepared_tiny, tmp_path, launcher,
                                                                                victim, signal_number):
+    import psutil
+
     job = single_node_job(prepared_tiny, tmp_path, launcher)
+    workers = []
     try:
         wait_until_training(tmp_path / "run", [job])
-        os.kill(worker_rank(job, victim), signal_number)
-        output = job.communicate(timeout=90)[0]
+        workers = [worker_rank(job, rank) for rank in (0, 1)]
+        os.kill(workers[victim], signal_number)
+        job.wait(timeout=90)
     finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
+        for pid in [job.pid, *workers]:  # the launcher puts its workers in a process group of their own
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+        job.wait()
+    output = (tmp_path / "job.log").read_text()
     assert job.returncode != 0
     stopped = re.search(r"dist-s2s: error: rank 0 (stopped by SIGTERM|lost contact with another rank) at step (\d+)"
                         r".*Resume with --train\.resume=true \(latest checkpoint: (.*)\)$", output, re.MULTILINE)

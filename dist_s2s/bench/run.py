@@ -3,10 +3,12 @@
     dist-s2s bench --config configs/tiny.yaml
     dist-s2s bench --config configs/multi30k.yaml --mode plain single single@1 pipeline:2@1 --output b.json
     dist-s2s bench --config configs/paper.yaml --batches runs/data/multi30k --steps 3 --warmup 1
+    dist-s2s bench --config configs/multi30k.yaml --mode single@1 pipeline:2@1/1f1b pipeline:2@1/wavefront+colocated
 
 Modes: `plain` (the obvious PyTorch model, the baseline of every ratio), `single` (dist-s2s's
 single-device trainer step), `pipeline:S` (S DeepSpeed stages under torchrun, gloo on CPU, NCCL
-on GPU); `@T` gives each process T threads (default: the cores shared evenly). Each mode runs
+on GPU) under `--parallel.schedule`, or `/1f1b`, `/wavefront`, `/wavefront+colocated` for that
+mode alone; `@T` gives each process T threads (default: the cores shared evenly). Each mode runs
 in fresh processes, so peak memory is its own. Words are source + target words without padding.
 MFU = useful FLOP/s (`flops.py`) ÷ the fp32 matrix-product rate measured at the start of the
 same run on the same device (all cores of the CPU; one GPU × the GPUs used).
@@ -42,31 +44,58 @@ class Mode:
     kind: str
     stages: int
     threads: int
+    schedule: str | None = None
+    """Pipelines: `1f1b` or `wavefront` (None: the config's parallel.schedule)."""
+    placement: str | None = None
+    """Wavefront: `chain` or `colocated` (None: the config's parallel.placement)."""
 
     @classmethod
     def parse(cls, text: str, cores: int) -> Mode:
-        """`single`, `plain`, `pipeline:4`, `single@1`, `pipeline:2@1`."""
-        name, _, threads = text.partition("@")
+        """`single`, `plain`, `pipeline:4`, `single@1`, `pipeline:2@1`, `pipeline:2@1/wavefront`,
+        `pipeline:2@1/wavefront+colocated`."""
+        head, _, variant = text.partition("/")
+        name, _, threads = head.partition("@")
         kind, _, stages = name.partition(":")
-        if kind not in ("plain", "single", "pipeline") or (kind == "pipeline") != bool(stages):
-            raise UserError(f"unknown bench mode {text!r} (plain, single, pipeline:S, each optionally @THREADS)")
+        schedule, _, placement = variant.partition("+")
+        if (kind not in ("plain", "single", "pipeline") or (kind == "pipeline") != bool(stages)
+                or (variant and kind != "pipeline") or schedule not in ("", "1f1b", "wavefront")
+                or placement not in ("", "chain", "colocated") or (placement and schedule != "wavefront")):
+            raise UserError(f"unknown bench mode {text!r} (plain, single, pipeline:S, each optionally @THREADS; "
+                            "a pipeline optionally /1f1b, /wavefront or /wavefront+colocated)")
         count = int(stages) if stages else 0
-        return cls(kind, count, int(threads) if threads else max(1, cores // max(1, count)))
+        return cls(kind, count, int(threads) if threads else max(1, cores // max(1, count)), schedule or None,
+                   placement or None)
 
     @property
     def label(self) -> str:
-        return (f"pipeline:{self.stages}" if self.kind == "pipeline" else self.kind) + f"@{self.threads}"
+        label = (f"pipeline:{self.stages}" if self.kind == "pipeline" else self.kind) + f"@{self.threads}"
+        if self.schedule:
+            label += f"/{self.schedule}" + (f"+{self.placement}" if self.placement else "")
+        return label
+
+    def overrides(self, config: Config) -> list[str]:
+        """What the mode's processes are told beyond the user's overrides."""
+        if self.kind != "pipeline":
+            return []
+        schedule = self.schedule or config.parallel.schedule
+        extra = [f"--parallel.stages={self.stages}", f"--parallel.schedule={schedule}"]
+        if schedule == "wavefront":
+            placement = self.placement or config.parallel.placement
+            extra += ["--parallel.micro_batches=1", f"--parallel.placement={placement}"]
+        return extra
 
 
 def run_mode(mode: Mode, config_path: str, *, overrides: list[str], batches: str, steps: int, warmup: int,
-             micro_batches: int) -> list[dict]:
+             config: Config, record_timeline: bool = False) -> list[dict]:
+    """Every rank's record (rank 0 first) of `steps` timed steps after `warmup`; with `record_timeline`,
+    each pipeline rank's instructions of the last timed step."""
     with tempfile.TemporaryDirectory() as scratch:
         worker = ["-m", "dist_s2s.bench.worker", "--config", config_path, "--mode", mode.kind, "--batches", batches,
-                  "--steps", str(steps), "--warmup", str(warmup), "--out", scratch, *overrides]
+                  "--steps", str(steps), "--warmup", str(warmup), "--out", scratch,
+                  *(["--timeline"] if record_timeline else []), *overrides]
         if mode.kind == "pipeline":
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                       f"--nproc_per_node={mode.stages}", *worker, f"--parallel.stages={mode.stages}",
-                       f"--parallel.micro_batches={micro_batches}"]
+                       f"--nproc_per_node={mode.stages}", *worker, *mode.overrides(config)]
         else:
             command = [sys.executable, *worker]
         env = {**os.environ, "OMP_NUM_THREADS": str(mode.threads), "TMPDIR": scratch}
@@ -75,7 +104,8 @@ def run_mode(mode: Mode, config_path: str, *, overrides: list[str], batches: str
         result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
         if result.returncode != 0:
             raise UserError(f"bench mode {mode.label} failed:\n{(result.stdout + result.stderr)[-3000:]}")
-        return [json.loads(path.read_text()) for path in sorted(Path(scratch).glob("rank-*.json"))]
+        return [json.loads(path.read_text()) for path in sorted(Path(scratch).glob("rank-*.json"),
+                                                                 key=lambda p: int(p.stem.split("-")[1]))]
 
 
 def bench(config: Config, config_path: str, *, overrides: list[str], modes: list[str], batches: str | None,
@@ -94,14 +124,19 @@ def bench(config: Config, config_path: str, *, overrides: list[str], modes: list
         log.info("bench: mode %d of %d: %s (%d warm-up + %d timed steps)", number, len(parsed), mode.label, warmup,
                  steps)
         ranks = run_mode(mode, config_path, overrides=overrides, batches=batches, steps=steps, warmup=warmup,
-                         micro_batches=micro)
+                         config=config)
+        schedule = (mode.schedule or config.parallel.schedule) if mode.stages else None
+        wavefront = schedule == "wavefront"
         lead = ranks[0]
         devices = max(1, mode.stages) if device.type == "cuda" else 1
         flops_per_sec = lead["flops"] / lead["seconds"]
         runs.append({
-            "mode": mode.kind, "label": mode.label, "stages": mode.stages,
-            "micro_batches": micro if mode.stages else 1,
-            "bubble_fraction": round(bubble_fraction(mode.stages, micro), 3) if mode.stages else 0.0,
+            "mode": mode.kind, "label": mode.label, "stages": mode.stages, "schedule": schedule,
+            "placement": (mode.placement or config.parallel.placement) if wavefront else None,
+            "chunk_steps": config.parallel.chunk_steps if wavefront else None,
+            "micro_batches": micro if mode.stages and not wavefront else 1,
+            "bubble_fraction": (round(bubble_fraction(mode.stages, micro), 3) if mode.stages and not wavefront
+                                else None if wavefront else 0.0),
             "threads_per_rank": mode.threads, "oversubscribed": device.type == "cpu" and
             max(1, mode.stages) * mode.threads > cores,
             "words_per_sec": round(lead["words"] / lead["seconds"], 1),

@@ -45,6 +45,7 @@ def simulate(costs: StageCosts, micro_batches: int, link_bytes_per_s: float, lin
     stages = len(costs.forward_s)
     transfer = [link_latency_s + size / link_bytes_per_s for size in costs.activation_bytes]
     done: dict[tuple[str, int, int], float] = {}
+    timeline = []
     clock = [0.0] * stages
     pending = [one_f_one_b(s, stages, micro_batches) for s in range(stages)]
     while any(pending):
@@ -63,6 +64,8 @@ def simulate(costs: StageCosts, micro_batches: int, link_bytes_per_s: float, lin
                 if needed is not None and needed not in done:
                     break
                 start = max(clock[s], done[needed] + delay if needed else 0.0)
+                timeline.append({"stage": s, "kind": kind, "chunk": m, "start": start, "end": start + duration,
+                                 "idle_before": start - clock[s]})
                 clock[s] = start + duration
                 done[(kind, s, m)] = clock[s]
                 pending[s].pop(0)
@@ -71,7 +74,7 @@ def simulate(costs: StageCosts, micro_batches: int, link_bytes_per_s: float, lin
             raise RuntimeError("schedule deadlock")  # cannot happen for 1F1B; guards a broken order
     step = max(clock) + costs.optimizer_s / stages
     busy = micro_batches * sum(f + b for f, b in zip(costs.forward_s, costs.backward_s))
-    return {"step_s": step, "bubble_fraction": 1 - busy / (stages * max(clock))}
+    return {"step_s": step, "bubble_fraction": 1 - busy / (stages * max(clock)), "timeline": timeline}
 
 
 def stage_costs(model: Seq2Seq, batches: list[Batch], stages: int, micro_batches: int) -> StageCosts:

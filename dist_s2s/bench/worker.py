@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from dist_s2s.bench import timeline
 from dist_s2s.bench.flops import training_flops
 from dist_s2s.bench.measure import peak_memory_mb, synchronize
 from dist_s2s.bench.plain import PlainSeq2Seq
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--warmup", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--timeline", action="store_true", help="record the last timed step's instructions")
     args, overrides = parser.parse_known_args()
     config = load_config(args.config, overrides)
     batches = real_batches(config, args.batches, args.warmup + args.steps)
@@ -64,7 +66,10 @@ def main() -> None:
         device, rank = pick_device(config.train.device), 0
         steps = SingleDeviceSteps(config, model, device)
     elapsed, words, sentences, flops = 0.0, 0, 0, 0
+    entries = None
     for index, batch in enumerate(batches):
+        if args.timeline and args.mode == "pipeline" and index == len(batches) - 1:
+            entries = timeline.record(steps.engine)
         synchronize(device)
         started = time.perf_counter()
         result = steps.train_step(batch, config.optim.lr)
@@ -74,7 +79,8 @@ def main() -> None:
             words += result.words
             sentences += result.sentences
             flops += training_flops(config.model, config.data.tgt_vocab_size, batch)
-    record = {"rank": rank, "peak_mem_mb": round(peak_memory_mb(device), 1), "threads": torch.get_num_threads()}
+    record = {"rank": rank, "peak_mem_mb": round(peak_memory_mb(device), 1), "threads": torch.get_num_threads(),
+              "stage": steps.engine.stage_id if args.mode == "pipeline" else 0, "timeline": entries}
     if rank == 0:
         record.update({"seconds": elapsed, "words": words, "sentences": sentences, "flops": flops,
                        "device": str(device)})

@@ -22,6 +22,7 @@ from torch import nn
 from dist_s2s.config import Config
 from dist_s2s.data.batch import Batch
 from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.parallel.placement import placement
 from dist_s2s.parallel.stages import pipeline_units, stage_boundaries
 from dist_s2s.train.clipping import rescale, squared_norm
 
@@ -61,7 +62,7 @@ def evaluation_scale(micro_batches: int, replicas: int) -> float:
 
 
 def deepspeed_config(config: Config) -> dict:
-    micro = config.parallel.micro_batches
+    micro = config.parallel.micro_batches  # 1 under the wavefront
     per_micro = max(1, config.train.batch_size // (config.parallel.data * micro))
     return {
         "train_micro_batch_size_per_gpu": per_micro,
@@ -74,19 +75,39 @@ def deepspeed_config(config: Config) -> dict:
 
 
 def build_engine(config: Config, model: Seq2Seq):
-    """The pipeline engine of `model`'s units on this rank's stage; every rank builds the full model
-    from the same seed first, so each stage starts from the single-device weights. (The world size was
-    checked by `join_process_group`, before the group formed.)"""
+    """The pipeline engine of `model`'s units on this rank's stage: DeepSpeed's own for 1F1B, the
+    `WavefrontEngine` for the wavefront. Every rank builds the full model from the same seed first, so
+    each stage starts from the single-device weights. (The world size was checked by
+    `join_process_group`, before the group formed.)"""
     import deepspeed
 
-    parts = stage_boundaries(config.model.num_layers, config.model.softmax_shards, config.parallel.stages)
+    units = pipeline_units(model)
+    if config.parallel.schedule == "1f1b":
+        parts = stage_boundaries(config.model.num_layers, config.model.softmax_shards, config.parallel.stages)
+    else:
+        layout = placement(config.parallel.placement, config.model.num_layers, config.model.softmax_shards,
+                           config.parallel.stages)
+        order, parts = layout.unit_order()
+        units = [units[index] for index in order]
     module = placed_pipeline_class()(
-        pipeline_units(model), parts, num_stages=config.parallel.stages,
+        units, parts, num_stages=config.parallel.stages,
         loss_fn=scaled_nll,
         partition_method="uniform", dynamic_shape=True,
     )
     optimizer = torch.optim.SGD(module.parameters(), lr=config.optim.lr, momentum=0.0)
-    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(config))
+    if config.parallel.schedule == "1f1b":
+        engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(config))
+    else:
+        from deepspeed.runtime.config import DeepSpeedConfig
+
+        from dist_s2s.parallel.wavefront_engine import WavefrontEngine
+
+        # deepspeed.initialize picks PipelineEngine for a PipelineModule; its pipeline branch is this call.
+        engine = WavefrontEngine(args=None, model=module, optimizer=optimizer, model_parameters=None,
+                                 training_data=None, lr_scheduler=None, mpu=module.mpu(), dist_init_required=None,
+                                 collate_fn=None, config=deepspeed_config(config),
+                                 config_class=DeepSpeedConfig(deepspeed_config(config), module.mpu()),
+                                 seq2seq=model, placement=layout, chunk_steps=config.parallel.chunk_steps)
     engine.max_grad_norm = config.optim.max_grad_norm
     engine.last_grad_norm = float("nan")
     engine.clip_fp32_gradients = types.MethodType(_clip_by_global_norm, engine)

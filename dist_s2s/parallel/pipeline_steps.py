@@ -40,27 +40,40 @@ class PipelineSteps:
         self.model = model
         self.engine = build_engine(config, model)
         self.micro = config.parallel.micro_batches
+        self.wavefront = config.parallel.schedule == "wavefront"
         self.replicas = config.parallel.data
         self.replica = self.engine.grid.data_parallel_id
         self.stage = self.engine.stage_id
         self.is_main = torch.distributed.get_rank() == 0
         self.device = self.engine.device
-        log.info("pipeline: %d stages × %d replicas, %d micro-batches a batch: bubble %.0f%% of each stage's step",
-                 config.parallel.stages, self.replicas, self.micro,
-                 100 * bubble_fraction(config.parallel.stages, self.micro))
+        if self.wavefront:
+            log.info("pipeline: %d stages × %d replicas, wavefront over time chunks of %d steps (%s placement)",
+                     config.parallel.stages, self.replicas, config.parallel.chunk_steps, config.parallel.placement)
+        else:
+            log.info("pipeline: %d stages × %d replicas, 1F1B over %d micro-batches a batch: bubble %.0f%% of "
+                     "each stage's step", config.parallel.stages, self.replicas, self.micro,
+                     100 * bubble_fraction(config.parallel.stages, self.micro))
 
     def train_step(self, batch: Batch, lr: float) -> StepResult:
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
-        loss = self.engine.train_batch(data_iter=micro_batches(batch, self.micro,
-                                                               training_scale(batch, self.micro, self.replicas)))
+        if self.wavefront:  # the same gradient: each replica's NLL × replicas / sentences, DeepSpeed averages
+            nll = self.engine.train_wavefront(batch, scale=self.replicas / batch.step_sentences)
+        else:
+            loss = self.engine.train_batch(data_iter=micro_batches(batch, self.micro,
+                                                                   training_scale(batch, self.micro, self.replicas)))
+            nll = float(loss) * batch.step_sentences
         tokens, words, sentences = self._step_counts(batch)
-        return StepResult(nll=float(loss) * batch.step_sentences, target_tokens=tokens, words=words,
-                          sentences=sentences, grad_norm=self.engine.last_grad_norm)
+        return StepResult(nll=nll, target_tokens=tokens, words=words, sentences=sentences,
+                          grad_norm=self.engine.last_grad_norm)
 
     def validation_nll(self, batches) -> tuple[float, int]:
         total, tokens = 0.0, 0
         for batch in batches:
+            if self.wavefront:
+                total += self.engine.eval_wavefront(batch)
+                tokens += self._step_counts(batch)[0]
+                continue
             parts = min(self.micro, batch.step_sentences // self.replicas)
             total += float(self.engine.eval_batch(micro_batches(batch, parts, evaluation_scale(parts, self.replicas)),
                                                   num_micro_batches=parts))

@@ -29,7 +29,7 @@ import yaml
 from dist_s2s.config import Config
 from dist_s2s.data.loader import BatchLoader
 from dist_s2s.data.manifest import MANIFEST, Manifest, current_manifest
-from dist_s2s.errors import UserError
+from dist_s2s.errors import Terminated, UserError
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.progress import Progress
 from dist_s2s.train.checkpoint import (
@@ -68,10 +68,6 @@ def prepared_manifest(config: Config) -> Manifest:
         raise UserError(f"{config.data.out_dir} holds no data prepared with this data config; run `dist-s2s prepare` "
                         f"with the same --config first (pipeline ranks do not prepare data)")
     return manifest
-
-
-class Terminated(UserError):
-    """SIGTERM arrived: torchrun and the deepspeed launcher send it to every rank when one rank dies."""
 
 
 def _raise_terminated(signum, frame) -> None:
@@ -177,9 +173,9 @@ def train(config: Config, make_steps: StepsFactory = single_device_steps, *,
                               run_id=tracker.run_id)
         status = "FINISHED"
     except Terminated:
-        raise Terminated(f"rank {os.environ.get('RANK', 0)} stopped by SIGTERM at step {step + 1} (a launcher ends "
-                         f"every rank when one dies; see the other ranks' logs). Resume with --train.resume=true "
-                         f"(latest checkpoint: {checkpoints.latest()})") from None
+        raise UserError(f"rank {os.environ.get('RANK', 0)} stopped by SIGTERM at step {step + 1} (a launcher ends "
+                        f"every rank when one dies; see the other ranks' logs). Resume with --train.resume=true "
+                        f"(latest checkpoint: {checkpoints.latest()})") from None
     except RuntimeError as error:
         if steps.lost_contact(error):
             raise UserError(f"rank {os.environ.get('RANK')} lost contact with another rank at step {step + 1} "

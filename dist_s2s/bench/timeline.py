@@ -1,0 +1,102 @@
+"""One real pipeline step as the engines executed it, and the picture of it beside the simulator's.
+
+`record(engine)` makes the engine time every instruction of its next steps: the wavefront engine
+does it itself (its `timeline` list, with the time each operation waited for a message apart);
+DeepSpeed's 1F1B engine gets a timed copy of its own dispatch loop on the instance (its
+`_exec_schedule` is looked up there), where a blocking receive's time is the stage's idle time.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import MethodType
+
+COLOURS = {"forward": "#4C72B0", "backward": "#DD8452", "softmax": "#55A868", "send": "#8172B2",
+           "idle": "#DDDDDD", "step": "#333333"}
+CATEGORY = {"F": "forward", "ForwardPass": "forward", "LoadMicroBatch": "forward",
+            "B": "backward", "BackwardPass": "backward",
+            "P": "softmax", "L": "softmax", "Q": "softmax",
+            "SendActivation": "send", "SendGrad": "send", "PostReceives": "send", "WaitSends": "send",
+            "RecvActivation": "idle", "RecvGrad": "idle",
+            "ReduceGrads": "step", "OptimizerStep": "step", "ReduceTiedGrads": "step"}
+
+
+def record(engine) -> list[dict]:
+    """Start recording; the returned list fills with {kind, chunk, start, wait_s, compute_s} entries."""
+    entries: list[dict] = []
+    if hasattr(engine, "train_wavefront"):
+        engine.timeline = entries
+        return entries
+
+    def timed_exec_schedule(self, pipe_schedule):
+        self._reserve_pipe_buffers(pipe_schedule.num_pipe_buffers())
+        self.fwd_outputs = []
+        for step_cmds in pipe_schedule:
+            for cmd in step_cmds:
+                started = time.perf_counter()
+                MethodType(self._INSTRUCTION_MAP[type(cmd)], self)(**cmd.kwargs)
+                seconds = time.perf_counter() - started
+                waiting = CATEGORY.get(cmd.name) == "idle"
+                entries.append({"kind": cmd.name, "chunk": cmd.kwargs.get("buffer_id", -1), "start": started,
+                                "wait_s": seconds if waiting else 0.0, "compute_s": 0.0 if waiting else seconds})
+
+    engine._exec_schedule = MethodType(timed_exec_schedule, engine)
+    return entries
+
+
+def as_rows(entries_by_stage: list[list[dict]]) -> list[list[tuple[str, float, float]]]:
+    """Per stage, (category, start, end) bars relative to the step's first instruction; a wait is an
+    idle bar before the work it waited for."""
+    origin = min(entry["start"] for entries in entries_by_stage for entry in entries)
+    rows = []
+    for entries in entries_by_stage:
+        bars = []
+        for entry in entries:
+            start = entry["start"] - origin
+            if entry["wait_s"] > 0:
+                bars.append(("idle", start, start + entry["wait_s"]))
+            if entry["compute_s"] > 0:
+                begin = start + entry["wait_s"]
+                bars.append((CATEGORY.get(entry["kind"], "step"), begin, begin + entry["compute_s"]))
+        rows.append(bars)
+    return rows
+
+
+def simulated_rows(timeline: list[dict], stages: int) -> list[list[tuple[str, float, float]]]:
+    rows: list[list[tuple[str, float, float]]] = [[] for _ in range(stages)]
+    for entry in timeline:
+        if entry["idle_before"] > 0:
+            rows[entry["stage"]].append(("idle", entry["start"] - entry["idle_before"], entry["start"]))
+        rows[entry["stage"]].append((CATEGORY[entry["kind"]], entry["start"], entry["end"]))
+    return rows
+
+
+def plot(panels: list[tuple[str, list[list[tuple[str, float, float]]]]], path: Path) -> Path:
+    """One panel per (title, rows): one row per stage, bars coloured by what the stage was doing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    height = sum(1.0 + 0.45 * len(rows) for _, rows in panels)
+    figure, axes = plt.subplots(len(panels), 1, figsize=(11, height), squeeze=False)
+    end = max(bar[2] for _, rows in panels for row in rows for bar in row)
+    for axis, (title, rows) in zip(axes[:, 0], panels):
+        for stage, bars in enumerate(rows):
+            for category, start, stop in bars:
+                axis.broken_barh([(1000 * start, 1000 * (stop - start))], (stage - 0.4, 0.8),
+                                 facecolors=COLOURS[category], linewidth=0)
+        axis.set_yticks(range(len(rows)), [f"stage {s}" for s in range(len(rows))])
+        axis.invert_yaxis()
+        axis.set_xlim(0, 1000 * end)
+        axis.set_title(title, fontsize=10, loc="left")
+    axes[-1, 0].set_xlabel("milliseconds into the step")
+    figure.legend(handles=[Patch(color=colour, label=name) for name, colour in COLOURS.items()],
+                  loc="upper right", ncol=len(COLOURS), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

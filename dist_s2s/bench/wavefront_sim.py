@@ -1,0 +1,99 @@
+"""Predict a wavefront step from each operation's cost, measured in one process, and a link model.
+
+The step program (`parallel/wavefront.py`) is run once in this process with every stage's
+`StageOperations` and messages handed over in memory: each operation is timed alone, on the real
+batch, with the thread count a pipeline rank gets. The simulation then replays the program: an
+operation starts when its stage has finished the previous one and every message it receives has
+arrived (the sender's finish + latency + bytes ÷ bandwidth; nothing for a stage's own messages).
+The step ends when the last stage is done, plus that stage's share of the optimizer step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from dist_s2s.data.batch import Batch
+from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.parallel.placement import Placement
+from dist_s2s.parallel.wavefront import Message, Operation, step_program, time_chunks
+from dist_s2s.parallel.wavefront_operations import StageOperations, as_received, message_shape
+
+
+class LocalTransport:
+    """Messages between stages of one process: handed over in memory."""
+
+    def __init__(self):
+        self.tensors: dict[Message, torch.Tensor] = {}
+
+    def send(self, message: Message, tensor: torch.Tensor) -> None:
+        self.tensors[message] = tensor.detach()
+
+    def receive(self, message: Message) -> torch.Tensor:
+        return as_received(message, self.tensors.pop(message))
+
+
+@dataclass
+class ProgramCosts:
+    program: list[Operation]
+    seconds: list[float]
+    """Per operation, in program order."""
+    message_bytes: dict[Message, int]
+    optimizer_s: float
+    """Clipping and the SGD update of the whole model (the stages share it)."""
+    words: int
+
+
+def operation_costs(model: Seq2Seq, placement: Placement, batch: Batch, chunk_steps: int) -> ProgramCosts:
+    """Run one step's program in this process, timing every operation; then the optimizer step."""
+    chunks = time_chunks(batch.src.shape[1], batch.tgt_out.shape[1], chunk_steps)
+    program = step_program(placement, chunks)
+    transport = LocalTransport()
+    stages = [StageOperations(model, placement, stage, batch=batch, chunks=chunks,
+                              loss_scale=1 / batch.step_sentences, transport=transport)
+              for stage in range(placement.stages)]
+    model.zero_grad(set_to_none=True)
+    seconds = []
+    for op in program:
+        started = time.perf_counter()
+        stages[op.stage].run(op)
+        seconds.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    parameters = [p for p in model.parameters() if p.grad is not None]
+    torch.nn.utils.clip_grad_norm_(parameters, 5.0)
+    with torch.no_grad():
+        for parameter in parameters:
+            parameter.add_(parameter.grad, alpha=-0.7)
+    optimizer_s = time.perf_counter() - started
+    sizes = {message: 4 * _numel(message_shape(message, batch, chunks, model.config.hidden_size))
+             for op in program for message in op.sends if message.src != message.dst}
+    return ProgramCosts(program, seconds, sizes, optimizer_s, batch.words)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def simulate_program(costs: ProgramCosts, stages: int, link_bytes_per_s: float, link_latency_s: float) -> dict:
+    """Step seconds, busy share, and a timeline of (stage, kind, chunk, start, end, idle before) entries."""
+    clock = [0.0] * stages
+    arrival: dict[Message, float] = {}
+    timeline = []
+    for op, seconds in zip(costs.program, costs.seconds):
+        ready = max((arrival[m] for m in op.receives), default=0.0)
+        start = max(clock[op.stage], ready)
+        timeline.append({"stage": op.stage, "kind": op.kind, "chunk": op.chunk.index, "start": start,
+                         "end": start + seconds, "idle_before": start - clock[op.stage]})
+        clock[op.stage] = start + seconds
+        for message in op.sends:
+            transfer = 0.0 if message.src == message.dst else (
+                link_latency_s + costs.message_bytes[message] / link_bytes_per_s)
+            arrival[message] = clock[op.stage] + transfer
+    span = max(clock)
+    return {"step_s": span + costs.optimizer_s / stages, "busy_fraction": sum(costs.seconds) / (stages * span),
+            "timeline": timeline}

@@ -1,0 +1,165 @@
+"""The paper's pipeline (§3.5) as a DeepSpeed `PipeSchedule`: a wavefront over time, the batch kept whole.
+
+"Each layer of the LSTM was executed on a different GPU and communicated its activations to the
+next GPU / layer as soon as they were computed." The source and target are cut into time chunks
+of `parallel.chunk_steps` steps; while the stage of layer k works on chunk j, the stage of layer
+k + 1 works on chunk j - 1. Each stage carries its layers' (h, c) from chunk to chunk, and the
+encoder's final state of layer k starts decoder layer k (§3.2), each sentence at its own length.
+
+One step is a fixed program of operations, the same pure function of (placement, batch shape) on
+every rank, so every rank knows every message's shape without asking:
+
+    F(g, h)  forward of chunk g (encoder chunks first, then decoder chunks) through hop h, the
+             layers one stage holds; sends its output to the next hop
+    P(d, s)  stage s folds its softmax shards over decoder chunk d's top-layer states
+             (partial max / sum-exp / target logit, `SoftmaxShard`'s online log-sum-exp)
+    L(d)     the top stage combines the partials into the loss of chunk d and sends each shard
+             stage the gradient of its partials: the softmax needs no recurrence, so its forward
+             and backward run inside the LSTM's forward sweep
+    Q(d, s)  stage s back-propagates through its shards: weight gradients, and d hidden sent back
+    B(g, h)  backward of chunk g through hop h, in reverse time, carrying d(h, c) back: the
+             gradient of full backpropagation through time, never truncated
+
+The global order below is a topological order of these operations; each rank runs its own
+subsequence of it, sends without waiting and receives what it has posted in the senders' order,
+so no rank can wait on an operation that waits on it. The softmax of chunk d is placed one chunk
+behind the LSTM (after F(d + 1, ·)) so the top stage computes the next chunk while the shards work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from deepspeed.runtime.pipe.schedule import OptimizerStep, PipeInstruction, PipeSchedule, ReduceGrads
+
+from dist_s2s.parallel.placement import Placement
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Time steps [start, stop) of the source (encoder) or the target (decoder) of a batch."""
+
+    index: int
+    """Position in the step's sequence of chunks: encoder chunks 0 … E-1, then decoder chunks."""
+    decoder: bool
+    start: int
+    stop: int
+
+    @property
+    def width(self) -> int:
+        return self.stop - self.start
+
+
+def time_chunks(src_width: int, tgt_width: int, chunk_steps: int) -> list[Chunk]:
+    """The encoder's chunks over the source width, then the decoder's over the target width."""
+    chunks: list[Chunk] = []
+    for decoder, width in ((False, src_width), (True, tgt_width)):
+        for start in range(0, width, chunk_steps):
+            chunks.append(Chunk(len(chunks), decoder, start, min(start + chunk_steps, width)))
+    return chunks
+
+
+@dataclass(frozen=True)
+class Message:
+    """One tensor sent from a stage to a stage (possibly the same: then it is handed over in-process)."""
+
+    kind: str
+    """act (hop output), hidden (top-layer states of real target positions), partial (3 × N),
+    and their gradients grad_act, grad_hidden, grad_partial."""
+    chunk: int
+    src: int
+    dst: int
+    hop: int = -1
+
+
+@dataclass
+class Operation:
+    kind: str
+    """F, P, L, Q or B (module docstring)."""
+    stage: int
+    chunk: Chunk
+    hop: int = -1
+    receives: list[Message] = field(default_factory=list)
+    sends: list[Message] = field(default_factory=list)
+
+
+def step_program(placement: Placement, chunks: list[Chunk], *, backward: bool = True) -> list[Operation]:
+    """Every operation of one step, in a global topological order (module docstring)."""
+    hops = placement.hops
+    top = placement.top_stage
+    shard_stages = placement.shard_stages
+    program: list[Operation] = []
+
+    def act(chunk: Chunk, hop: int) -> Message:
+        return Message("act", chunk.index, hops[hop][0], hops[hop + 1][0], hop)
+
+    def softmax(chunk: Chunk) -> None:
+        hidden = [Message("hidden", chunk.index, top, stage) for stage in shard_stages]
+        partials = [Message("partial", chunk.index, stage, top) for stage in shard_stages]
+        program.extend(Operation("P", stage, chunk, receives=[hidden[i]], sends=[partials[i]])
+                       for i, stage in enumerate(shard_stages))
+        if not backward:
+            program.append(Operation("L", top, chunk, receives=partials))
+            return
+        grads = [Message("grad_partial", chunk.index, top, stage) for stage in shard_stages]
+        program.append(Operation("L", top, chunk, receives=partials, sends=grads))
+        program.extend(Operation("Q", stage, chunk, receives=[grads[i]],
+                                 sends=[Message("grad_hidden", chunk.index, stage, top)])
+                       for i, stage in enumerate(shard_stages))
+
+    pending = None
+    for chunk in chunks:
+        for hop, (stage, _) in enumerate(hops):
+            receives = [act(chunk, hop - 1)] if hop > 0 else []
+            sends = [act(chunk, hop)] if hop < len(hops) - 1 else []
+            if hop == len(hops) - 1 and chunk.decoder:
+                sends = [Message("hidden", chunk.index, top, stage) for stage in shard_stages]
+            program.append(Operation("F", stage, chunk, hop, receives, sends))
+        if pending is not None:
+            softmax(pending)
+        pending = chunk if chunk.decoder else None
+    softmax(pending)  # the last decoder chunk's
+    if not backward:
+        return program
+    for chunk in reversed(chunks):
+        for hop in reversed(range(len(hops))):
+            stage = hops[hop][0]
+            receives = [Message("grad_act", chunk.index, hops[hop + 1][0], stage, hop)] if hop < len(hops) - 1 else []
+            if hop == len(hops) - 1 and chunk.decoder:
+                receives = [Message("grad_hidden", chunk.index, s, top) for s in shard_stages]
+            sends = [Message("grad_act", chunk.index, stage, hops[hop - 1][0], hop - 1)] if hop > 0 else []
+            program.append(Operation("B", stage, chunk, hop, receives, sends))
+    return program
+
+
+class RunOperation(PipeInstruction):
+    """One operation of the step program (`op`), executed by `WavefrontEngine`."""
+
+
+class PostReceives(PipeInstruction):
+    """Post every receive of the step at once, in the order the senders will send."""
+
+
+class WaitSends(PipeInstruction):
+    """Wait until every tensor this stage sent has left (buffers may then be reused)."""
+
+
+class WavefrontSchedule(PipeSchedule):
+    """This stage's subsequence of the step program, then DeepSpeed's gradient reduction and
+    optimizer step (training) or nothing more (evaluation)."""
+
+    def __init__(self, program: list[Operation], stages: int, stage_id: int, *, train: bool):
+        super().__init__(micro_batches=1, stages=stages, stage_id=stage_id)
+        self.program, self.train = program, train
+
+    def steps(self):
+        yield [PostReceives()]
+        for op in self.program:
+            if op.stage == self.stage_id:
+                yield [RunOperation(op=op)]
+        yield [WaitSends()]
+        if self.train:
+            yield [ReduceGrads(), OptimizerStep()]
+
+    def num_pipe_buffers(self) -> int:
+        return 1

@@ -1,0 +1,169 @@
+"""What each operation of the wavefront's step program computes on one stage (`wavefront.py` says when).
+
+Kept apart from the engine so the same code runs two ways: one stage per process under
+`WavefrontEngine` (messages over deepspeed.comm), or every stage in one process, messages handed
+over in memory, which is how the schedule simulator measures each operation's cost.
+
+Within a stage a chunk's activations and state are leaves of the next chunk's graph (detached,
+requiring grad): the backward of chunk g returns d(h, c) of its initial state, which becomes the
+output-state gradient of chunk g - 1. Chained over all chunks that is backpropagation through the
+whole sequence, exactly as one `autograd.backward` over the unchunked model would compute it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from dist_s2s.data.batch import Batch
+from dist_s2s.data.vocab import PAD_ID
+from dist_s2s.model.layers import LSTMLayer, SoftmaxState
+from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.parallel.placement import Placement
+from dist_s2s.parallel.wavefront import Chunk, Message, Operation
+
+FORWARD_KINDS = ("act", "hidden", "partial")
+"""Messages that are activations: received as leaves that collect their gradient."""
+
+
+class Transport(Protocol):
+    def send(self, message: Message, tensor: torch.Tensor) -> None: ...
+
+    def receive(self, message: Message) -> torch.Tensor: ...
+
+
+def as_received(message: Message, tensor: torch.Tensor) -> torch.Tensor:
+    """An activation arrives as a leaf that will hold its gradient; a gradient arrives as it is."""
+    if message.kind in FORWARD_KINDS and torch.is_grad_enabled():
+        return tensor.detach().requires_grad_()
+    return tensor
+
+
+def message_shape(message: Message, batch: Batch, chunks: list[Chunk], hidden_size: int) -> tuple[int, ...]:
+    """Every rank computes every message's shape from the batch it holds: no shape exchange."""
+    chunk = chunks[message.chunk]
+    if message.kind in ("act", "grad_act"):
+        return (batch.src.shape[0], chunk.width, hidden_size)
+    tokens = int((batch.tgt_out[:, chunk.start:chunk.stop] != PAD_ID).sum())
+    if message.kind in ("hidden", "grad_hidden"):
+        return (tokens, hidden_size)
+    return (3, tokens)
+
+
+def encoder_chunk(layer: LSTMLayer, inputs: torch.Tensor, lengths: torch.Tensor,
+                  state: tuple[torch.Tensor, torch.Tensor] | None):
+    """One encoder layer over a time chunk whose per-sentence lengths may be 0 (the sentence ended in
+    an earlier chunk): those rows keep their state, so every final state is the sentence's own."""
+    running = lengths > 0
+    if bool(running.all()):
+        return layer(inputs, lengths, state)
+    rows = running.nonzero().squeeze(1)
+    batch, width, size = inputs.shape[0], inputs.shape[1], layer.lstm.hidden_size
+    if state is None:
+        zeros = inputs.new_zeros(1, batch, size)
+        state = (zeros, zeros)
+    outputs, (h, c) = layer(inputs[rows], lengths[rows], (state[0][:, rows], state[1][:, rows]))
+    full = inputs.new_zeros(batch, width, size).index_copy(0, rows, outputs)
+    return full, (state[0].index_copy(1, rows, h), state[1].index_copy(1, rows, c))
+
+
+class StageOperations:
+    """One stage's part of one step: its LSTM layers' carried state, the graphs kept for backward,
+    and the summed NLL (on the top stage)."""
+
+    def __init__(self, model: Seq2Seq, placement: Placement, stage: int, *, batch: Batch, chunks: list[Chunk],
+                 loss_scale: float, transport: Transport):
+        self.model, self.placement, self.stage, self.batch, self.chunks = model, placement, stage, batch, chunks
+        self.loss_scale, self.transport = loss_scale, transport
+        self.nll = torch.zeros((), dtype=torch.float64, device=batch.src.device)
+        self.records: dict[tuple[int, int], dict] = {}
+        self.carried: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.state_grads: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
+        self.softmax_records: dict[int, dict] = {}
+
+    def run(self, op: Operation) -> None:
+        {"F": self._forward, "P": self._softmax_partials, "L": self._softmax_loss,
+         "Q": self._softmax_backward, "B": self._backward}[op.kind](op)
+
+    def _chunk_input(self, chunk: Chunk) -> torch.Tensor:
+        if chunk.decoder:
+            return self.model.tgt_embed(self.batch.tgt_in[:, chunk.start:chunk.stop])
+        return self.model.src_embed(self.batch.src[:, chunk.start:chunk.stop])
+
+    def _forward(self, op: Operation) -> None:
+        chunk, (_, layers) = op.chunk, self.placement.hops[op.hop]
+        inputs = self.transport.receive(op.receives[0]) if op.receives else self._chunk_input(chunk)
+        lengths = (self.batch.src_lengths - chunk.start).clamp(0, chunk.width)
+        hidden, state_in, state_out = inputs, {}, {}
+        for layer in layers:
+            state_in[layer] = self.carried.get(layer)
+            if chunk.decoder:
+                hidden, state = self.model.decoder[layer](hidden, state=state_in[layer])
+            else:
+                hidden, state = encoder_chunk(self.model.encoder[layer], hidden, lengths, state_in[layer])
+            state_out[layer] = state
+            self.carried[layer] = tuple(t.detach().requires_grad_(torch.is_grad_enabled()) for t in state)
+        record = {"inputs": inputs, "state_in": state_in, "state_out": state_out, "outputs": hidden}
+        if chunk.decoder and op.hop == len(self.placement.hops) - 1:
+            real = self.batch.tgt_out[:, chunk.start:chunk.stop] != PAD_ID
+            record["outputs"] = hidden = hidden[real]
+        for message in op.sends:
+            self.transport.send(message, hidden)
+        if torch.is_grad_enabled():
+            self.records[(chunk.index, op.hop)] = record
+
+    def _targets(self, chunk: Chunk) -> torch.Tensor:
+        targets = self.batch.tgt_out[:, chunk.start:chunk.stop]
+        return targets[targets != PAD_ID]
+
+    def _softmax_partials(self, op: Operation) -> None:
+        hidden = self.transport.receive(op.receives[0])
+        state = SoftmaxState.empty(hidden[:, 0])
+        for shard in self.placement.shards[self.stage]:
+            state = self.model.softmax[shard](hidden, self._targets(op.chunk), state)
+        partial = torch.stack(tuple(state))
+        self.transport.send(op.sends[0], partial)
+        if torch.is_grad_enabled():
+            self.softmax_records[op.chunk.index] = {"hidden": hidden, "partial": partial}
+
+    def _softmax_loss(self, op: Operation) -> None:
+        """log-sum-exp over every shard's partial (max, Σ exp, target logit): the loss of one chunk."""
+        partials = [self.transport.receive(message) for message in op.receives]
+        stacked = torch.stack(partials)  # [stages, 3, N]
+        top = stacked[:, 0].max(dim=0).values
+        sum_exp = (stacked[:, 1] * torch.exp(stacked[:, 0] - top)).sum(dim=0)
+        nll = top + torch.log(sum_exp) - stacked[:, 2].sum(dim=0)
+        self.nll += nll.detach().sum().to(torch.float64)
+        if not op.sends:
+            return
+        (nll.sum() * self.loss_scale).backward()
+        for message, partial in zip(op.sends, partials):
+            self.transport.send(message, partial.grad)
+
+    def _softmax_backward(self, op: Operation) -> None:
+        record = self.softmax_records.pop(op.chunk.index)
+        torch.autograd.backward(record["partial"], self.transport.receive(op.receives[0]))
+        self.transport.send(op.sends[0], record["hidden"].grad)
+
+    def _backward(self, op: Operation) -> None:
+        chunk = op.chunk
+        record = self.records.pop((chunk.index, op.hop))
+        tensors, grads = [], []
+        if op.receives:
+            received = [self.transport.receive(message) for message in op.receives]
+            tensors.append(record["outputs"])
+            grads.append(received[0] if len(received) == 1 else torch.stack(received).sum(dim=0))
+        for layer, state in record["state_out"].items():
+            carried = self.state_grads.pop((chunk.index, layer), None)
+            if carried is not None:
+                tensors += list(state)
+                grads += list(carried)
+        if tensors:
+            torch.autograd.backward(tensors, grads)
+        for layer, state in record["state_in"].items():
+            if state is not None and chunk.index > 0:
+                self.state_grads[(chunk.index - 1, layer)] = tuple(
+                    t.grad if t.grad is not None else torch.zeros_like(t) for t in state)
+        for message in op.sends:
+            self.transport.send(message, record["inputs"].grad)
