@@ -34,7 +34,7 @@ from dist_s2s.bench.wavefront_sim import operation_costs, simulate_program
 from dist_s2s.bench.worker import real_batches
 from dist_s2s.config import load_config
 from dist_s2s.model.seq2seq import Seq2Seq
-from dist_s2s.parallel.placement import placement
+from dist_s2s.parallel.placement import placement, placement_name
 
 
 def _ping_pong(rank: int, port: int, sizes: list[int], out: str) -> None:
@@ -100,7 +100,9 @@ def predict_wavefront(model, batches, args, *, config, link) -> tuple[float, dic
     for run in runs:
         for op, seconds in zip(run.program, run.seconds):
             by_kind[f"{op.kind}@stage{op.stage}"] = by_kind.get(f"{op.kind}@stage{op.stage}", 0.0) + seconds
-    details = {"placement": config.parallel.placement, "chunk_steps": config.parallel.chunk_steps,
+    details = {"placement": placement_name(config.parallel.placement, config.model.num_layers,
+                                           config.model.softmax_shards, args.stages),
+               "chunk_steps": config.parallel.chunk_steps,
                "seconds_by_operation_and_stage": {k: round(v / len(runs), 5) for k, v in sorted(by_kind.items())},
                "optimizer_s": sum(r.optimizer_s for r in runs) / len(runs),
                "predicted_busy_fraction": round(sum(p["busy_fraction"] for p in predictions) / len(predictions), 3),
@@ -159,7 +161,7 @@ def main() -> None:
         if args.timeline:
             by_stage = [r["timeline"] for r in sorted(ranks, key=lambda r: r["stage"])]
             label = f"{args.stages} stages, {schedule}" + (
-                f" ({config.parallel.placement}, chunks of {config.parallel.chunk_steps} steps)"
+                f" ({result['placement']}, chunks of {config.parallel.chunk_steps} steps)"
                 if schedule == "wavefront" else f" ({args.micro_batches} micro-batches)")
             plot([(f"measured: {label}, one step of {args.config}", as_rows(by_stage)),
                   ("simulated: the same step from one-process costs and the measured link", simulated)],

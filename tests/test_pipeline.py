@@ -31,7 +31,7 @@ def run_pipeline(prepared, tmp_path, processes: int, *overrides: str, steps: int
 def test_pipeline_parameters_and_losses_match_the_single_device_trainer(prepared_tiny, tmp_path, stages, data, micro,
                                                                         layers, shards):
     ranks = run_pipeline(prepared_tiny, tmp_path, stages * data, f"--parallel.stages={stages}",
-                         f"--parallel.data={data}", f"--parallel.micro_batches={micro}",
+                         f"--parallel.data={data}", "--parallel.schedule=1f1b", f"--parallel.micro_batches={micro}",
                          f"--model.num_layers={layers}", f"--model.softmax_shards={shards}",
                          "--optim.max_grad_norm=1.0")
     assert sorted({r["stage"] for r in ranks}) == list(range(stages))
@@ -102,7 +102,8 @@ def test_a_two_node_job_meeting_at_127_0_0_1_matches_the_single_device_trainer(p
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1",
          "--master_addr=127.0.0.1", f"--master_port={port}", str(REPO / "tests" / "pipeline_worker.py"),
          str(tmp_path), "3", f"--data.out_dir={prepared_tiny.data.out_dir}", "--parallel.stages=2",
-         "--parallel.micro_batches=2", "--model.num_layers=2", "--model.softmax_shards=2", "--optim.max_grad_norm=1.0"],
+         "--parallel.schedule=1f1b", "--parallel.micro_batches=2", "--model.num_layers=2", "--model.softmax_shards=2",
+         "--optim.max_grad_norm=1.0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path) for rank in range(2)]
     outputs = [node.communicate(timeout=300)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]

@@ -34,6 +34,7 @@ from dist_s2s.data.manifest import MANIFEST
 from dist_s2s.device import pick_device
 from dist_s2s.errors import UserError
 from dist_s2s.parallel.pipeline_steps import bubble_fraction
+from dist_s2s.parallel.placement import placement_name
 
 REPO = Path(__file__).resolve().parents[2]
 log = logging.getLogger(__name__)
@@ -132,7 +133,8 @@ def bench(config: Config, config_path: str, *, overrides: list[str], modes: list
         flops_per_sec = lead["flops"] / lead["seconds"]
         runs.append({
             "mode": mode.kind, "label": mode.label, "stages": mode.stages, "schedule": schedule,
-            "placement": (mode.placement or config.parallel.placement) if wavefront else None,
+            "placement": placement_name(mode.placement or config.parallel.placement, config.model.num_layers,
+                                        config.model.softmax_shards, mode.stages) if wavefront else None,
             "chunk_steps": config.parallel.chunk_steps if wavefront else None,
             "micro_batches": micro if mode.stages and not wavefront else 1,
             "bubble_fraction": (round(bubble_fraction(mode.stages, micro), 3) if mode.stages and not wavefront

@@ -21,6 +21,7 @@ from dist_s2s.data.batch import Batch
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.checkpoint import stage_state
 from dist_s2s.parallel.engine import build_engine, evaluation_scale, micro_batches, training_scale
+from dist_s2s.parallel.placement import placement_name
 from dist_s2s.parallel.process_group import lost_contact
 from dist_s2s.train.checkpoint import CheckpointDir
 from dist_s2s.train.step import StepResult
@@ -48,7 +49,9 @@ class PipelineSteps:
         self.device = self.engine.device
         if self.wavefront:
             log.info("pipeline: %d stages × %d replicas, wavefront over time chunks of %d steps (%s placement)",
-                     config.parallel.stages, self.replicas, config.parallel.chunk_steps, config.parallel.placement)
+                     config.parallel.stages, self.replicas, config.parallel.chunk_steps,
+                     placement_name(config.parallel.placement, config.model.num_layers, config.model.softmax_shards,
+                                    config.parallel.stages))
         else:
             log.info("pipeline: %d stages × %d replicas, 1F1B over %d micro-batches a batch: bubble %.0f%% of "
                      "each stage's step", config.parallel.stages, self.replicas, self.micro,

@@ -19,6 +19,13 @@ from dist_s2s.parallel.stages import stage_boundaries
 PLACEMENTS = ("chain", "colocated")
 
 
+def placement_name(name: str, num_layers: int, num_shards: int, stages: int) -> str:
+    """`auto` is colocated when every stage can hold a layer pair and a shard, else chain."""
+    if name != "auto":
+        return name
+    return "colocated" if stages <= min(num_layers, num_shards) else "chain"
+
+
 @dataclass(frozen=True)
 class Placement:
     layers: tuple[tuple[int, ...], ...]
@@ -70,7 +77,8 @@ class Placement:
 
 
 def placement(name: str, num_layers: int, num_shards: int, stages: int) -> Placement:
-    """The named placement of L layer pairs and S shards on `stages` stages."""
+    """The named placement of L layer pairs and S shards on `stages` stages (`auto`: `placement_name`)."""
+    name = placement_name(name, num_layers, num_shards, stages)
     if name == "chain":
         parts = stage_boundaries(num_layers, num_shards, stages)
         units = [range(max(parts[s], 1) - 1, parts[s + 1] - 1) for s in range(stages)]  # 0-based, embeddings aside

@@ -23,7 +23,9 @@ every rank, so every rank knows every message's shape without asking:
 The global order below is a topological order of these operations; each rank runs its own
 subsequence of it, sends without waiting and receives what it has posted in the senders' order,
 so no rank can wait on an operation that waits on it. The softmax of chunk d is placed one chunk
-behind the LSTM (after F(d + 1, ·)) so the top stage computes the next chunk while the shards work.
+behind the LSTM, right after the bottom stage's F(d + 1): the shard stages then work on chunk d while
+the layers above the bottom one catch up with chunk d + 1 (simulated on multi30k, 2 co-located stages:
+busy 0.88 of the step, against 0.85 with the softmax after the top layer's F(d + 1)).
 """
 
 from __future__ import annotations
@@ -115,8 +117,8 @@ def step_program(placement: Placement, chunks: list[Chunk], *, backward: bool = 
             if hop == len(hops) - 1 and chunk.decoder:
                 sends = [Message("hidden", chunk.index, top, stage) for stage in shard_stages]
             program.append(Operation("F", stage, chunk, hop, receives, sends))
-        if pending is not None:
-            softmax(pending)
+            if hop == 0 and pending is not None:
+                softmax(pending)
         pending = chunk if chunk.decoder else None
     softmax(pending)  # the last decoder chunk's
     if not backward:
@@ -148,9 +150,9 @@ class WavefrontSchedule(PipeSchedule):
     """This stage's subsequence of the step program, then DeepSpeed's gradient reduction and
     optimizer step (training) or nothing more (evaluation)."""
 
-    def __init__(self, program: list[Operation], stages: int, stage_id: int, *, train: bool):
+    def __init__(self, program: list[Operation], stages: int, stage_id: int, *, train: bool, replicas: int):
         super().__init__(micro_batches=1, stages=stages, stage_id=stage_id)
-        self.program, self.train = program, train
+        self.program, self.train, self.replicas = program, train, replicas
 
     def steps(self):
         yield [PostReceives()]
@@ -158,8 +160,8 @@ class WavefrontSchedule(PipeSchedule):
             if op.stage == self.stage_id:
                 yield [RunOperation(op=op)]
         yield [WaitSends()]
-        if self.train:
-            yield [ReduceGrads(), OptimizerStep()]
+        if self.train:  # one replica has nothing to reduce (DeepSpeed would still copy every gradient)
+            yield [ReduceGrads(), OptimizerStep()] if self.replicas > 1 else [OptimizerStep()]
 
     def num_pipe_buffers(self) -> int:
         return 1

@@ -71,7 +71,8 @@ class WavefrontEngine(PipelineEngine):
         self.local: dict[Message, torch.Tensor] = {}
         self.received: dict[Message, tuple[torch.Tensor, object]] = {}
         self.sent: list = []
-        self._exec_schedule(WavefrontSchedule(self.program, self.num_stages, self.stage_id, train=train))
+        self._exec_schedule(WavefrontSchedule(self.program, self.num_stages, self.stage_id, train=train,
+                                              replicas=self.grid.data_parallel_size))
         total = self.operations.nll.clone()
         dist.all_reduce(total)  # only each replica's top stage holds a non-zero sum
         return float(total)

@@ -12,12 +12,12 @@ import torch
 
 
 def squared_norm(parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor:
-    """Σ ||grad||² over the parameters that have a gradient, in float64 (order-insensitive enough)."""
-    total = torch.zeros((), dtype=torch.float64)
-    for parameter in parameters:
-        if parameter.grad is not None:
-            total = total + parameter.grad.detach().double().pow(2).sum().cpu()
-    return total
+    """Σ ||grad||² over the parameters that have a gradient, each norm accumulated in float64 (exact to the
+    last bits whatever the grouping: stages sum their parts in another order than one device), on their device."""
+    norms = [torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float64) for p in parameters if p.grad is not None]
+    if not norms:
+        return torch.zeros((), dtype=torch.float64)
+    return torch.stack(norms).square().sum()
 
 
 def rescale(parameters: Iterable[torch.nn.Parameter], norm: float, max_norm: float) -> None:
