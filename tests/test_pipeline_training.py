@@ -363,6 +363,10 @@ def test_a_rank_ended_by_its_launcher_says_where_it_stopped_and_how_to_resume(pr
     workers = []
     try:
         wait_until_training(tmp_path / "run", [job])
+        deadline = time.monotonic() + 60
+        while CheckpointDir(tmp_path / "run" / "checkpoints", 3).latest() is None:  # one to resume from
+            assert time.monotonic() < deadline and job.poll() is None, "no checkpoint written"
+            time.sleep(0.2)
         workers = [worker_rank(job, rank) for rank in (0, 1)]
         os.kill(workers[victim], signal_number)
         job.wait(timeout=90)

@@ -110,12 +110,17 @@ def stage_costs(model: Seq2Seq, batches: list[Batch], stages: int, micro_batches
                 torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
                 backward[s] += time.perf_counter() - started
             count += 1
-        started = time.perf_counter()
-        parameters = [p for p in model.parameters() if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(parameters, 5.0)
-        with torch.no_grad():
-            for p in parameters:
-                p.add_(p.grad, alpha=-0.7)
-        optimizer += time.perf_counter() - started
+        optimizer += optimizer_step_s(model)
     return StageCosts([f / count for f in forward], [b / count for b in backward], [a / count for a in sent],
                       optimizer / len(batches))
+
+
+def optimizer_step_s(model: Seq2Seq) -> float:
+    """Seconds of the step after the backward: the gradient rescaled to norm 5 and the SGD update."""
+    started = time.perf_counter()
+    parameters = [p for p in model.parameters() if p.grad is not None]
+    torch.nn.utils.clip_grad_norm_(parameters, 5.0)
+    with torch.no_grad():
+        for parameter in parameters:
+            parameter.add_(parameter.grad, alpha=-0.7)
+    return time.perf_counter() - started

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dist_s2s.bench.schedule import optimizer_step_s
 from dist_s2s.data.batch import Batch
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.placement import Placement
@@ -60,13 +61,7 @@ def operation_costs(model: Seq2Seq, placement: Placement, batch: Batch, chunk_st
         started = time.perf_counter()
         stages[op.stage].run(op)
         seconds.append(time.perf_counter() - started)
-    started = time.perf_counter()
-    parameters = [p for p in model.parameters() if p.grad is not None]
-    torch.nn.utils.clip_grad_norm_(parameters, 5.0)
-    with torch.no_grad():
-        for parameter in parameters:
-            parameter.add_(parameter.grad, alpha=-0.7)
-    optimizer_s = time.perf_counter() - started
+    optimizer_s = optimizer_step_s(model)
     sizes = {message: 4 * _numel(message_shape(message, batch, chunks, model.config.hidden_size))
              for op in program for message in op.sends if message.src != message.dst}
     return ProgramCosts(program, seconds, sizes, optimizer_s, batch.words)
