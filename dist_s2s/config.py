@@ -152,6 +152,9 @@ class TrainConfig:
     """Continue from the last checkpoint in run_dir, data cursor included."""
     device: str = "auto"
     """`auto` (CUDA when available), `cpu`, or a torch device string."""
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    """Matrix products in fp32 (the paper; every exactness test), TF32 (CUDA), or bf16 (autocast; the
+    log-sum-exp, the shard fold, the loss and the gradient norm stay fp32, parameters and updates fp32)."""
 
 
 @dataclass

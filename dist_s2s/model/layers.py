@@ -86,8 +86,11 @@ class SoftmaxShard(nn.Module):
         return nn.functional.linear(hidden, self.weight, self.bias)
 
     def forward(self, hidden: torch.Tensor, targets: torch.Tensor, state: SoftmaxState) -> SoftmaxState:
-        """hidden [N, H], targets [N] (vocabulary ids) → the state with this slice folded in."""
-        logits = self.logits(hidden)
+        """hidden [N, H], targets [N] (vocabulary ids) → the state with this slice folded in.
+
+        The fold is fp32 whatever the product ran in (bf16 under autocast): exp and sums of 20,000
+        logits lose too much in bf16."""
+        logits = self.logits(hidden).float()
         max_logit = torch.maximum(state.max_logit, logits.max(dim=1).values)
         sum_exp = (state.sum_exp * torch.exp(state.max_logit - max_logit)
                    + torch.exp(logits - max_logit[:, None]).sum(dim=1))

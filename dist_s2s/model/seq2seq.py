@@ -61,7 +61,8 @@ class Seq2Seq(nn.Module):
         """
         weight = torch.cat([shard.weight for shard in self.softmax])
         bias = torch.cat([shard.bias for shard in self.softmax])
-        return nn.functional.cross_entropy(nn.functional.linear(hidden, weight, bias), targets, reduction="none")
+        logits = nn.functional.linear(hidden, weight, bias).float()  # the log-softmax in fp32 under bf16 autocast
+        return nn.functional.cross_entropy(logits, targets, reduction="none")
 
     def token_nll_by_shards(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The same, folding the softmax shards in order as pipeline stages do (online log-sum-exp)."""

@@ -25,6 +25,8 @@ from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.placement import placement
 from dist_s2s.parallel.stages import pipeline_units, stage_boundaries
 from dist_s2s.train.clipping import rescale, squared_norm
+from dist_s2s.train.precision import autocast as precision_autocast
+from dist_s2s.train.precision import configure as configure_precision
 
 
 def placed_pipeline_class():
@@ -42,6 +44,20 @@ def placed_pipeline_class():
             self._set_bounds(start=self.parts[stage], stop=self.parts[stage + 1])
 
     return PlacedPipeline
+
+
+class AutocastUnit(nn.Module):
+    """A pipeline unit whose forward runs under `train.precision`'s autocast (DeepSpeed's engine calls the
+    units itself; the backward follows the dtypes the forward chose)."""
+
+    def __init__(self, unit: nn.Module, precision: str):
+        super().__init__()
+        self.unit, self.precision = unit, precision
+
+    def forward(self, inputs):
+        device = next(t for t in inputs if torch.is_tensor(t)).device
+        with precision_autocast(self.precision, device):
+            return self.unit(inputs)
 
 
 def scaled_nll(token_nll: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -89,6 +105,8 @@ def build_engine(config: Config, model: Seq2Seq):
                            config.parallel.stages)
         order, parts = layout.unit_order()
         units = [units[index] for index in order]
+    if config.parallel.schedule == "1f1b" and config.train.precision == "bf16":
+        units = [AutocastUnit(unit, config.train.precision) for unit in units]
     module = placed_pipeline_class()(
         units, parts, num_stages=config.parallel.stages,
         loss_fn=scaled_nll,
@@ -107,7 +125,9 @@ def build_engine(config: Config, model: Seq2Seq):
                                  training_data=None, lr_scheduler=None, mpu=module.mpu(), dist_init_required=None,
                                  collate_fn=None, config=deepspeed_config(config),
                                  config_class=DeepSpeedConfig(deepspeed_config(config), module.mpu()),
-                                 seq2seq=model, placement=layout, chunk_steps=config.parallel.chunk_steps)
+                                 seq2seq=model, placement=layout, chunk_steps=config.parallel.chunk_steps,
+                                 precision=config.train.precision)
+    configure_precision(config.train.precision)
     engine.max_grad_norm = config.optim.max_grad_norm
     engine.last_grad_norm = float("nan")
     engine.clip_fp32_gradients = types.MethodType(_clip_by_global_norm, engine)

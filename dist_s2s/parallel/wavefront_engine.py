@@ -43,9 +43,10 @@ from dist_s2s.parallel.wavefront_operations import StageOperations, as_received,
 class WavefrontEngine(PipelineEngine):
     """Set up by `engine.build_engine` for `parallel.schedule: wavefront`."""
 
-    def __init__(self, *args, seq2seq: Seq2Seq, placement: Placement, chunk_steps: int, **kwargs):
+    def __init__(self, *args, seq2seq: Seq2Seq, placement: Placement, chunk_steps: int, precision: str = "fp32",
+                 **kwargs):
         super().__init__(*args, **kwargs)
-        self.model, self.placement, self.chunk_steps = seq2seq, placement, chunk_steps
+        self.model, self.placement, self.chunk_steps, self.precision = seq2seq, placement, chunk_steps, precision
         self.timeline: list[dict] | None = None
         """When a list, each instruction appends {kind, chunk, start, compute_s, wait_s}."""
 
@@ -67,7 +68,8 @@ class WavefrontEngine(PipelineEngine):
         self.chunks = time_chunks(batch.src.shape[1], batch.tgt_out.shape[1], self.chunk_steps)
         self.program = step_program(self.placement, self.chunks, backward=train)
         self.operations = StageOperations(self.model, self.placement, self.stage_id, batch=self.batch,
-                                          chunks=self.chunks, loss_scale=scale, transport=self)
+                                          chunks=self.chunks, loss_scale=scale, transport=self,
+                                          precision=self.precision)
         self.local: dict[Message, torch.Tensor] = {}
         self.received: dict[Message, tuple[torch.Tensor, object]] = {}
         self.sent: list = []

@@ -22,6 +22,7 @@ from dist_s2s.model.layers import LSTMLayer, SoftmaxState
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.placement import Placement
 from dist_s2s.parallel.wavefront import Chunk, Message, Operation
+from dist_s2s.train.precision import autocast
 
 FORWARD_KINDS = ("act", "hidden", "partial")
 """Messages that are activations: received as leaves that collect their gradient."""
@@ -73,9 +74,9 @@ class StageOperations:
     and the summed NLL (on the top stage)."""
 
     def __init__(self, model: Seq2Seq, placement: Placement, stage: int, *, batch: Batch, chunks: list[Chunk],
-                 loss_scale: float, transport: Transport):
+                 loss_scale: float, transport: Transport, precision: str = "fp32"):
         self.model, self.placement, self.stage, self.batch, self.chunks = model, placement, stage, batch, chunks
-        self.loss_scale, self.transport = loss_scale, transport
+        self.loss_scale, self.transport, self.precision = loss_scale, transport, precision
         self.nll = torch.zeros((), dtype=torch.float64, device=batch.src.device)
         self.records: dict[tuple[int, int], dict] = {}
         self.carried: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -83,8 +84,11 @@ class StageOperations:
         self.softmax_records: dict[int, dict] = {}
 
     def run(self, op: Operation) -> None:
-        {"F": self._forward, "P": self._softmax_partials, "L": self._softmax_loss,
-         "Q": self._softmax_backward, "B": self._backward}[op.kind](op)
+        if op.kind in ("F", "P"):  # forward passes run in train.precision; the backward follows their dtypes
+            with autocast(self.precision, self.batch.src.device):
+                {"F": self._forward, "P": self._softmax_partials}[op.kind](op)
+            return
+        {"L": self._softmax_loss, "Q": self._softmax_backward, "B": self._backward}[op.kind](op)
 
     def _chunk_input(self, chunk: Chunk) -> torch.Tensor:
         if chunk.decoder:
@@ -104,6 +108,7 @@ class StageOperations:
                 hidden, state = encoder_chunk(self.model.encoder[layer], hidden, lengths, state_in[layer])
             state_out[layer] = state
             self.carried[layer] = tuple(t.detach().requires_grad_(torch.is_grad_enabled()) for t in state)
+        hidden = hidden.float()  # what leaves a stage is fp32 (a no-op in fp32; the bf16 LSTM's output upcast)
         record = {"inputs": inputs, "state_in": state_in, "state_out": state_out, "outputs": hidden}
         if chunk.decoder and op.hop == len(self.placement.hops) - 1:
             real = self.batch.tgt_out[:, chunk.start:chunk.stop] != PAD_ID

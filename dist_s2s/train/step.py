@@ -19,6 +19,7 @@ from dist_s2s.data.batch import Batch
 from dist_s2s.device import pick_device
 from dist_s2s.errors import UserError
 from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.train import precision
 from dist_s2s.train.checkpoint import CheckpointDir
 from dist_s2s.train.clipping import clip_gradients
 
@@ -79,13 +80,17 @@ class SingleDeviceSteps:
         self.parameters = list(model.parameters())
         self.max_grad_norm = config.optim.max_grad_norm
         self.optimizer = torch.optim.SGD(self.parameters, lr=config.optim.lr, momentum=0.0)
+        self.precision = config.train.precision
+        precision.configure(self.precision)
+        self.probe = precision.LSTMDtypeProbe(first_lstm(model), self.precision)
 
     def train_step(self, batch: Batch, lr: float) -> StepResult:
         batch = batch.to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        nll, target_tokens = self.model(batch)
+        with precision.autocast(self.precision, self.device):
+            nll, target_tokens = self.model(batch)
         (nll / batch.step_sentences).backward()  # §3.4: the gradient divided by the batch size
         grad_norm = clip_gradients(self.parameters, self.max_grad_norm)
         self.optimizer.step()
@@ -95,7 +100,7 @@ class SingleDeviceSteps:
     def validation_nll(self, batches: Iterable[Batch]) -> tuple[float, int]:
         self.model.eval()
         total, tokens = 0.0, 0
-        with torch.no_grad():
+        with torch.no_grad(), precision.autocast(self.precision, self.device):
             for batch in batches:
                 nll, count = self.model(batch.to(self.device))
                 total += float(nll)
@@ -111,6 +116,11 @@ class SingleDeviceSteps:
 
     def close(self, finished: bool = True) -> None:
         pass
+
+
+def first_lstm(model: torch.nn.Module) -> torch.nn.Module:
+    """The first `nn.LSTM` of a model (ours or the plain baseline): where the kernel dtype is probed."""
+    return next(module for module in model.modules() if isinstance(module, torch.nn.LSTM))
 
 
 def single_device_steps(config: Config, model: Seq2Seq) -> SingleDeviceSteps:
