@@ -57,7 +57,7 @@ def main() -> None:
         optimizer.zero_grad()
         nll, _ = reference(batch)
         (nll / batch.step_sentences).backward()
-        reference_norms.append(clip_gradients(list(reference.parameters()), config.optim.max_grad_norm))
+        reference_norms.append(float(clip_gradients(list(reference.parameters()), config.optim.max_grad_norm)))
         optimizer.step()
         reference_losses.append(float(nll.detach()) / batch.step_sentences)
     names = {id(p): name for name, p in model.named_parameters()}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from test_model import make_batch, small_model
@@ -91,3 +93,14 @@ def test_a_checkpoint_in_stage_parts_reads_back_as_the_single_device_weights(tmp
         load_weights(small_model(shards=2), main, without_first)
     with pytest.raises(UserError, match=r"checkpoint .*step-00000001.pt has no softmax.0.weight: a stage part is lost"):
         model_weights(main, {"model_parts": parts[:1] + parts[2:]})
+
+
+def test_a_dead_nccl_peer_raises_in_python_unless_the_user_chose_otherwise(monkeypatch):
+    from dist_s2s.parallel.process_group import nccl_errors_raise
+
+    monkeypatch.delenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", raising=False)
+    nccl_errors_raise()
+    assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "2"
+    monkeypatch.setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    nccl_errors_raise()
+    assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"

@@ -144,3 +144,17 @@ def test_train_prepares_missing_data_and_prepares_again_when_the_data_config_cha
                           f"--train.run_dir={tmp_path / 'run2'}")
     train(changed)
     assert load_manifest(Path(config.data.out_dir)).vocab.tgt_size == 300
+
+
+def test_a_checkpoints_gpu_rng_states_are_restored_for_the_gpus_this_host_has(monkeypatch):
+    from dist_s2s.train import trainer
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: restored.append((int(state[0]), index)))
+    trainer.restore_cuda_rng([torch.tensor([7]), torch.tensor([8])])  # saved on a host with 2 GPUs
+    assert restored == [(7, 0)]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    trainer.restore_cuda_rng([torch.tensor([7])])  # no IndexError on a host without the GPU
+    assert restored == [(7, 0)]

@@ -8,11 +8,17 @@ import time
 import torch
 
 
-def matmul_rate(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of an fp32 size × size × size product on `device` with the current threads: the best of
-    `repeats`, the practical limit MFU is stated against."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+def matmul_rate(device: torch.device, *, precision: str = "fp32", size: int | None = None, repeats: int = 5) -> float:
+    """FLOP/s of a size × size × size product on `device` in `precision` (bf16 operands for bf16, TF32
+    allowed for tf32), with the current threads: the best of `repeats`, the limit MFU is stated against.
+    The default size is 2048 on a CPU and 8192 on a GPU, where a smaller product cannot fill the chip."""
+    from dist_s2s.train.precision import configure
+
+    size = size or (8192 if device.type == "cuda" else 2048)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    configure(precision)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     a @ b  # warm-up
     best = float("inf")
     for _ in range(repeats):
@@ -21,6 +27,7 @@ def matmul_rate(device: torch.device, size: int = 2048, repeats: int = 5) -> flo
         a @ b
         synchronize(device)
         best = min(best, time.perf_counter() - started)
+    configure("fp32")
     return 2 * size**3 / best
 
 

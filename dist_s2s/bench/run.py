@@ -10,8 +10,9 @@ single-device trainer step), `pipeline:S` (S DeepSpeed stages under torchrun, gl
 on GPU) under `--parallel.schedule`, or `/1f1b`, `/wavefront`, `/wavefront+colocated` for that
 mode alone; `@T` gives each process T threads (default: the cores shared evenly). Each mode runs
 in fresh processes, so peak memory is its own. Words are source + target words without padding.
-MFU = useful FLOP/s (`flops.py`) ÷ the fp32 matrix-product rate measured at the start of the
-same run on the same device (all cores of the CPU; one GPU × the GPUs used).
+MFU = useful FLOP/s (`flops.py`) ÷ the matrix-product rate of the mode's precision (fp32, TF32 or bf16;
+`/bf16` etc. sets it per mode) measured in the same run on the same device (all cores of the CPU; one
+GPU × the GPUs used).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ REPO = Path(__file__).resolve().parents[2]
 log = logging.getLogger(__name__)
 
 
+SCHEDULES, PLACEMENTS, PRECISIONS = ("1f1b", "wavefront"), ("chain", "colocated"), ("fp32", "tf32", "bf16")
+
+
 @dataclass
 class Mode:
     kind: str
@@ -49,37 +53,44 @@ class Mode:
     """Pipelines: `1f1b` or `wavefront` (None: the config's parallel.schedule)."""
     placement: str | None = None
     """Wavefront: `chain` or `colocated` (None: the config's parallel.placement)."""
+    precision: str | None = None
+    """`fp32`, `tf32` or `bf16` (None: the config's train.precision)."""
 
     @classmethod
     def parse(cls, text: str, cores: int) -> Mode:
-        """`single`, `plain`, `pipeline:4`, `single@1`, `pipeline:2@1`, `pipeline:2@1/wavefront`,
-        `pipeline:2@1/wavefront+colocated`."""
+        """`single`, `plain`, `pipeline:4`, `single@1`, `pipeline:2@1`, then optionally `/` and `+`-joined
+        variants: a schedule and placement for a pipeline, a precision for any mode
+        (`pipeline:2@1/wavefront+colocated`, `single@2/bf16`, `pipeline:2@1/wavefront+bf16`)."""
         head, _, variant = text.partition("/")
         name, _, threads = head.partition("@")
         kind, _, stages = name.partition(":")
-        schedule, _, placement = variant.partition("+")
-        if (kind not in ("plain", "single", "pipeline") or (kind == "pipeline") != bool(stages)
-                or (variant and kind != "pipeline") or schedule not in ("", "1f1b", "wavefront")
-                or placement not in ("", "chain", "colocated") or (placement and schedule != "wavefront")):
-            raise UserError(f"unknown bench mode {text!r} (plain, single, pipeline:S, each optionally @THREADS; "
-                            "a pipeline optionally /1f1b, /wavefront or /wavefront+colocated)")
+        tokens = variant.split("+") if variant else []
+        schedule = next((t for t in tokens if t in SCHEDULES), None)
+        placement = next((t for t in tokens if t in PLACEMENTS), None)
+        precision = next((t for t in tokens if t in PRECISIONS), None)
+        known = len(tokens) == sum(t is not None for t in (schedule, placement, precision))
+        if (kind not in ("plain", "single", "pipeline") or (kind == "pipeline") != bool(stages) or not known
+                or ((schedule or placement) and kind != "pipeline") or (placement and schedule != "wavefront")):
+            raise UserError(f"unknown bench mode {text!r} (plain, single, pipeline:S, each optionally @THREADS, "
+                            "then /VARIANTS joined by +: 1f1b or wavefront[+chain|+colocated] for a pipeline, "
+                            "fp32, tf32 or bf16 for any)")
         count = int(stages) if stages else 0
-        return cls(kind, count, int(threads) if threads else max(1, cores // max(1, count)), schedule or None,
-                   placement or None)
+        return cls(kind, count, int(threads) if threads else max(1, cores // max(1, count)), schedule, placement,
+                   precision)
 
     @property
     def label(self) -> str:
         label = (f"pipeline:{self.stages}" if self.kind == "pipeline" else self.kind) + f"@{self.threads}"
-        if self.schedule:
-            label += f"/{self.schedule}" + (f"+{self.placement}" if self.placement else "")
-        return label
+        variants = [v for v in (self.schedule, self.placement, self.precision) if v]
+        return label + ("/" + "+".join(variants) if variants else "")
 
     def overrides(self, config: Config) -> list[str]:
         """What the mode's processes are told beyond the user's overrides."""
+        extra = [f"--train.precision={self.precision}"] if self.precision else []
         if self.kind != "pipeline":
-            return []
+            return extra
         schedule = self.schedule or config.parallel.schedule
-        extra = [f"--parallel.stages={self.stages}", f"--parallel.schedule={schedule}"]
+        extra += [f"--parallel.stages={self.stages}", f"--parallel.schedule={schedule}"]
         if schedule == "wavefront":
             placement = self.placement or config.parallel.placement
             extra += ["--parallel.micro_batches=1", f"--parallel.placement={placement}"]
@@ -98,7 +109,7 @@ def run_mode(mode: Mode, config_path: str, *, overrides: list[str], batches: str
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                        f"--nproc_per_node={mode.stages}", *worker, *mode.overrides(config)]
         else:
-            command = [sys.executable, *worker]
+            command = [sys.executable, *worker, *mode.overrides(config)]
         env = {**os.environ, "OMP_NUM_THREADS": str(mode.threads), "TMPDIR": scratch}
         if not torch.cuda.is_available():
             env["DS_ACCELERATOR"] = "cpu"
@@ -117,7 +128,7 @@ def bench(config: Config, config_path: str, *, overrides: list[str], modes: list
     if not (Path(batches) / MANIFEST).is_file():
         raise UserError(f"no prepared data in {batches}: run `dist-s2s prepare` first, or pass --batches DIR")
     torch.set_num_threads(cores)
-    limit = matmul_rate(device)
+    limits = {"fp32": matmul_rate(device)}
     micro = config.parallel.micro_batches
     runs = []
     parsed = [Mode.parse(text, cores) for text in modes]  # every mode checked before the first runs
@@ -126,6 +137,9 @@ def bench(config: Config, config_path: str, *, overrides: list[str], modes: list
                  steps)
         ranks = run_mode(mode, config_path, overrides=overrides, batches=batches, steps=steps, warmup=warmup,
                          config=config)
+        precision = mode.precision or config.train.precision
+        if precision not in limits:  # MFU against the matrix-product rate of the precision the mode ran in
+            limits[precision] = matmul_rate(device, precision=precision)
         schedule = (mode.schedule or config.parallel.schedule) if mode.stages else None
         wavefront = schedule == "wavefront"
         lead = ranks[0]
@@ -144,7 +158,8 @@ def bench(config: Config, config_path: str, *, overrides: list[str], modes: list
             "words_per_sec": round(lead["words"] / lead["seconds"], 1),
             "sentences_per_sec": round(lead["sentences"] / lead["seconds"], 2),
             "tflops_per_sec": round(flops_per_sec / 1e12, 4),
-            "mfu": round(flops_per_sec / (limit * devices), 4),
+            "precision": precision, "matmul_tflops_per_sec": round(limits[precision] / 1e12, 4),
+            "mfu": round(flops_per_sec / (limits[precision] * devices), 4),
             "peak_mem_mb": max(r["peak_mem_mb"] for r in ranks),
             "peak_mem_mb_per_rank": [r["peak_mem_mb"] for r in ranks],
             "timed_steps": steps,
@@ -155,7 +170,7 @@ def bench(config: Config, config_path: str, *, overrides: list[str], modes: list
     result = {
         "config": config_path, "overrides": overrides, "batches": batches, "batch_size": config.train.batch_size,
         "device": device_name(device), "device_type": device.type, "cores": cores,
-        "matmul_tflops_per_sec": round(limit / 1e12, 4), "torch": torch.__version__,
+        "matmul_tflops_per_sec": round(limits["fp32"] / 1e12, 4), "torch": torch.__version__,
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                  cwd=REPO).stdout.strip() or None,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

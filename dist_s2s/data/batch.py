@@ -10,6 +10,8 @@ import torch
 
 from dist_s2s.data.vocab import PAD_ID
 
+HOST_FIELDS = ("src_lengths", "tgt_lengths", "lines")
+
 
 @dataclass
 class Batch:
@@ -54,9 +56,11 @@ class Batch:
         return [self.select(torch.arange(part, len(self), parts)) for part in range(parts)]
 
     def to(self, device: torch.device | str) -> Batch:
+        """The ids on `device`; the lengths and line numbers stay on the host, the one copy of them a batch
+        has: the encoder's packing and the step's counts read them without waiting for the device."""
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         for name, value in moved.items():
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, torch.Tensor) and name not in HOST_FIELDS:
                 moved[name] = value.to(device, non_blocking=True)
         return Batch(**moved)
 

@@ -13,6 +13,11 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """bf16 / fp16 values upcast to fp32 (where a sum or an exp needs the mantissa); fp32 and fp64 as they are."""
+    return tensor.float() if tensor.is_floating_point() and tensor.element_size() < 4 else tensor
+
+
 class LSTMLayer(nn.Module):
     """One LSTM layer on the fused kernel (cuDNN on GPU, oneDNN/native on CPU)."""
 
@@ -34,11 +39,14 @@ class LSTMLayer(nn.Module):
         """
         if lengths is None:
             return self.lstm(inputs, state)
+        # `lengths` on the host (a batch keeps them there): these reads cost no device synchronization
         shortest, longest = int(lengths.min()), int(lengths.max())
         outputs, (h, c) = self.lstm(inputs[:, :shortest], state)
         if longest > shortest:
-            running = torch.nonzero(lengths > shortest).squeeze(1)
-            rest = pack_padded_sequence(inputs[running, shortest:longest], (lengths[running] - shortest).cpu(),
+            running_rows = torch.nonzero(lengths > shortest).squeeze(1)
+            rest_lengths = (lengths[running_rows] - shortest).cpu()
+            running = running_rows.to(inputs.device, non_blocking=True)
+            rest = pack_padded_sequence(inputs[running, shortest:longest], rest_lengths,
                                         batch_first=True, enforce_sorted=False)
             rest, (rest_h, rest_c) = self.lstm(rest, (h[:, running], c[:, running]))
             rest, _ = pad_packed_sequence(rest, batch_first=True, total_length=longest - shortest)
@@ -90,7 +98,7 @@ class SoftmaxShard(nn.Module):
 
         The fold is fp32 whatever the product ran in (bf16 under autocast): exp and sums of 20,000
         logits lose too much in bf16."""
-        logits = self.logits(hidden).float()
+        logits = at_least_fp32(self.logits(hidden))
         max_logit = torch.maximum(state.max_logit, logits.max(dim=1).values)
         sum_exp = (state.sum_exp * torch.exp(state.max_logit - max_logit)
                    + torch.exp(logits - max_logit[:, None]).sum(dim=1))

@@ -142,8 +142,9 @@ def _clip_by_global_norm(engine) -> None:
     parameters = [p for p in engine.module.parameters() if not getattr(p, "ds_pipe_replicated", False)]
     squared = squared_norm(parameters).to(engine.device)
     dist.all_reduce(squared, group=engine.grid.get_pipe_parallel_group())
-    engine.last_grad_norm = float(squared.sqrt())
-    rescale(parameters, engine.last_grad_norm, engine.max_grad_norm)
+    norm = squared.sqrt()
+    rescale(parameters, norm, engine.max_grad_norm)
+    engine.last_grad_norm = float(norm)
 
 
 def _buffers_by_position_and_dtype(engine, index: int, shape, dtype):

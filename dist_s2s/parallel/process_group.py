@@ -31,6 +31,7 @@ def join_process_group(config: Config) -> None:
     can abort (SIGABRT seen here, deepspeed 0.19.8).
     """
     check_world_size(config, int(os.environ["WORLD_SIZE"]))  # before joining: a wrong count would wait, not fail
+    nccl_errors_raise()
     import deepspeed
     from deepspeed.utils import logger as deepspeed_logger
 
@@ -40,6 +41,13 @@ def join_process_group(config: Config) -> None:
     deepspeed.init_distributed(timeout=timedelta(seconds=config.parallel.timeout_s), verbose=False)
     if torch.distributed.get_rank() != 0:  # one console: rank 0's
         logging.getLogger("dist_s2s").setLevel(logging.WARNING)
+
+
+def nccl_errors_raise() -> None:
+    """A dead NCCL peer raises in Python, where the trainer turns it into the `rank R lost contact` line,
+    instead of NCCL's watchdog tearing the process down: TORCH_NCCL_ASYNC_ERROR_HANDLING=2 (CleanUpOnly:
+    abort the communicator, keep the process). A value the user set wins."""
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
 
 
 def lost_contact(error: RuntimeError) -> bool:

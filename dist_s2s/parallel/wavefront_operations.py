@@ -18,7 +18,7 @@ import torch
 
 from dist_s2s.data.batch import Batch
 from dist_s2s.data.vocab import PAD_ID
-from dist_s2s.model.layers import LSTMLayer, SoftmaxState
+from dist_s2s.model.layers import LSTMLayer, SoftmaxState, at_least_fp32
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.placement import Placement
 from dist_s2s.parallel.wavefront import Chunk, Message, Operation
@@ -108,7 +108,7 @@ class StageOperations:
                 hidden, state = encoder_chunk(self.model.encoder[layer], hidden, lengths, state_in[layer])
             state_out[layer] = state
             self.carried[layer] = tuple(t.detach().requires_grad_(torch.is_grad_enabled()) for t in state)
-        hidden = hidden.float()  # what leaves a stage is fp32 (a no-op in fp32; the bf16 LSTM's output upcast)
+        hidden = at_least_fp32(hidden)  # what leaves a stage is fp32 (the bf16 LSTM's output upcast)
         record = {"inputs": inputs, "state_in": state_in, "state_out": state_out, "outputs": hidden}
         if chunk.decoder and op.hop == len(self.placement.hops) - 1:
             real = self.batch.tgt_out[:, chunk.start:chunk.stop] != PAD_ID

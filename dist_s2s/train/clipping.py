@@ -20,17 +20,18 @@ def squared_norm(parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor:
     return torch.stack(norms).square().sum()
 
 
-def rescale(parameters: Iterable[torch.nn.Parameter], norm: float, max_norm: float) -> None:
-    """Scale every gradient by max_norm / norm when norm exceeds max_norm."""
-    if norm > max_norm:
-        scale = max_norm / norm
-        for parameter in parameters:
-            if parameter.grad is not None:
-                parameter.grad.mul_(scale)
+def rescale(parameters: Iterable[torch.nn.Parameter], norm: torch.Tensor | float, max_norm: float) -> None:
+    """Scale every gradient by max_norm / norm when norm exceeds max_norm, on the device: the factor is
+    min(1, max_norm / norm), and multiplying by exactly 1.0 leaves a gradient bit-for-bit as it was, so no
+    host has to read the norm to decide."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if grads:
+        scale = torch.clamp(max_norm / torch.as_tensor(norm, dtype=torch.float64, device=grads[0].device), max=1.0)
+        torch._foreach_mul_(grads, scale.to(grads[0].dtype))
 
 
-def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float) -> float:
-    """Rescale in place; returns the norm before rescaling (what the log reports)."""
-    norm = float(squared_norm(parameters).sqrt())
+def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Rescale in place; returns the norm before rescaling (what the log reports), a float64 device tensor."""
+    norm = squared_norm(parameters).sqrt()
     rescale(parameters, norm, max_norm)
     return norm

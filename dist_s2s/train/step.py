@@ -26,13 +26,14 @@ from dist_s2s.train.clipping import clip_gradients
 
 @dataclass
 class StepResult:
-    """Sums over the whole step (every replica's slice)."""
+    """Sums over the whole step (every replica's slice). `nll` and `grad_norm` may be device tensors: the
+    loop adds them up and reads them on the host once a log line, not once a step."""
 
-    nll: float
+    nll: float | torch.Tensor
     target_tokens: int
     words: int
     sentences: int
-    grad_norm: float
+    grad_norm: float | torch.Tensor
 
 
 @runtime_checkable
@@ -85,17 +86,18 @@ class SingleDeviceSteps:
         self.probe = precision.LSTMDtypeProbe(first_lstm(model), self.precision)
 
     def train_step(self, batch: Batch, lr: float) -> StepResult:
+        words, target_tokens = batch.words, int(batch.tgt_lengths.sum())  # host lengths: no device wait
         batch = batch.to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         with precision.autocast(self.precision, self.device):
-            nll, target_tokens = self.model(batch)
+            nll, _ = self.model(batch)
         (nll / batch.step_sentences).backward()  # §3.4: the gradient divided by the batch size
         grad_norm = clip_gradients(self.parameters, self.max_grad_norm)
         self.optimizer.step()
-        return StepResult(nll=float(nll.detach()), target_tokens=int(target_tokens), words=batch.words,
-                          sentences=len(batch), grad_norm=grad_norm)
+        return StepResult(nll=nll.detach(), target_tokens=target_tokens, words=words, sentences=len(batch),
+                          grad_norm=grad_norm)
 
     def validation_nll(self, batches: Iterable[Batch]) -> tuple[float, int]:
         self.model.eval()

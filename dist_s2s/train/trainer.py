@@ -81,10 +81,10 @@ class Window:
 
     steps: int = 0
     sentences: int = 0
-    nll: float = 0.0
+    nll: float | torch.Tensor = 0.0
     target_tokens: int = 0
     words: int = 0
-    grad_norm: float = 0.0
+    grad_norm: float | torch.Tensor = 0.0
     started: float = 0.0
 
     def add(self, result: StepResult) -> None:
@@ -119,8 +119,7 @@ def train(config: Config, make_steps: StepsFactory = single_device_steps, *,
     if resumed is not None:
         loader.load_state_dict(resumed["loader"])
         torch.set_rng_state(resumed["rng"]["torch"])
-        if torch.cuda.is_available() and resumed["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(resumed["rng"]["cuda"])
+        restore_cuda_rng(resumed["rng"].get("cuda") or [])
         step = resumed["step"]
         log.info("train: resumed at step %d, epoch %.3f", step, loader.epoch_progress)
 
@@ -204,6 +203,17 @@ def train(config: Config, make_steps: StepsFactory = single_device_steps, *,
     return summary
 
 
+def restore_cuda_rng(states: list[torch.Tensor]) -> None:
+    """The saved generator state of each GPU this host has; a checkpoint from a host with more GPUs
+    (or none) restores what fits instead of failing with an IndexError."""
+    present = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index, state in enumerate(states[:present]):
+        torch.cuda.set_rng_state(state, index)
+    if len(states) != present and (states or present):
+        log.info("train: the checkpoint holds the RNG state of %d GPUs, this host has %d: restored %d",
+                 len(states), present, min(len(states), present))
+
+
 def _on_sigterm(handler):
     """Install a SIGTERM handler and return the previous one (a no-op outside the main thread)."""
     if handler is None or threading.current_thread() is not threading.main_thread():
@@ -212,12 +222,13 @@ def _on_sigterm(handler):
 
 
 def _log_window(window: Window, step: int, *, epochs: float, lr: float, tracker) -> dict[str, float]:
+    nll, grad_norm = float(window.nll), float(window.grad_norm)  # the window's only reads of device values
     elapsed = max(time.perf_counter() - window.started, 1e-9)
     metrics = {
-        "train/loss": window.nll / window.sentences,
-        "train/ppl": math.exp(window.nll / window.target_tokens),
+        "train/loss": nll / window.sentences,
+        "train/ppl": math.exp(nll / window.target_tokens),
         "train/lr": lr,
-        "train/grad_norm": window.grad_norm / window.steps,
+        "train/grad_norm": grad_norm / window.steps,
         "train/words_per_sec": window.words / elapsed,
         "train/epoch": epochs,
     }
