@@ -63,7 +63,7 @@ def main() -> None:
     names = {id(p): name for name, p in model.named_parameters()}
     expected = dict(reference.named_parameters())
     local = [names[id(p)] for p in engine.module.parameters()]
-    difference = max(float((p - expected[names[id(p)]]).abs().max()) for p in engine.module.parameters())
+    difference = max(float((p.detach().cpu() - expected[names[id(p)]]).abs().max()) for p in engine.module.parameters())
     rank = int(os.environ["RANK"])
     from dist_s2s.parallel.checkpoint import stage_state
     from dist_s2s.train.checkpoint import write_part

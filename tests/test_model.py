@@ -162,3 +162,26 @@ def test_a_batch_of_equal_lengths_never_packs():
     outputs, (h, c) = layer(inputs, torch.tensor([5, 5]))
     expected, (expected_h, expected_c) = layer.lstm(inputs)
     assert torch.equal(outputs, expected) and torch.equal(h, expected_h) and torch.equal(c, expected_c)
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_each_side_as_one_multi_layer_lstm_call_is_the_same_model(layers):
+    """`stack_layers` (the CUDA default): one kernel call a side on the layers' own weights gives the
+    per-layer model's loss, final states and every gradient (float64; unequal lengths: the packed tail)."""
+    torch.manual_seed(0)
+    config = ModelConfig(embedding_dim=8, hidden_size=12, num_layers=layers, softmax_shards=2)
+    model = Seq2Seq(config, 37, 41).double()
+    batch = make_batch([([5, 6, 7, 8, 9], [4, 5]), ([7, 8], [6, 7, 8, 9]), ([9], [5])])
+    results = []
+    for stack in (False, True):
+        model.stack_layers = stack
+        model.zero_grad(set_to_none=True)
+        nll, _ = model(batch)
+        nll.backward()
+        states = model.encode(batch.src, batch.src_lengths)
+        results.append((nll.detach(), [t.detach() for s in states for t in s],
+                        {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (nll, states, grads), (stacked_nll, stacked_states, stacked_grads) = results
+    assert torch.allclose(nll, stacked_nll, rtol=1e-12)
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(states, stacked_states))
+    assert all(torch.allclose(grads[k], stacked_grads[k], rtol=1e-9, atol=1e-12) for k in grads)

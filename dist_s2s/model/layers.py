@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 
 def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
@@ -32,30 +32,65 @@ class LSTMLayer(nn.Module):
         With `lengths`, padded steps never touch the state, so the final (h, c) is each
         sentence's own (what the decoder starts from, §3.2). Without, every position is run;
         callers mask what lies past each length.
-
-        The steps every sentence still takes run padded, the rest packed: on CPU only padded
-        input reaches oneDNN's fused LSTM (measured 24% faster than the native kernel packed
-        input falls back to), and a bucketed batch spends ~90% of its steps in that common prefix.
         """
-        if lengths is None:
-            return self.lstm(inputs, state)
-        # `lengths` on the host (a batch keeps them there): these reads cost no device synchronization
-        shortest, longest = int(lengths.min()), int(lengths.max())
-        outputs, (h, c) = self.lstm(inputs[:, :shortest], state)
-        if longest > shortest:
-            running_rows = torch.nonzero(lengths > shortest).squeeze(1)
-            rest_lengths = (lengths[running_rows] - shortest).cpu()
-            running = running_rows.to(inputs.device, non_blocking=True)
-            rest = pack_padded_sequence(inputs[running, shortest:longest], rest_lengths,
-                                        batch_first=True, enforce_sorted=False)
-            rest, (rest_h, rest_c) = self.lstm(rest, (h[:, running], c[:, running]))
-            rest, _ = pad_packed_sequence(rest, batch_first=True, total_length=longest - shortest)
-            tail = outputs.new_zeros(len(lengths), longest - shortest, outputs.shape[2]).index_copy(0, running, rest)
-            outputs = torch.cat([outputs, tail], dim=1)
-            h, c = h.index_copy(1, running, rest_h), c.index_copy(1, running, rest_c)
-        if inputs.shape[1] > longest:  # padded wider than its longest sentence (a batch is trimmed to it)
-            outputs = nn.functional.pad(outputs, (0, 0, 0, inputs.shape[1] - longest))
-        return outputs, (h, c)
+        return over_lengths(self.lstm, inputs, lengths, state)
+
+
+def over_lengths(run, inputs: torch.Tensor, lengths: torch.Tensor | None, state):
+    """`run` (an `nn.LSTM`, or `stacked(...)`: several layers in one kernel call) over padded `inputs`,
+    each sentence to its own length.
+
+    The steps every sentence still takes run padded, the rest packed: on CPU only padded
+    input reaches oneDNN's fused LSTM (measured 24% faster than the native kernel packed
+    input falls back to), and a bucketed batch spends ~90% of its steps in that common prefix.
+    """
+    if lengths is None:
+        return run(inputs, state)
+    # `lengths` on the host (a batch keeps them there): these reads cost no device synchronization
+    shortest, longest = int(lengths.min()), int(lengths.max())
+    outputs, (h, c) = run(inputs[:, :shortest], state)
+    if longest > shortest:
+        running_rows = torch.nonzero(lengths > shortest).squeeze(1)
+        rest_lengths = (lengths[running_rows] - shortest).cpu()
+        running = running_rows.to(inputs.device, non_blocking=True)
+        rest = pack_padded_sequence(inputs[running, shortest:longest], rest_lengths,
+                                    batch_first=True, enforce_sorted=False)
+        rest, (rest_h, rest_c) = run(rest, (h[:, running], c[:, running]))
+        rest, _ = pad_packed_sequence(rest, batch_first=True, total_length=longest - shortest)
+        tail = outputs.new_zeros(len(lengths), longest - shortest, outputs.shape[2]).index_copy(0, running, rest)
+        outputs = torch.cat([outputs, tail], dim=1)
+        h, c = h.index_copy(1, running, rest_h), c.index_copy(1, running, rest_c)
+    if inputs.shape[1] > longest:  # padded wider than its longest sentence (a batch is trimmed to it)
+        outputs = nn.functional.pad(outputs, (0, 0, 0, inputs.shape[1] - longest))
+    return outputs, (h, c)
+
+
+def stacked(layers: list[LSTMLayer]):
+    """The layers as one multi-layer LSTM call on their own weights (no copy, same checkpoint format):
+    cuDNN then overlaps the layers of the stack, which separate calls cannot. States are [L, B, H]."""
+    weights = [w for layer in layers for w in layer.lstm._flat_weights]
+    size, count = layers[0].lstm.hidden_size, len(layers)
+    training = layers[0].training
+
+    def run(inputs, state):
+        packed = isinstance(inputs, PackedSequence)
+        data = inputs.data if packed else inputs
+        if state is None:
+            rows = int(inputs.batch_sizes[0]) if packed else data.shape[0]
+            zeros = data.new_zeros(count, rows, size)
+            state = (zeros, zeros)
+        if not packed:
+            outputs, h, c = torch._VF.lstm(data, state, weights, True, count, 0.0, training, False, True)
+            return outputs, (h, c)
+        order = inputs.sorted_indices
+        state = (state[0].index_select(1, order), state[1].index_select(1, order)) if order is not None else state
+        outputs, h, c = torch._VF.lstm(data, inputs.batch_sizes, state, weights, True, count, 0.0, training, False)
+        back = inputs.unsorted_indices
+        if back is not None:
+            h, c = h.index_select(1, back), c.index_select(1, back)
+        return PackedSequence(outputs, inputs.batch_sizes, inputs.sorted_indices, inputs.unsorted_indices), (h, c)
+
+    return run
 
 
 class SoftmaxState(NamedTuple):

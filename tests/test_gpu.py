@@ -1,0 +1,72 @@
+"""Checks only a GPU can make (`benchmarks/gpu_check.sh` runs them first); skipped without CUDA."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from dist_s2s.config import load_config
+from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.train.step import SingleDeviceSteps
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def gpu_steps(*overrides: str) -> SingleDeviceSteps:
+    config = load_config(None, ["--model.embedding_dim=64", "--model.hidden_size=64", "--model.num_layers=2",
+                                "--model.softmax_shards=2", "--train.device=cuda", *overrides])
+    torch.manual_seed(0)
+    return SingleDeviceSteps(config, Seq2Seq(config.model, 200, 200), torch.device("cuda"))
+
+
+def a_batch():
+    from test_wavefront import batch_of
+
+    return batch_of([9, 7, 7, 3], [5, 8, 2, 6], vocab=200)
+
+
+def test_the_lstm_runs_in_bf16_under_bf16(caplog):
+    caplog.set_level(logging.INFO)
+    steps = gpu_steps("--train.precision=bf16")
+    steps.train_step(a_batch(), 0.7)
+    assert steps.probe.dtype == torch.bfloat16, f"cuDNN ran the LSTM in {steps.probe.dtype}"
+
+
+def test_a_training_step_never_waits_for_the_device():
+    steps = gpu_steps()
+    batch = a_batch()
+    steps.train_step(batch, 0.7)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        steps.train_step(batch, 0.7)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_stages_on_two_gpus_match_one_in_fp32(prepared_tiny, tmp_path):
+    from test_pipeline import run_pipeline
+
+    for schedule in (("--parallel.schedule=wavefront",), ("--parallel.schedule=1f1b", "--parallel.micro_batches=2")):
+        ranks = run_pipeline(prepared_tiny, tmp_path, 2, "--parallel.stages=2", "--train.device=cuda", *schedule)
+        assert all(rank["max_difference"] < 1e-5 for rank in ranks), schedule
+
+
+def test_on_cuda_each_side_runs_as_one_stack_and_matches_the_layer_by_layer_model():
+    from test_model import make_batch
+
+    from dist_s2s.config import ModelConfig
+
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(embedding_dim=8, hidden_size=12, num_layers=3, softmax_shards=2), 37, 41)
+    model = model.double().cuda()
+    batch = make_batch([([5, 6, 7, 8, 9], [4, 5]), ([7, 8], [6, 7, 8, 9]), ([9], [5])]).to("cuda")
+    losses = []
+    for stack in (None, False):  # None: the CUDA default, stacked
+        model.stack_layers = stack
+        losses.append(float(model(batch)[0]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-10)
