@@ -103,4 +103,4 @@ def test_both_step_providers_satisfy_the_steps_contract(provider):
     for name in ("train_step", "validation_nll", "checkpoint_weights", "lost_contact", "close"):
         expected = list(inspect.signature(getattr(Steps, name)).parameters)
         assert list(inspect.signature(getattr(provider, name)).parameters) == expected, name
-    assert {"replica", "is_main"} <= set(Steps.__annotations__)
+    assert {"replica", "is_main", "device"} <= set(Steps.__annotations__)

@@ -106,3 +106,23 @@ def test_missing_prepared_data_says_to_run_prepare(tmp_path):
 def test_unknown_split_lists_the_known_ones(prepared_tiny):
     with pytest.raises(UserError, match="split 'test2099' is not in the prepared data .*test2016"):
         BatchLoader(prepared_tiny.data.out_dir, "test2099", 16)
+
+
+def test_reading_one_batch_ahead_feeds_the_same_batches_with_the_cursor_after_each(prepared_tiny):
+    from dist_s2s.data.feed import BatchFeed
+
+    plain, ahead = loader(prepared_tiny, batch_size=256), loader(prepared_tiny, batch_size=256)
+    per_epoch = plain.batches_per_epoch()
+    straight, early = BatchFeed(plain), BatchFeed(ahead, torch.device("cpu"))
+    try:
+        for _ in range(per_epoch + 3):  # across an epoch boundary
+            a, b = next(straight), next(early)
+            assert torch.equal(a.batch.src, b.batch.src) and a.cursor == b.cursor
+            assert (a.epoch_before, a.epoch_after) == (b.epoch_before, b.epoch_after)
+    finally:
+        early.close()
+    assert b.cursor["epoch"] == 1 and b.cursor["next_batch"] == 3
+    assert ahead.state_dict()["next_batch"] == 4, "the loader itself ran one batch ahead"
+    resumed = loader(prepared_tiny, batch_size=256)
+    resumed.load_state_dict(b.cursor)
+    assert torch.equal(next(BatchFeed(resumed)).batch.src, next(straight).batch.src), "resume continues after it"

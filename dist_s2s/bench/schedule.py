@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dist_s2s.bench.measure import synchronize
 from dist_s2s.data.batch import Batch
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.stages import pipeline_units, stage_boundaries
@@ -93,21 +94,25 @@ def stage_costs(model: Seq2Seq, batches: list[Batch], stages: int, micro_batches
                 if s:
                     x = tuple(t.detach().requires_grad_() if t.is_floating_point() else t for t in x)
                 inputs.append(x)
+                synchronize(part.src.device)
                 started = time.perf_counter()
                 for unit in units[parts[s]:parts[s + 1]]:
                     x = unit(x)
+                synchronize(part.src.device)
                 forward[s] += time.perf_counter() - started
                 outputs.append(x)
                 if s < stages - 1:
                     sent[s] += sum(t.numel() * t.element_size() for t in x)
             started = time.perf_counter()
             outputs[-1].sum().backward()
+            synchronize(part.src.device)
             backward[-1] += time.perf_counter() - started
             for s in reversed(range(stages - 1)):
                 pairs = [(o, i.grad) for o, i in zip(outputs[s], inputs[s + 1])
                          if o.is_floating_point() and i.grad is not None]
                 started = time.perf_counter()
                 torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+                synchronize(part.src.device)
                 backward[s] += time.perf_counter() - started
             count += 1
         optimizer += optimizer_step_s(model)
@@ -117,10 +122,13 @@ def stage_costs(model: Seq2Seq, batches: list[Batch], stages: int, micro_batches
 
 def optimizer_step_s(model: Seq2Seq) -> float:
     """Seconds of the step after the backward: the gradient rescaled to norm 5 and the SGD update."""
+    device = next(model.parameters()).device
+    synchronize(device)
     started = time.perf_counter()
     parameters = [p for p in model.parameters() if p.grad is not None]
     torch.nn.utils.clip_grad_norm_(parameters, 5.0)
     with torch.no_grad():
         for parameter in parameters:
             parameter.add_(parameter.grad, alpha=-0.7)
+    synchronize(device)
     return time.perf_counter() - started

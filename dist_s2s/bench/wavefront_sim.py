@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dist_s2s.bench.measure import synchronize
 from dist_s2s.bench.schedule import optimizer_step_s
 from dist_s2s.data.batch import Batch
 from dist_s2s.model.seq2seq import Seq2Seq
@@ -57,9 +58,12 @@ def operation_costs(model: Seq2Seq, placement: Placement, batch: Batch, chunk_st
               for stage in range(placement.stages)]
     model.zero_grad(set_to_none=True)
     seconds = []
+    device = batch.src.device
     for op in program:
+        synchronize(device)  # a GPU runs ahead of the host: time the operation, not its launch
         started = time.perf_counter()
         stages[op.stage].run(op)
+        synchronize(device)
         seconds.append(time.perf_counter() - started)
     optimizer_s = optimizer_step_s(model)
     sizes = {message: 4 * _numel(message_shape(message, batch, chunks, model.config.hidden_size))

@@ -55,6 +55,14 @@ class Batch:
             raise ValueError(f"cannot split a batch of {len(self)} sentences into {parts} parts")
         return [self.select(torch.arange(part, len(self), parts)) for part in range(parts)]
 
+    def pin_memory(self) -> Batch:
+        """The device-bound tensors in page-locked memory, so a copy to a GPU need not block the host."""
+        pinned = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in pinned.items():
+            if isinstance(value, torch.Tensor) and name not in HOST_FIELDS:
+                pinned[name] = value.pin_memory()
+        return Batch(**pinned)
+
     def to(self, device: torch.device | str) -> Batch:
         """The ids on `device`; the lengths and line numbers stay on the host, the one copy of them a batch
         has: the encoder's packing and the step's counts read them without waiting for the device."""

@@ -46,7 +46,7 @@ def message_shape(message: Message, batch: Batch, chunks: list[Chunk], hidden_si
     chunk = chunks[message.chunk]
     if message.kind in ("act", "grad_act"):
         return (batch.src.shape[0], chunk.width, hidden_size)
-    tokens = int((batch.tgt_out[:, chunk.start:chunk.stop] != PAD_ID).sum())
+    tokens = int((batch.tgt_lengths - chunk.start).clamp(0, chunk.width).sum())  # host lengths: no device read
     if message.kind in ("hidden", "grad_hidden"):
         return (tokens, hidden_size)
     return (3, tokens)
@@ -59,12 +59,12 @@ def encoder_chunk(layer: LSTMLayer, inputs: torch.Tensor, lengths: torch.Tensor,
     running = lengths > 0
     if bool(running.all()):
         return layer(inputs, lengths, state)
-    rows = running.nonzero().squeeze(1)
+    rows = running.nonzero().squeeze(1).to(inputs.device, non_blocking=True)
     batch, width, size = inputs.shape[0], inputs.shape[1], layer.lstm.hidden_size
     if state is None:
         zeros = inputs.new_zeros(1, batch, size)
         state = (zeros, zeros)
-    outputs, (h, c) = layer(inputs[rows], lengths[rows], (state[0][:, rows], state[1][:, rows]))
+    outputs, (h, c) = layer(inputs[rows], lengths[running], (state[0][:, rows], state[1][:, rows]))
     full = inputs.new_zeros(batch, width, size).index_copy(0, rows, outputs)
     return full, (state[0].index_copy(1, rows, h), state[1].index_copy(1, rows, c))
 

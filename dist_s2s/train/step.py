@@ -42,6 +42,8 @@ class Steps(Protocol):
 
     replica: int
     """Which data-parallel replica this process belongs to (its slice of every batch)."""
+    device: torch.device
+    """Where the steps compute (the loop prefetches batches to a CUDA device)."""
     is_main: bool
     """This process logs, tracks and writes the checkpoint file (rank 0 of a pipeline)."""
 

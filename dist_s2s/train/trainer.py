@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from dist_s2s.config import Config
+from dist_s2s.data.feed import BatchFeed
 from dist_s2s.data.loader import BatchLoader
 from dist_s2s.data.manifest import MANIFEST, Manifest, current_manifest
 from dist_s2s.errors import Terminated, UserError
@@ -138,25 +139,20 @@ def train(config: Config, make_steps: StepsFactory = single_device_steps, *,
              f"{sum(p.numel() for p in model.parameters()):,}", per_epoch, total_steps, total_steps / per_epoch, step)
 
     window = Window(started=time.perf_counter())
-    batches = iter(loader)
+    feed = BatchFeed(loader, steps.device if steps.device.type == "cuda" else None)
     summary: dict[str, Any] = {}
     status = "FAILED"
     previous_handler = _on_sigterm(_raise_terminated)
     try:
         with Progress("training", total_steps, unit="steps", done=step, show=steps.is_main, log_lines=False) as bar:
             while step < total_steps:
-                epochs_done = loader.epoch_progress
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    batches = iter(loader)
-                    continue
-                lr = learning_rate(config.optim, epochs_done)
-                window.add(steps.train_step(batch, lr))
+                fed = next(feed)
+                lr = learning_rate(config.optim, fed.epoch_before)
+                window.add(steps.train_step(fed.batch, lr))
                 step += 1
                 bar.advance()
                 if step % config.train.log_every == 0 or step == total_steps:
-                    summary.update(_log_window(window, step, epochs=loader.epoch_progress, lr=lr, tracker=tracker))
+                    summary.update(_log_window(window, step, epochs=fed.epoch_after, lr=lr, tracker=tracker))
                     window = Window(started=time.perf_counter())
                 if step % config.train.valid_every == 0 or step == total_steps:
                     validation_started = time.perf_counter()
@@ -168,7 +164,7 @@ def train(config: Config, make_steps: StepsFactory = single_device_steps, *,
                 if step % config.train.checkpoint_every == 0 or step == total_steps:
                     weights = steps.checkpoint_weights(checkpoints, step)
                     if steps.is_main:
-                        _save(checkpoints, step, weights, loader=loader, config=config, manifest=manifest,
+                        _save(checkpoints, step, weights, cursor=fed.cursor, config=config, manifest=manifest,
                               run_id=tracker.run_id)
         status = "FINISHED"
     except Terminated:
@@ -194,6 +190,7 @@ def train(config: Config, make_steps: StepsFactory = single_device_steps, *,
                 tracker.log_artifact(checkpoints.latest(), "checkpoints")
             tracker.finish(status)
             steps.close(finished=status == "FINISHED")
+            feed.close()
         finally:
             _on_sigterm(previous_handler)
     if not steps.is_main:
@@ -258,11 +255,11 @@ def _resume(config: Config, checkpoints: CheckpointDir, model: Seq2Seq, manifest
     return state
 
 
-def _save(checkpoints: CheckpointDir, step: int, weights: dict[str, Any], *, loader: BatchLoader, config: Config,
+def _save(checkpoints: CheckpointDir, step: int, weights: dict[str, Any], *, cursor: dict[str, Any], config: Config,
           manifest: Manifest, run_id: str | None) -> Path:
     return checkpoints.save(step, {
         **weights,
-        "loader": loader.state_dict(),
+        "loader": cursor,
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "compat": model_compatibility(config.model, manifest),
