@@ -119,10 +119,11 @@ def test_reading_one_batch_ahead_feeds_the_same_batches_with_the_cursor_after_ea
             a, b = next(straight), next(early)
             assert torch.equal(a.batch.src, b.batch.src) and a.cursor == b.cursor
             assert (a.epoch_before, a.epoch_after) == (b.epoch_before, b.epoch_after)
+        early.pending.result()  # the read ahead has happened
+        assert ahead.state_dict()["next_batch"] == 4, "the loader itself ran one batch ahead"
     finally:
         early.close()
     assert b.cursor["epoch"] == 1 and b.cursor["next_batch"] == 3
-    assert ahead.state_dict()["next_batch"] == 4, "the loader itself ran one batch ahead"
     resumed = loader(prepared_tiny, batch_size=256)
     resumed.load_state_dict(b.cursor)
     assert torch.equal(next(BatchFeed(resumed)).batch.src, next(straight).batch.src), "resume continues after it"
