@@ -30,8 +30,9 @@ class LSTMLayer(nn.Module):
         """inputs [B, T, I] → outputs [B, T, H] (zero past each length), final (h, c) each [1, B, H].
 
         With `lengths`, padded steps never touch the state, so the final (h, c) is each
-        sentence's own (what the decoder starts from, §3.2). Without, every position is run;
-        callers mask what lies past each length.
+        sentence's own (what the decoder starts from, §3.2); a length of 0 (a time chunk past the
+        sentence's end) leaves its state as it came. Without, every position is run; callers mask
+        what lies past each length.
         """
         return over_lengths(self.lstm, inputs, lengths, state)
 
@@ -48,6 +49,8 @@ def over_lengths(run, inputs: torch.Tensor, lengths: torch.Tensor | None, state)
         return run(inputs, state)
     # `lengths` on the host (a batch keeps them there): these reads cost no device synchronization
     shortest, longest = int(lengths.min()), int(lengths.max())
+    if shortest == 0:  # sentences already ended (a time chunk past their end): their state is kept as it is
+        return _with_ended_rows(run, inputs, lengths, state)
     outputs, (h, c) = run(inputs[:, :shortest], state)
     if longest > shortest:
         running_rows = torch.nonzero(lengths > shortest).squeeze(1)
@@ -63,6 +66,19 @@ def over_lengths(run, inputs: torch.Tensor, lengths: torch.Tensor | None, state)
     if inputs.shape[1] > longest:  # padded wider than its longest sentence (a batch is trimmed to it)
         outputs = nn.functional.pad(outputs, (0, 0, 0, inputs.shape[1] - longest))
     return outputs, (h, c)
+
+
+def _with_ended_rows(run, inputs: torch.Tensor, lengths: torch.Tensor, state):
+    """`over_lengths` on the rows that still have steps; the others output zeros and keep their state."""
+    running = lengths > 0
+    rows = torch.nonzero(running).squeeze(1).to(inputs.device, non_blocking=True)
+    kept = None if state is None else (state[0][:, rows], state[1][:, rows])
+    outputs, (h, c) = over_lengths(run, inputs[rows], lengths[running], kept)
+    if state is None:
+        zeros = h.new_zeros(h.shape[0], inputs.shape[0], h.shape[2])
+        state = (zeros, zeros)
+    full = outputs.new_zeros(inputs.shape[0], inputs.shape[1], outputs.shape[2]).index_copy(0, rows, outputs)
+    return full, (state[0].index_copy(1, rows, h), state[1].index_copy(1, rows, c))
 
 
 def stacked(layers: list[LSTMLayer]):

@@ -18,7 +18,7 @@ import torch
 
 from dist_s2s.data.batch import Batch
 from dist_s2s.data.vocab import PAD_ID
-from dist_s2s.model.layers import LSTMLayer, SoftmaxState, at_least_fp32
+from dist_s2s.model.layers import SoftmaxState, at_least_fp32
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.placement import Placement
 from dist_s2s.parallel.wavefront import Chunk, Message, Operation
@@ -50,23 +50,6 @@ def message_shape(message: Message, batch: Batch, chunks: list[Chunk], hidden_si
     if message.kind in ("hidden", "grad_hidden"):
         return (tokens, hidden_size)
     return (3, tokens)
-
-
-def encoder_chunk(layer: LSTMLayer, inputs: torch.Tensor, lengths: torch.Tensor,
-                  state: tuple[torch.Tensor, torch.Tensor] | None):
-    """One encoder layer over a time chunk whose per-sentence lengths may be 0 (the sentence ended in
-    an earlier chunk): those rows keep their state, so every final state is the sentence's own."""
-    running = lengths > 0
-    if bool(running.all()):
-        return layer(inputs, lengths, state)
-    rows = running.nonzero().squeeze(1).to(inputs.device, non_blocking=True)
-    batch, width, size = inputs.shape[0], inputs.shape[1], layer.lstm.hidden_size
-    if state is None:
-        zeros = inputs.new_zeros(1, batch, size)
-        state = (zeros, zeros)
-    outputs, (h, c) = layer(inputs[rows], lengths[running], (state[0][:, rows], state[1][:, rows]))
-    full = inputs.new_zeros(batch, width, size).index_copy(0, rows, outputs)
-    return full, (state[0].index_copy(1, rows, h), state[1].index_copy(1, rows, c))
 
 
 class StageOperations:
@@ -105,7 +88,7 @@ class StageOperations:
             if chunk.decoder:
                 hidden, state = self.model.decoder[layer](hidden, state=state_in[layer])
             else:
-                hidden, state = encoder_chunk(self.model.encoder[layer], hidden, lengths, state_in[layer])
+                hidden, state = self.model.encoder[layer](hidden, lengths, state_in[layer])
             state_out[layer] = state
             self.carried[layer] = tuple(t.detach().requires_grad_(torch.is_grad_enabled()) for t in state)
         hidden = at_least_fp32(hidden)  # what leaves a stage is fp32 (the bf16 LSTM's output upcast)
@@ -124,9 +107,9 @@ class StageOperations:
 
     def _softmax_partials(self, op: Operation) -> None:
         hidden = self.transport.receive(op.receives[0])
-        state = SoftmaxState.empty(hidden[:, 0])
+        state, targets = SoftmaxState.empty(hidden[:, 0]), self._targets(op.chunk)
         for shard in self.placement.shards[self.stage]:
-            state = self.model.softmax[shard](hidden, self._targets(op.chunk), state)
+            state = self.model.softmax[shard](hidden, targets, state)
         partial = torch.stack(tuple(state))
         self.transport.send(op.sends[0], partial)
         if torch.is_grad_enabled():
