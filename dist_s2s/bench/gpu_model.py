@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 
 from dist_s2s.bench.schedule import StageCosts, simulate
 from dist_s2s.bench.wavefront_sim import ProgramCosts, simulate_program
-from dist_s2s.parallel.placement import Placement
-from dist_s2s.parallel.wavefront import Chunk, Message, Operation, step_program
+from dist_s2s.parallel.placement import Placement, placement
+from dist_s2s.parallel.wavefront import Chunk, Message, Operation, step_program, time_chunks
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,6 @@ def _message_bytes(message: Message, shape: PaperShape, chunks: list[Chunk]) -> 
 
 
 def paper_chunks(shape: PaperShape, chunk_steps: int) -> list[Chunk]:
-    from dist_s2s.parallel.wavefront import time_chunks
-
     return time_chunks(shape.src_words, shape.tgt_words + 1, chunk_steps)
 
 
@@ -153,8 +151,6 @@ def one_f_one_b_s(shape: PaperShape, micro_batches: int, c: GpuConstants) -> flo
 
 def projection(shape: PaperShape, c: GpuConstants, *, chunk_steps: int) -> dict[str, float]:
     """Words/s of one GPU, 1F1B at M = 4 and 8, and the wavefront, on the paper's 8-GPU layout."""
-    from dist_s2s.parallel.placement import placement
-
     layout = placement("chain", shape.layers, shape.shards, shape.layers + shape.shards)
     wavefront = simulate_program(wavefront_costs(shape, layout, paper_chunks(shape, chunk_steps), c),
                                  layout.stages, c.link_bytes, c.message_s)["step_s"]

@@ -10,6 +10,7 @@ The step ends when the last stage is done, plus that stage's share of the optimi
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -66,16 +67,9 @@ def operation_costs(model: Seq2Seq, placement: Placement, batch: Batch, chunk_st
         synchronize(device)
         seconds.append(time.perf_counter() - started)
     optimizer_s = optimizer_step_s(model)
-    sizes = {message: 4 * _numel(message_shape(message, batch, chunks, model.config.hidden_size))
+    sizes = {message: 4 * math.prod(message_shape(message, batch, chunks, model.config.hidden_size))
              for op in program for message in op.sends if message.src != message.dst}
     return ProgramCosts(program, seconds, sizes, optimizer_s, batch.words)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 def simulate_program(costs: ProgramCosts, stages: int, link_bytes_per_s: float, link_latency_s: float) -> dict:

@@ -16,7 +16,6 @@ each the same one), so message shapes are known locally: no shape exchange, no `
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from types import MethodType
 
 import torch
@@ -141,12 +140,3 @@ class WavefrontEngine(PipelineEngine):
         RunOperation: _exec_run_operation,
         WaitSends: _exec_wait_sends,
     }
-
-
-def phase_times(timeline: list[dict]) -> dict[str, float]:
-    """Seconds of compute per operation kind and of waiting, summed over a recorded timeline."""
-    totals: dict[str, float] = defaultdict(float)
-    for entry in timeline:
-        totals[entry["kind"]] += entry["compute_s"]
-        totals["wait"] += entry["wait_s"]
-    return dict(totals)
