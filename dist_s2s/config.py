@@ -90,6 +90,9 @@ class ModelConfig:
     """Vocabulary slices of the output softmax (paper §3.5: 4 GPUs, 1000×20000 each)."""
     init_range: float = 0.08
     """Parameters start uniform in [-init_range, init_range] (paper §3.4)."""
+    dropout: float = 0.0
+    """Share of each LSTM layer's input and of the softmax's input dropped in training, never the
+    recurrent connections (Zaremba et al. 2014); 0 is the paper's model."""
 
 
 @dataclass
@@ -165,6 +168,9 @@ class EvalConfig:
     """Left-to-right beam width (paper §3.3: 1–12)."""
     max_length_ratio: float = 2.0
     """Stop a hypothesis at this many times the source length (plus 10)."""
+    length_penalty: float = 0.0
+    """GNMT's α (Wu et al. 2016): rank finished hypotheses by log p / ((5 + length) / 6)^α;
+    0 ranks by log p as the paper did, 1 comes close to dividing by the length."""
     batch_size: int = 64
     """Sentences decoded together."""
     after_training: bool = False
@@ -291,9 +297,12 @@ def validate(config: Config) -> None:
         if value < 5:
             raise UserError(f"config key {key} must leave room for 4 specials and a word, got {value}")
     for key, value in {"data.max_len": config.data.max_len, "data.split_seed": config.data.split_seed,
-                       "optim.decay_start_epoch": config.optim.decay_start_epoch}.items():
+                       "optim.decay_start_epoch": config.optim.decay_start_epoch,
+                       "eval.length_penalty": config.eval.length_penalty}.items():
         if value < 0:
             raise UserError(f"config key {key} must be >= 0, got {value}")
+    if not 0 <= config.model.dropout < 1:
+        raise UserError(f"config key model.dropout must be in [0, 1), got {config.model.dropout}")
     if config.train.max_steps is not None and config.train.max_steps <= 0:
         raise UserError(f"config key train.max_steps must be positive, got {config.train.max_steps}")
     units = config.model.num_layers + config.model.softmax_shards

@@ -16,6 +16,7 @@ import torch
 
 from dist_s2s.config import load_config
 from dist_s2s.data.loader import BatchLoader
+from dist_s2s.model.dropout import step_dropout
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.train.clipping import clip_gradients
 
@@ -41,21 +42,24 @@ def main() -> None:
     optimizer = torch.optim.SGD(reference.parameters(), lr=config.optim.lr)
     losses, reference_losses, norms, reference_norms, shapes, splits = [], [], [], [], [], []
     micro, replicas = config.parallel.micro_batches, config.parallel.data
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         batch = next(pipeline_batches)
         shapes.append([[part.src.shape[1], part.tgt_in.shape[1]] for part in batch.split(micro)])
         if config.parallel.schedule == "wavefront":
-            losses.append(engine.train_wavefront(batch, scale=replicas / batch.step_sentences) / batch.step_sentences)
+            losses.append(engine.train_wavefront(batch, scale=replicas / batch.step_sentences, step=step)
+                          / batch.step_sentences)
             boundaries = range(config.parallel.chunk_steps, batch.src.shape[1], config.parallel.chunk_steps)
             lengths = batch.src_lengths.tolist()
             splits.append(any(min(lengths) < b < max(lengths) for b in boundaries))
         else:
-            losses.append(float(engine.train_batch(data_iter=micro_batches(batch, micro,
-                                                                            training_scale(batch, micro, replicas)))))
+            scale = training_scale(batch, micro, replicas)
+            losses.append(float(engine.train_batch(data_iter=micro_batches(batch, micro, scale,
+                                                                            seed=config.train.seed, step=step))))
         norms.append(engine.last_grad_norm)
         batch = next(reference_batches)
         optimizer.zero_grad()
-        nll, _ = reference(batch)
+        nll, _ = reference(batch, step_dropout(config.model.dropout, batch.lines, seed=config.train.seed, step=step,
+                                               device=torch.device("cpu")))
         (nll / batch.step_sentences).backward()
         reference_norms.append(float(clip_gradients(list(reference.parameters()), config.optim.max_grad_norm)))
         optimizer.step()

@@ -31,18 +31,18 @@ def a_batch():
 def test_the_lstm_runs_in_bf16_under_bf16(caplog):
     caplog.set_level(logging.INFO)
     steps = gpu_steps("--train.precision=bf16")
-    steps.train_step(a_batch(), 0.7)
+    steps.train_step(a_batch(), 0.7, 1)
     assert steps.probe.dtype == torch.bfloat16, f"cuDNN ran the LSTM in {steps.probe.dtype}"
 
 
 def test_a_training_step_never_waits_for_the_device():
     steps = gpu_steps()
     batch = a_batch()
-    steps.train_step(batch, 0.7)
+    steps.train_step(batch, 0.7, 1)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        steps.train_step(batch, 0.7)
+        steps.train_step(batch, 0.7, 1)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 

@@ -40,9 +40,9 @@ def test_one_training_step_on_one_device_reads_nothing_from_the_device():
     torch.manual_seed(0)
     steps = SingleDeviceSteps(config, Seq2Seq(config.model, 40, 40), torch.device("cpu"))
     batch = batch_of([7, 5, 5, 2, 1], [3, 6, 1, 4, 2])  # unequal lengths: the packed tail runs too
-    steps.train_step(batch, 0.7)
+    steps.train_step(batch, 0.7, 1)
     with SyncCounter(host=[batch.src_lengths, batch.tgt_lengths, batch.lines]) as counter:
-        result = steps.train_step(batch, 0.7)
+        result = steps.train_step(batch, 0.7, 1)
     assert counter.total <= TRAIN_STEP_BUDGET, dict(counter.calls)
     assert isinstance(result.nll, torch.Tensor) and isinstance(result.grad_norm, torch.Tensor)
 

@@ -30,8 +30,9 @@ def make_batch(sentences: list[tuple[list[int], list[int]]]) -> Batch:
         src[row, :len(s)] = torch.tensor(s)
         tgt_in[row, :len(t) + 1] = torch.tensor([BOS_ID, *t])
         tgt_out[row, :len(t) + 1] = torch.tensor([*t, EOS_ID])
+    lines = torch.tensor([[0, row + 1] for row in range(len(sentences))])  # sentence i is line i + 1
     return Batch(src=src, src_lengths=torch.tensor([len(s) for s, _ in sentences]), tgt_in=tgt_in, tgt_out=tgt_out,
-                 tgt_lengths=torch.tensor([len(t) + 1 for _, t in sentences]), lines=torch.zeros(len(sentences), 2),
+                 tgt_lengths=torch.tensor([len(t) + 1 for _, t in sentences]), lines=lines,
                  step_sentences=len(sentences))
 
 

@@ -70,6 +70,24 @@ def test_the_wavefront_matches_the_single_device_trainer(prepared_tiny, tmp_path
     assert_stage_parts_merge_into_the_single_device_weights(tmp_path, [r["part"] for r in ranks if r["part"]], layers)
 
 
+@pytest.mark.parametrize("schedule, stages, data, micro", [
+    ("1f1b", 2, 1, 2),       # micro-batches: interleaved rows, each trimmed to its own longest
+    ("wavefront", 2, 1, 1),  # time chunks: each stage draws its chunk's slice of the masks
+    ("wavefront", 2, 2, 1),  # 2 replicas × 2 stages: each replica holds other rows of the batch
+])
+def test_dropout_in_a_pipeline_drops_what_one_device_drops(prepared_tiny, tmp_path, schedule, stages, data, micro):
+    ranks = run_pipeline(prepared_tiny, tmp_path, stages * data, f"--parallel.stages={stages}",
+                         f"--parallel.data={data}", f"--parallel.schedule={schedule}",
+                         f"--parallel.micro_batches={micro}", "--parallel.placement=colocated",
+                         "--parallel.chunk_steps=3", "--model.num_layers=2", "--model.softmax_shards=2",
+                         "--model.dropout=0.3")
+    for rank in ranks:
+        assert rank["max_difference"] < 1e-5, rank
+        assert rank["norms"] == pytest.approx(rank["reference_norms"], rel=1e-5)
+    last = [r for r in ranks if r["stage"] == stages - 1][0]
+    assert last["losses"] == pytest.approx(last["reference_losses"], rel=1e-5)
+
+
 def assert_lengths_varied(shapes: list[list[list[int]]], micro: int) -> None:
     """The match above covers batches of several (source, target) widths, and micro-batches of
     unequal widths within a step: a stage reading a stale or mis-shaped buffer could not match."""

@@ -74,13 +74,17 @@ def test_the_run_is_in_mlflow_with_params_metrics_and_artifacts(trained):
             "checkpoints/step-00000040.pt"} <= artifacts
 
 
-def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(prepared_tiny, tmp_path):
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(prepared_tiny, tmp_path, dropout):
+    """With dropout too: a step's masks come from (seed, step, sentence, position), not a generator's stream."""
     straight = tmp_path / "straight"
-    train(config_for(prepared_tiny, straight, "--train.max_steps=12", "--train.checkpoint_every=100"))
+    train(config_for(prepared_tiny, straight, "--train.max_steps=12", "--train.checkpoint_every=100",
+                     f"--model.dropout={dropout}"))
     stopped = tmp_path / "stopped"
-    train(config_for(prepared_tiny, stopped, "--train.max_steps=5", "--train.checkpoint_every=100"))
+    train(config_for(prepared_tiny, stopped, "--train.max_steps=5", "--train.checkpoint_every=100",
+                     f"--model.dropout={dropout}"))
     train(config_for(prepared_tiny, stopped, "--train.max_steps=12", "--train.checkpoint_every=100",
-                     "--train.resume=true"))
+                     "--train.resume=true", f"--model.dropout={dropout}"))
     expected, resumed = final_weights(straight), final_weights(stopped)
     assert expected.keys() == resumed.keys()
     assert all(torch.equal(expected[k], resumed[k]) for k in expected)

@@ -45,13 +45,13 @@ def single_device_gradients(model: Seq2Seq, batch: Batch) -> tuple[float, dict[s
     return float(nll.detach()), {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-def wavefront_gradients(model: Seq2Seq, batch: Batch, name: str, stages: int, chunk_steps: int):
+def wavefront_gradients(model: Seq2Seq, batch: Batch, name: str, stages: int, chunk_steps: int, dropout=None):
     """Every stage's operations run in this process, in the program's global order."""
     layout = placement(name, len(model.encoder), len(model.softmax), stages)
     chunks = time_chunks(batch.src.shape[1], batch.tgt_out.shape[1], chunk_steps)
     transport = LocalTransport()
     operations = [StageOperations(model, layout, stage, batch=batch, chunks=chunks,
-                                  loss_scale=1 / batch.step_sentences, transport=transport)
+                                  loss_scale=1 / batch.step_sentences, transport=transport, dropout=dropout)
                   for stage in range(stages)]
     model.zero_grad(set_to_none=True)
     for op in step_program(layout, chunks):

@@ -72,7 +72,7 @@ def main() -> None:
             entries = timeline.record(steps.engine)
         synchronize(device)
         started = time.perf_counter()
-        result = steps.train_step(batch, config.optim.lr)
+        result = steps.train_step(batch, config.optim.lr, index + 1)
         synchronize(device)
         if index >= args.warmup:
             elapsed += time.perf_counter() - started

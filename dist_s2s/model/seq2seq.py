@@ -2,7 +2,9 @@
 
 Decoder layer k starts from the final (h, c) of encoder layer k (§3.2: "the LSTM's final
 hidden state ... initialises" the decoder); the output is a plain softmax over the target
-vocabulary, computed in vocabulary shards (§3.5). No attention, no input feeding.
+vocabulary, computed in vocabulary shards (§3.5). No attention, no input feeding. Optional
+dropout on each layer's input and the softmax's (`model.dropout`, `dropout.py`), as Zaremba et
+al. (2014) later trained this model.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from torch import nn
 from dist_s2s.config import ModelConfig
 from dist_s2s.data.batch import Batch
 from dist_s2s.data.vocab import PAD_ID
+from dist_s2s.model.dropout import Dropout, input_site
 from dist_s2s.model.layers import (
     LSTMLayer,
     SoftmaxShard,
@@ -48,31 +51,43 @@ class Seq2Seq(nn.Module):
     overlaps the layers of a stack; on CPU separate calls measured as fast (oneDNN runs a stack layer
     by layer). Same weights, same checkpoint, same results (tests)."""
 
-    def _stacked(self, inputs: torch.Tensor) -> bool:
+    def _stacked(self, inputs: torch.Tensor, dropout: Dropout | None) -> bool:
+        """A stack cannot drop out between its layers with our masks: with dropout, one call a layer."""
+        if dropout is not None:
+            return False
         return inputs.is_cuda if self.stack_layers is None else self.stack_layers
 
-    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor,
+               dropout: Dropout | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The final (h, c) of each encoder layer, the decoder's initial states."""
         hidden, states = self.src_embed(src), []
-        if self._stacked(hidden):
+        if self._stacked(hidden, dropout):
             _, (h, c) = over_lengths(stacked(list(self.encoder)), hidden, src_lengths, None)
             return [(h[k:k + 1], c[k:k + 1]) for k in range(len(self.encoder))]
-        for layer in self.encoder:
+        for k, layer in enumerate(self.encoder):
+            if dropout is not None:
+                hidden = dropout(hidden, input_site("encoder", k))
             hidden, state = layer(hidden, src_lengths)
             states.append(state)
         return states
 
-    def decode(self, tgt_in: torch.Tensor, states: list[tuple[torch.Tensor, torch.Tensor]]):
-        """Top decoder layer's outputs [B, T, H] and each layer's final state."""
+    def decode(self, tgt_in: torch.Tensor, states: list[tuple[torch.Tensor, torch.Tensor]],
+               dropout: Dropout | None = None):
+        """Top decoder layer's outputs [B, T, H] (with the softmax's input dropout applied) and each
+        layer's final state."""
         hidden = self.tgt_embed(tgt_in)
-        if self._stacked(hidden):
+        if self._stacked(hidden, dropout):
             initial = (torch.cat([h for h, _ in states]), torch.cat([c for _, c in states]))
             hidden, (h, c) = stacked(list(self.decoder))(hidden, initial)
             return hidden, [(h[k:k + 1], c[k:k + 1]) for k in range(len(self.decoder))]
         finals = []
-        for layer, state in zip(self.decoder, states):
+        for k, (layer, state) in enumerate(zip(self.decoder, states)):
+            if dropout is not None:
+                hidden = dropout(hidden, input_site("decoder", k))
             hidden, final = layer(hidden, state=state)
             finals.append(final)
+        if dropout is not None:
+            hidden = dropout(hidden, input_site("decoder", len(self.decoder)))
         return hidden, finals
 
     def token_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -98,13 +113,14 @@ class Seq2Seq(nn.Module):
         """Full log-distribution over the target vocabulary [N, V] (decoding, not training)."""
         return torch.log_softmax(torch.cat([shard.logits(hidden) for shard in self.softmax], dim=-1), dim=-1)
 
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed negative log-likelihood of the batch's target words, and how many there are.
+    def forward(self, batch: Batch, dropout: Dropout | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed negative log-likelihood of the batch's target words, and how many there are; `dropout`
+        (a training step's, `dropout.step_dropout`) or none.
 
         Every position goes through the softmax and padding's NLL is zeroed, instead of selecting the
         real positions by a boolean mask (whose size the host would have to wait for); a bucketed batch
         pads ~3% of its positions."""
-        hidden, _ = self.decode(batch.tgt_in, self.encode(batch.src, batch.src_lengths))
+        hidden, _ = self.decode(batch.tgt_in, self.encode(batch.src, batch.src_lengths, dropout), dropout)
         real = batch.tgt_out != PAD_ID
         nll = self.token_nll(hidden.flatten(0, 1), batch.tgt_out.flatten()) * real.flatten()
         return nll.sum(), real.sum()

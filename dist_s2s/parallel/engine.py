@@ -21,6 +21,7 @@ from torch import nn
 
 from dist_s2s.config import Config
 from dist_s2s.data.batch import Batch
+from dist_s2s.model.dropout import row_keys
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.placement import placement
 from dist_s2s.parallel.stages import pipeline_units, stage_boundaries
@@ -126,7 +127,8 @@ def build_engine(config: Config, model: Seq2Seq):
                                  collate_fn=None, config=deepspeed_config(config),
                                  config_class=DeepSpeedConfig(deepspeed_config(config), module.mpu()),
                                  seq2seq=model, placement=layout, chunk_steps=config.parallel.chunk_steps,
-                                 precision=config.train.precision)
+                                 precision=config.train.precision, dropout=config.model.dropout,
+                                 seed=config.train.seed)
     configure_precision(config.train.precision)
     engine.max_grad_norm = config.optim.max_grad_norm
     engine.last_grad_norm = float("nan")
@@ -158,8 +160,10 @@ def _buffers_by_position_and_dtype(engine, index: int, shape, dtype):
     return buffer.flatten()[:numel].view(shape)
 
 
-def micro_batches(batch: Batch, parts: int, scale: float) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
-    """DeepSpeed's (inputs, label) per micro-batch: ids and lengths in, the loss scale as label."""
+def micro_batches(batch: Batch, parts: int, scale: float, *, seed: int = 0,
+                  step: int = 0) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+    """DeepSpeed's (inputs, label) per micro-batch: ids, lengths and the sentences' dropout keys for
+    step `step` (`model.dropout.row_keys`) in, the loss scale as label."""
     label = torch.tensor(scale, dtype=torch.float32)
     for part in batch.split(parts):
-        yield (part.src, part.src_lengths, part.tgt_in, part.tgt_out), label
+        yield (part.src, part.src_lengths, part.tgt_in, part.tgt_out, row_keys(part.lines, seed, step)), label

@@ -47,6 +47,7 @@ class PipelineSteps:
         self.stage = self.engine.stage_id
         self.is_main = torch.distributed.get_rank() == 0
         self.device = self.engine.device
+        self.seed = config.train.seed
         if self.wavefront:
             log.info("pipeline: %d stages × %d replicas, wavefront over time chunks of %d steps (%s placement)",
                      config.parallel.stages, self.replicas, config.parallel.chunk_steps,
@@ -57,14 +58,15 @@ class PipelineSteps:
                      "each stage's step", config.parallel.stages, self.replicas, self.micro,
                      100 * bubble_fraction(config.parallel.stages, self.micro))
 
-    def train_step(self, batch: Batch, lr: float) -> StepResult:
+    def train_step(self, batch: Batch, lr: float, step: int) -> StepResult:
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
         if self.wavefront:  # the same gradient: each replica's NLL × replicas / sentences, DeepSpeed averages
-            nll = self.engine.train_wavefront(batch, scale=self.replicas / batch.step_sentences)
+            nll = self.engine.train_wavefront(batch, scale=self.replicas / batch.step_sentences, step=step)
         else:
-            loss = self.engine.train_batch(data_iter=micro_batches(batch, self.micro,
-                                                                   training_scale(batch, self.micro, self.replicas)))
+            scale = training_scale(batch, self.micro, self.replicas)
+            loss = self.engine.train_batch(data_iter=micro_batches(batch, self.micro, scale, seed=self.seed,
+                                                                   step=step))
             nll = float(loss) * batch.step_sentences
         tokens, words, sentences = self._step_counts(batch)
         return StepResult(nll=nll, target_tokens=tokens, words=words, sentences=sentences,

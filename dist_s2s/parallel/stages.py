@@ -4,8 +4,8 @@ Paper §3.5: each LSTM layer on its own GPU, the softmax split over 4 more. Unit
 part holds encoder layer k *and* decoder layer k: the decoder layer starts from that encoder
 layer's final (h, c), so no recurrent state ever crosses a stage. The softmax shards follow,
 each folding its vocabulary slice into the running log-sum-exp passed along with the decoder
-output; integer tensors (lengths, targets) ride along, every float tensor passed on receives a
-gradient (DeepSpeed requires it), and tensors leave a unit contiguous (gloo requires it).
+output; integer tensors (lengths, targets, the sentences' dropout keys) ride along, every float
+tensor passed on receives a gradient (DeepSpeed requires it), and tensors leave a unit contiguous (gloo requires it).
 These wrap the model's modules (shared parameters), so a pipeline starts from the very weights
 of the single-device model.
 """
@@ -16,36 +16,47 @@ from torch import nn
 
 from dist_s2s.data.vocab import PAD_ID
 from dist_s2s.errors import UserError
+from dist_s2s.model.dropout import Dropout, input_site
 from dist_s2s.model.layers import LSTMLayer, SoftmaxShard, SoftmaxState
 from dist_s2s.model.seq2seq import Seq2Seq
 
 
 class EmbeddingStage(nn.Module):
-    """(src ids, src lengths, tgt_in ids, tgt_out ids) → embedded source and target."""
+    """(src ids, src lengths, tgt_in ids, tgt_out ids, dropout keys) → embedded source and target."""
 
     def __init__(self, src_embed: nn.Embedding, tgt_embed: nn.Embedding):
         super().__init__()
         self.src_embed, self.tgt_embed = src_embed, tgt_embed
 
     def forward(self, inputs):
-        src, src_lengths, tgt_in, tgt_out = inputs
-        return self.src_embed(src), src_lengths, self.tgt_embed(tgt_in), tgt_out
+        src, src_lengths, tgt_in, tgt_out, keys = inputs
+        return self.src_embed(src), src_lengths, self.tgt_embed(tgt_in), tgt_out, keys
 
 
 class LSTMLayerStage(nn.Module):
-    """Encoder layer k and decoder layer k; the top pair passes on the decoder output only."""
+    """Encoder layer k and decoder layer k, each input dropped out in training at `dropout` (the
+    masks keyed by the sentences' `keys`, as on one device); the top pair passes on the decoder output
+    only, its softmax-input dropout applied."""
 
-    def __init__(self, encoder_layer: LSTMLayer, decoder_layer: LSTMLayer, top: bool):
+    def __init__(self, encoder_layer: LSTMLayer, decoder_layer: LSTMLayer, *, layer: int, top: bool,
+                 dropout: float = 0.0):
         super().__init__()
-        self.encoder_layer, self.decoder_layer, self.top = encoder_layer, decoder_layer, top
+        self.encoder_layer, self.decoder_layer, self.layer, self.top = encoder_layer, decoder_layer, layer, top
+        self.dropout = dropout
 
     def forward(self, inputs):
-        src_x, src_lengths, tgt_x, tgt_out = inputs
+        src_x, src_lengths, tgt_x, tgt_out, keys = inputs
+        dropout = Dropout(self.dropout, keys) if self.training and self.dropout > 0 else None
+        if dropout is not None:
+            src_x = dropout(src_x, input_site("encoder", self.layer))
+            tgt_x = dropout(tgt_x, input_site("decoder", self.layer))
         src_h, state = self.encoder_layer(src_x, src_lengths)
         tgt_h, _ = self.decoder_layer(tgt_x, state=state)
         if self.top:  # nothing reads the top encoder outputs: they would get no gradient
+            if dropout is not None:
+                tgt_h = dropout(tgt_h, input_site("decoder", self.layer + 1))
             return tgt_h.contiguous(), tgt_out
-        return src_h.contiguous(), src_lengths, tgt_h.contiguous(), tgt_out
+        return src_h.contiguous(), src_lengths, tgt_h.contiguous(), tgt_out, keys
 
 
 class SoftmaxShardStage(nn.Module):
@@ -76,7 +87,8 @@ def pipeline_units(model: Seq2Seq) -> list[nn.Module]:
     shards = len(model.softmax)
     return [
         EmbeddingStage(model.src_embed, model.tgt_embed),
-        *[LSTMLayerStage(model.encoder[k], model.decoder[k], top=k == layers - 1) for k in range(layers)],
+        *[LSTMLayerStage(model.encoder[k], model.decoder[k], layer=k, top=k == layers - 1,
+                         dropout=model.config.dropout) for k in range(layers)],
         *[SoftmaxShardStage(model.softmax[s], first=s == 0, last=s == shards - 1) for s in range(shards)],
     ]
 

@@ -24,6 +24,7 @@ from deepspeed.runtime.pipe.engine import PipelineEngine
 from deepspeed.runtime.pipe.schedule import OptimizerStep, ReduceGrads
 
 from dist_s2s.data.batch import Batch
+from dist_s2s.model.dropout import Dropout, step_dropout
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.placement import Placement
 from dist_s2s.parallel.wavefront import (
@@ -43,18 +44,21 @@ class WavefrontEngine(PipelineEngine):
     """Set up by `engine.build_engine` for `parallel.schedule: wavefront`."""
 
     def __init__(self, *args, seq2seq: Seq2Seq, placement: Placement, chunk_steps: int, precision: str = "fp32",
-                 **kwargs):
+                 dropout: float = 0.0, seed: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.model, self.placement, self.chunk_steps, self.precision = seq2seq, placement, chunk_steps, precision
+        self.dropout, self.seed = dropout, seed
         self.timeline: list[dict] | None = None
         """When a list, each instruction appends {kind, chunk, start, compute_s, wait_s}."""
 
     # --- the step -------------------------------------------------------------------------------------
-    def train_wavefront(self, batch: Batch, scale: float) -> float:
-        """One optimizer step on this replica's `batch`; every token's NLL is scaled by `scale` in the
-        loss (replicas / sentences of the step). Returns the step's summed NLL over all replicas."""
+    def train_wavefront(self, batch: Batch, scale: float, step: int = 0) -> float:
+        """Optimizer step `step` (its number keys the dropout masks) on this replica's `batch`; every
+        token's NLL is scaled by `scale` in the loss (replicas / sentences of the step). Returns the
+        step's summed NLL over all replicas."""
         self.module.train()
-        return self._run(batch, scale, train=True)
+        dropout = step_dropout(self.dropout, batch.lines, seed=self.seed, step=step, device=self.device)
+        return self._run(batch, scale, train=True, dropout=dropout)
 
     def eval_wavefront(self, batch: Batch) -> float:
         """Summed NLL of the batch (all replicas), no gradients."""
@@ -62,13 +66,13 @@ class WavefrontEngine(PipelineEngine):
         with torch.no_grad():
             return self._run(batch, 1.0, train=False)
 
-    def _run(self, batch: Batch, scale: float, *, train: bool) -> float:
+    def _run(self, batch: Batch, scale: float, *, train: bool, dropout: Dropout | None = None) -> float:
         self.batch = batch.to(self.device)
         self.chunks = time_chunks(batch.src.shape[1], batch.tgt_out.shape[1], self.chunk_steps)
         self.program = step_program(self.placement, self.chunks, backward=train)
         self.operations = StageOperations(self.model, self.placement, self.stage_id, batch=self.batch,
                                           chunks=self.chunks, loss_scale=scale, transport=self,
-                                          precision=self.precision)
+                                          precision=self.precision, dropout=dropout)
         self.local: dict[Message, torch.Tensor] = {}
         self.received: dict[Message, tuple[torch.Tensor, object]] = {}
         self.sent: list = []

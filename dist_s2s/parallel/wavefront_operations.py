@@ -18,6 +18,7 @@ import torch
 
 from dist_s2s.data.batch import Batch
 from dist_s2s.data.vocab import PAD_ID
+from dist_s2s.model.dropout import Dropout, input_site
 from dist_s2s.model.layers import SoftmaxState, at_least_fp32
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.placement import Placement
@@ -57,9 +58,12 @@ class StageOperations:
     and the summed NLL (on the top stage)."""
 
     def __init__(self, model: Seq2Seq, placement: Placement, stage: int, *, batch: Batch, chunks: list[Chunk],
-                 loss_scale: float, transport: Transport, precision: str = "fp32"):
+                 loss_scale: float, transport: Transport, precision: str = "fp32", dropout: Dropout | None = None):
         self.model, self.placement, self.stage, self.batch, self.chunks = model, placement, stage, batch, chunks
         self.loss_scale, self.transport, self.precision = loss_scale, transport, precision
+        self.dropout = dropout
+        """The step's dropout (None: none, or not training); its masks are keyed by position, so a chunk
+        draws its own slice of the masks one device draws for the whole batch."""
         self.nll = torch.zeros((), dtype=torch.float64, device=batch.src.device)
         self.records: dict[tuple[int, int], dict] = {}
         self.carried: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -83,17 +87,23 @@ class StageOperations:
         inputs = self.transport.receive(op.receives[0]) if op.receives else self._chunk_input(chunk)
         lengths = (self.batch.src_lengths - chunk.start).clamp(0, chunk.width)
         hidden, state_in, state_out = inputs, {}, {}
+        side = "decoder" if chunk.decoder else "encoder"
         for layer in layers:
             state_in[layer] = self.carried.get(layer)
+            if self.dropout is not None:
+                hidden = self.dropout(hidden, input_site(side, layer), chunk.start)
             if chunk.decoder:
                 hidden, state = self.model.decoder[layer](hidden, state=state_in[layer])
             else:
                 hidden, state = self.model.encoder[layer](hidden, lengths, state_in[layer])
             state_out[layer] = state
             self.carried[layer] = tuple(t.detach().requires_grad_(torch.is_grad_enabled()) for t in state)
+        top = op.hop == len(self.placement.hops) - 1
+        if chunk.decoder and top and self.dropout is not None:  # the softmax's input, in the LSTM's dtype
+            hidden = self.dropout(hidden, input_site("decoder", len(self.model.decoder)), chunk.start)
         hidden = at_least_fp32(hidden)  # what leaves a stage is fp32 (the bf16 LSTM's output upcast)
         record = {"inputs": inputs, "state_in": state_in, "state_out": state_out, "outputs": hidden}
-        if chunk.decoder and op.hop == len(self.placement.hops) - 1:
+        if chunk.decoder and top:
             real = self.batch.tgt_out[:, chunk.start:chunk.stop] != PAD_ID
             record["outputs"] = hidden = hidden[real]
         for message in op.sends:

@@ -18,6 +18,7 @@ from dist_s2s.config import Config
 from dist_s2s.data.batch import Batch
 from dist_s2s.device import pick_device
 from dist_s2s.errors import UserError
+from dist_s2s.model.dropout import step_dropout
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.train import precision
 from dist_s2s.train.checkpoint import CheckpointDir
@@ -47,8 +48,9 @@ class Steps(Protocol):
     is_main: bool
     """This process logs, tracks and writes the checkpoint file (rank 0 of a pipeline)."""
 
-    def train_step(self, batch: Batch, lr: float) -> StepResult:
-        """One optimizer step on `batch` (this replica's slice) at rate `lr`; sums over all replicas."""
+    def train_step(self, batch: Batch, lr: float, step: int) -> StepResult:
+        """Optimizer step number `step` (1-based; with train.seed it keys the dropout masks) on `batch`
+        (this replica's slice) at rate `lr`; sums over all replicas."""
         ...
 
     def validation_nll(self, batches: Iterable[Batch]) -> tuple[float, int]:
@@ -84,17 +86,19 @@ class SingleDeviceSteps:
         self.max_grad_norm = config.optim.max_grad_norm
         self.optimizer = torch.optim.SGD(self.parameters, lr=config.optim.lr, momentum=0.0)
         self.precision = config.train.precision
+        self.dropout, self.seed = config.model.dropout, config.train.seed
         precision.configure(self.precision)
         self.probe = precision.LSTMDtypeProbe(first_lstm(model), self.precision)
 
-    def train_step(self, batch: Batch, lr: float) -> StepResult:
+    def train_step(self, batch: Batch, lr: float, step: int) -> StepResult:
         words, target_tokens = batch.words, int(batch.tgt_lengths.sum())  # host lengths: no device wait
+        dropout = step_dropout(self.dropout, batch.lines, seed=self.seed, step=step, device=self.device)
         batch = batch.to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         with precision.autocast(self.precision, self.device):
-            nll, _ = self.model(batch)
+            nll, _ = self.model(batch, dropout)
         (nll / batch.step_sentences).backward()  # §3.4: the gradient divided by the batch size
         grad_norm = clip_gradients(self.parameters, self.max_grad_norm)
         self.optimizer.step()

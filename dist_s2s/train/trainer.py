@@ -148,8 +148,8 @@ def train(config: Config, make_steps: StepsFactory = single_device_steps, *,
             while step < total_steps:
                 fed = next(feed)
                 lr = learning_rate(config.optim, fed.epoch_before)
-                window.add(steps.train_step(fed.batch, lr))
                 step += 1
+                window.add(steps.train_step(fed.batch, lr, step))
                 bar.advance()
                 if step % config.train.log_every == 0 or step == total_steps:
                     summary.update(_log_window(window, step, epochs=fed.epoch_after, lr=lr, tracker=tracker))
