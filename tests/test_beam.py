@@ -48,6 +48,26 @@ def test_a_beam_as_wide_as_the_search_space_finds_the_most_probable_sequences_ex
         assert [h.score for h in found[sentence]] == pytest.approx([score for score, _ in exact], abs=1e-4)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_length_penalty_ranks_by_gnmts_normalized_score_exactly_and_favours_longer_outputs(seed):
+    """α = 2: the full search returns the sequences with the best log p / ((5 + |Y|) / 6), |Y| counting </s>."""
+    model = peaky_model(seed, tgt_vocab=7)
+    words, max_words, alpha = [UNK_ID, 4, 5, 6], 3, 2.0
+    space = [seq for n in range(max_words + 1) for seq in itertools.product(words, repeat=n)]
+    width = len(words) ** max_words * len(words)
+    plain = beam_search(Ensemble([model]), SOURCES, LENGTHS, beam=width, max_length_ratio=0.0, nbest=5,
+                        extra_words=max_words)
+    found = beam_search(Ensemble([model]), SOURCES, LENGTHS, beam=width, max_length_ratio=0.0, nbest=5,
+                        extra_words=max_words, length_penalty=alpha)
+    for sentence in range(len(SOURCES)):
+        scored = [(sequence_log_prob(model, SOURCES[sentence], LENGTHS[sentence], seq), seq) for seq in space]
+        exact = sorted(((score / ((5 + len(seq) + 1) / 6) ** alpha, seq) for score, seq in scored), reverse=True)[:5]
+        assert [tuple(h.tokens) for h in found[sentence]] == [seq for _, seq in exact]
+        assert [h.ranking for h in found[sentence]] == pytest.approx([ranking for ranking, _ in exact], abs=1e-4)
+    words = [sum(len(h.tokens) for hypotheses in result for h in hypotheses) for result in (found, plain)]
+    assert words[0] > words[1], "the n-best lists hold longer outputs"
+
+
 @torch.no_grad()
 def greedy(model: Seq2Seq, src: torch.Tensor, length: torch.Tensor, max_words: int) -> list[int]:
     states = model.encode(src[None], length[None])

@@ -104,7 +104,8 @@ class Translator:
                 for row, index in enumerate(chunk):
                     src[row, :len(sources[index])] = torch.tensor(sources[index])
                 found = beam_search(self.ensemble, src.to(self.device), lengths.to(self.device), beam,
-                                    max_length_ratio=self.config.eval.max_length_ratio, nbest=nbest)
+                                    max_length_ratio=self.config.eval.max_length_ratio, nbest=nbest,
+                                    length_penalty=self.config.eval.length_penalty)
                 for index, hypotheses in zip(chunk, found):
                     results[index] = [self._text(h) for h in hypotheses]
                 bar.advance(len(chunk))
