@@ -3,9 +3,9 @@
 Budgets, stated: one single-device training step reads nothing from the device (0): the lengths
 stay on the host with the batch, the loss is taken over every position with padding zeroed instead
 of a boolean mask, the gradient norm and its clipping stay on the device, and the loop reads the
-loss and the norm once a log line. Beam search still keeps its bookkeeping (finished hypotheses,
-the stop test) on the host: its budget records today's count as a ceiling until that moves to the
-device.
+loss and the norm once a log line. Beam search reads one flag a decoder step (are all sentences
+done?) and its results once at the end (5 reads): its bookkeeping (complete hypotheses, scores, the
+stop test) stays on the device. Before: 13.8 reads a step (124 over 9 steps).
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.train.step import SingleDeviceSteps
 
 TRAIN_STEP_BUDGET = 0
-BEAM_STEP_BUDGET = 14
-"""Per decoder step of a 4-sentence search at beam 4 (measured: 13.8, 124 reads over 9 steps)."""
+BEAM_STEP_BUDGET = 1
+"""Per decoder step of a search: the stop test's flag."""
+BEAM_RESULT_READS = 5
+"""Once a search: the complete hypotheses' rankings, scores, lengths, words and member scores."""
 
 
 def test_the_counter_counts_device_reads_and_not_host_tensors():
@@ -47,7 +49,7 @@ def test_one_training_step_on_one_device_reads_nothing_from_the_device():
     assert isinstance(result.nll, torch.Tensor) and isinstance(result.grad_norm, torch.Tensor)
 
 
-def test_one_beam_search_step_stays_within_its_budget(monkeypatch):
+def test_a_beam_search_reads_one_flag_a_step_and_its_results_once(monkeypatch):
     torch.manual_seed(0)
     model = Seq2Seq(ModelConfig(embedding_dim=8, hidden_size=8, num_layers=2, softmax_shards=2), 40, 40).eval()
     batch = batch_of([6, 5, 4, 2], [1, 1, 1, 1])
@@ -57,4 +59,5 @@ def test_one_beam_search_step_stays_within_its_budget(monkeypatch):
     with torch.no_grad(), SyncCounter(host=[batch.src_lengths]) as counter:
         beam.beam_search(beam.Ensemble([model]), batch.src, batch.src_lengths, 4, max_length_ratio=1.0,
                          extra_words=2)
-    assert calls and counter.total / len(calls) <= BEAM_STEP_BUDGET, (dict(counter.calls), len(calls))
+    assert calls and counter.total <= BEAM_STEP_BUDGET * len(calls) + BEAM_RESULT_READS, (dict(counter.calls),
+                                                                                            len(calls))

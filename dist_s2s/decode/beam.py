@@ -74,35 +74,40 @@ def beam_search(ensemble: Ensemble, src: torch.Tensor, src_lengths: torch.Tensor
     """The `nbest` best translations of each sentence of the batch, best first (by `Hypothesis.ranking`).
 
     A hypothesis has at most `max_length_ratio × source length + extra_words` words; at that
-    length only </s> may follow.
+    length only </s> may follow. `src_lengths` on the host (as a batch keeps them). The bookkeeping
+    stays on the device: each sentence's `nbest` best complete hypotheses are kept in tensors, merged
+    with each step's completions by one top-k, and the host reads one flag a step (all done?) and
+    the results once at the end.
     """
     if not 1 <= nbest <= beam:
         raise ValueError(f"nbest must be between 1 and the beam size {beam}, got {nbest}")
     sentences, members = src.shape[0], len(ensemble.models)
     device = src.device
+    limits = [int(length * max_length_ratio) + extra_words for length in src_lengths.tolist()]
+    longest = max(limits)
+    max_words = torch.tensor(limits, device=device)
     rows = torch.arange(sentences, device=device).repeat_interleave(beam)
     states = _select(ensemble.encode(src, src_lengths), rows)
-    max_words = (src_lengths.to(device).double() * max_length_ratio).long() + extra_words
-    limits = max_words.tolist()
-    limit_normalizer = length_normalizer(max_words + 1, length_penalty)
     scores = torch.full((sentences, beam), float("-inf"), device=device)
     scores[:, 0] = 0.0
     member_scores = torch.zeros(members, sentences, beam, device=device)
-    prefixes = torch.empty(sentences * beam, 0, dtype=torch.long, device=device)
+    prefixes = torch.full((sentences * beam, longest + 1), PAD_ID, dtype=torch.long, device=device)
     tokens = torch.full((sentences * beam,), BOS_ID, dtype=torch.long, device=device)
-    finished: list[list[Hypothesis]] = [[] for _ in range(sentences)]
-    done = [False] * sentences
+    best = _Complete.empty(sentences, nbest, members, longest + 1, device)
+    done = torch.zeros(sentences, dtype=torch.bool, device=device)
+    best_possible = length_normalizer(max_words + 1, length_penalty)  # what a live score s can reach: s / this
+    vocabulary_ids, banned = None, None
 
-    for length in range(int(max_words.max()) + 1):
+    for length in range(longest + 1):
         log_probs, per_member, states = ensemble.step(tokens, states)
         vocab = log_probs.shape[-1]
-        log_probs[:, PAD_ID] = float("-inf")
-        log_probs[:, BOS_ID] = float("-inf")
+        if vocabulary_ids is None:
+            vocabulary_ids = torch.arange(vocab, device=device)
+            banned = (vocabulary_ids == PAD_ID) | (vocabulary_ids == BOS_ID)
         at_limit = (length >= max_words).repeat_interleave(beam)
-        log_probs[at_limit] = torch.where(torch.arange(vocab, device=device) == EOS_ID, log_probs[at_limit],
-                                          torch.tensor(float("-inf"), device=device))
+        log_probs = log_probs.masked_fill(banned | (at_limit[:, None] & (vocabulary_ids != EOS_ID)), float("-inf"))
         candidates = (scores[:, :, None] + log_probs.view(sentences, beam, vocab)).view(sentences, -1)
-        candidates.masked_fill_(torch.tensor(done, device=device)[:, None], float("-inf"))
+        candidates.masked_fill_(done[:, None], float("-inf"))
         top_scores, top = candidates.topk(min(2 * beam, beam * vocab), dim=1)
         origin, word = top // vocab, top % vocab
         ending = word == EOS_ID
@@ -111,11 +116,8 @@ def beam_search(ensemble: Ensemble, src: torch.Tensor, src_lengths: torch.Tensor
 
         # Complete: </s> among the first `beam` candidates, with a finite score.
         completing = ending & (torch.arange(top.shape[1], device=device) < beam) & torch.isfinite(top_scores)
-        ranked = top_scores / length_normalizer(length + 1, length_penalty)
-        for sentence, position in completing.nonzero().tolist():
-            finished[sentence].append(Hypothesis(
-                tokens=prefixes[origin_rows[sentence, position]].tolist(), score=float(top_scores[sentence, position]),
-                model_scores=member_totals[:, sentence, position].tolist(), ranking=float(ranked[sentence, position])))
+        ranking = (top_scores / length_normalizer(length + 1, length_penalty)).masked_fill(~completing, float("-inf"))
+        best = best.merged(ranking, top_scores, member_totals, prefixes[origin_rows], length)
 
         # Live: the best `beam` candidates that do not end.
         order = (ending.long() * top.shape[1] + torch.arange(top.shape[1], device=device)).argsort(dim=1)[:, :beam]
@@ -123,17 +125,58 @@ def beam_search(ensemble: Ensemble, src: torch.Tensor, src_lengths: torch.Tensor
         member_scores = member_totals.gather(2, order.expand(members, -1, -1))
         chosen_rows = origin_rows.gather(1, order).flatten()
         tokens = word.gather(1, order).flatten()
-        prefixes = torch.cat([prefixes[chosen_rows], tokens[:, None]], dim=1)
+        prefixes = prefixes[chosen_rows]
+        prefixes[:, length] = tokens
         states = _select(states, chosen_rows)
 
-        best_live = (scores.max(dim=1).values / limit_normalizer).tolist()  # the best a live one can reach
-        for sentence in range(sentences):
-            if done[sentence]:
-                continue
-            complete = sorted(h.ranking for h in finished[sentence])
-            settled = len(complete) >= nbest and best_live[sentence] < complete[-nbest]
-            if settled or length >= limits[sentence]:
-                done[sentence] = True
-        if all(done):
+        settled = best.ranking[:, nbest - 1] > scores.max(dim=1).values / best_possible
+        done |= settled | (length >= max_words)
+        if bool(done.all()):  # the one read a step
             break
-    return [sorted(hypotheses, key=lambda h: -h.ranking)[:nbest] for hypotheses in finished]
+    return best.hypotheses()
+
+
+@dataclass
+class _Complete:
+    """Each sentence's `nbest` best complete hypotheses so far, best first, as device tensors."""
+
+    ranking: torch.Tensor
+    """[S, N] what they are ranked by (-inf: none yet)."""
+    score: torch.Tensor
+    """[S, N] their summed log-probabilities."""
+    member_scores: torch.Tensor
+    """[M, S, N] each ensemble member's."""
+    tokens: torch.Tensor
+    """[S, N, W] their words, padded."""
+    words: torch.Tensor
+    """[S, N] how many words each has."""
+
+    @classmethod
+    def empty(cls, sentences: int, nbest: int, members: int, width: int, device: torch.device) -> _Complete:
+        return cls(torch.full((sentences, nbest), float("-inf"), device=device),
+                   torch.zeros(sentences, nbest, device=device), torch.zeros(members, sentences, nbest, device=device),
+                   torch.full((sentences, nbest, width), PAD_ID, dtype=torch.long, device=device),
+                   torch.zeros(sentences, nbest, dtype=torch.long, device=device))
+
+    def merged(self, ranking: torch.Tensor, score: torch.Tensor, member_scores: torch.Tensor, tokens: torch.Tensor,
+               words: int) -> _Complete:
+        """The best `nbest` of these and a step's completions (-inf ranking: not complete), earlier ones
+        first among equals."""
+        all_ranking = torch.cat([self.ranking, ranking], dim=1)
+        keep = torch.argsort(-all_ranking, dim=1, stable=True)[:, :self.ranking.shape[1]]  # a few dozen columns
+        new_words = torch.full_like(score, words, dtype=torch.long)
+        member_keep = keep.expand(member_scores.shape[0], -1, -1)
+        width = self.tokens.shape[2]
+        return _Complete(all_ranking.gather(1, keep), torch.cat([self.score, score], dim=1).gather(1, keep),
+                         torch.cat([self.member_scores, member_scores], dim=2).gather(2, member_keep),
+                         torch.cat([self.tokens, tokens], dim=1).gather(1, keep[:, :, None].expand(-1, -1, width)),
+                         torch.cat([self.words, new_words], dim=1).gather(1, keep))
+
+    def hypotheses(self) -> list[list[Hypothesis]]:
+        """Read once: the complete hypotheses of every sentence, best first."""
+        ranking, score, words = self.ranking.tolist(), self.score.tolist(), self.words.tolist()
+        tokens, members = self.tokens.tolist(), self.member_scores.permute(1, 2, 0).tolist()
+        return [[Hypothesis(tokens=tokens[s][n][:words[s][n]], score=score[s][n], model_scores=members[s][n],
+                            ranking=ranking[s][n]) for n in range(len(ranking[s])) if ranking[s][n] > float("-inf")]
+                for s in range(len(ranking))]
+

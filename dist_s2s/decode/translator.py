@@ -103,7 +103,7 @@ class Translator:
                 src = torch.full((len(chunk), int(lengths.max())), PAD_ID, dtype=torch.long)
                 for row, index in enumerate(chunk):
                     src[row, :len(sources[index])] = torch.tensor(sources[index])
-                found = beam_search(self.ensemble, src.to(self.device), lengths.to(self.device), beam,
+                found = beam_search(self.ensemble, src.to(self.device), lengths, beam,
                                     max_length_ratio=self.config.eval.max_length_ratio, nbest=nbest,
                                     length_penalty=self.config.eval.length_penalty)
                 for index, hypotheses in zip(chunk, found):
