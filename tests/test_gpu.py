@@ -35,8 +35,9 @@ def test_the_lstm_runs_in_bf16_under_bf16(caplog):
     assert steps.probe.dtype == torch.bfloat16, f"cuDNN ran the LSTM in {steps.probe.dtype}"
 
 
-def test_a_training_step_never_waits_for_the_device():
-    steps = gpu_steps()
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_a_training_step_never_waits_for_the_device(dropout):
+    steps = gpu_steps(f"--model.dropout={dropout}")
     batch = a_batch()
     steps.train_step(batch, 0.7, 1)
     torch.cuda.synchronize()
@@ -45,6 +46,29 @@ def test_a_training_step_never_waits_for_the_device():
         steps.train_step(batch, 0.7, 1)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_a_beam_search_waits_for_the_device_once_a_step_and_once_for_its_results():
+    import warnings
+
+    from dist_s2s.decode.beam import Ensemble, beam_search
+
+    torch.manual_seed(0)
+    config = load_config(None, ["--model.embedding_dim=16", "--model.hidden_size=16", "--model.num_layers=2"])
+    model = Seq2Seq(config.model, 200, 200).cuda().eval()
+    batch = a_batch()
+    src = batch.src.cuda()
+    beam_search(Ensemble([model]), src, batch.src_lengths, 4)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            found = beam_search(Ensemble([model]), src, batch.src_lengths, 4)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    decoder_steps = int(batch.src_lengths.max()) * 2 + 10 + 1  # at most: every sentence to its length limit
+    assert found and len(caught) <= decoder_steps + 5, [str(w.message)[:80] for w in caught[:10]]
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
