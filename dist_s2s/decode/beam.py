@@ -93,7 +93,7 @@ def beam_search(ensemble: Ensemble, src: torch.Tensor, src_lengths: torch.Tensor
     member_scores = torch.zeros(members, sentences, beam, device=device)
     prefixes = torch.full((sentences * beam, longest + 1), PAD_ID, dtype=torch.long, device=device)
     tokens = torch.full((sentences * beam,), BOS_ID, dtype=torch.long, device=device)
-    best = _Complete.empty(sentences, nbest, members, longest + 1, device)
+    best = _Complete.empty(sentences, nbest, members=members, width=longest + 1, device=device)
     done = torch.zeros(sentences, dtype=torch.bool, device=device)
     best_possible = length_normalizer(max_words + 1, length_penalty)  # what a live score s can reach: s / this
     vocabulary_ids, banned = None, None
@@ -117,7 +117,7 @@ def beam_search(ensemble: Ensemble, src: torch.Tensor, src_lengths: torch.Tensor
         # Complete: </s> among the first `beam` candidates, with a finite score.
         completing = ending & (torch.arange(top.shape[1], device=device) < beam) & torch.isfinite(top_scores)
         ranking = (top_scores / length_normalizer(length + 1, length_penalty)).masked_fill(~completing, float("-inf"))
-        best = best.merged(ranking, top_scores, member_totals, prefixes[origin_rows], length)
+        best = best.merged(ranking, top_scores, member_scores=member_totals, tokens=prefixes[origin_rows], words=length)
 
         # Live: the best `beam` candidates that do not end.
         order = (ending.long() * top.shape[1] + torch.arange(top.shape[1], device=device)).argsort(dim=1)[:, :beam]
@@ -152,14 +152,14 @@ class _Complete:
     """[S, N] how many words each has."""
 
     @classmethod
-    def empty(cls, sentences: int, nbest: int, members: int, width: int, device: torch.device) -> _Complete:
+    def empty(cls, sentences: int, nbest: int, *, members: int, width: int, device: torch.device) -> _Complete:
         return cls(torch.full((sentences, nbest), float("-inf"), device=device),
                    torch.zeros(sentences, nbest, device=device), torch.zeros(members, sentences, nbest, device=device),
                    torch.full((sentences, nbest, width), PAD_ID, dtype=torch.long, device=device),
                    torch.zeros(sentences, nbest, dtype=torch.long, device=device))
 
-    def merged(self, ranking: torch.Tensor, score: torch.Tensor, member_scores: torch.Tensor, tokens: torch.Tensor,
-               words: int) -> _Complete:
+    def merged(self, ranking: torch.Tensor, score: torch.Tensor, *, member_scores: torch.Tensor,
+               tokens: torch.Tensor, words: int) -> _Complete:
         """The best `nbest` of these and a step's completions (-inf ranking: not complete), earlier ones
         first among equals."""
         all_ranking = torch.cat([self.ranking, ranking], dim=1)
