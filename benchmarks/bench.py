@@ -1,6 +1,6 @@
 """The benchmark script: the same as `dist-s2s bench` (see `dist_s2s/bench/run.py` for the modes).
 
-    DS_ACCELERATOR=cpu .venv/bin/python benchmarks/bench.py --config configs/multi30k.yaml \\
+    DS_ACCELERATOR=cpu .venv/bin/python benchmarks/bench.py --config configs/multi30k-paper.yaml \\
         --parallel.micro_batches=4 --mode plain single single@1 pipeline:1 pipeline:2@1 \\
         --output benchmarks/results/bench-cpu-multi30k.json
     .venv/bin/python benchmarks/readme_table.py      # then refresh the table in docs/benchmarks.md

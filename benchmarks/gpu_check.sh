@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY=true
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 .venv/bin/python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), torch.cuda.get_device_name())"
 timeout 240 .venv/bin/python -m pytest -q -m gpu tests/test_gpu.py || echo "gpu_check: GPU tests FAILED (above)"
-[ -f runs/data/multi30k/manifest.json ] || .venv/bin/dist-s2s prepare --config configs/multi30k.yaml
+[ -f runs/data/multi30k/manifest.json ] || .venv/bin/dist-s2s prepare --config configs/multi30k-paper.yaml
 name=$(.venv/bin/python -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower())")
 timeout 300 .venv/bin/dist-s2s bench --config configs/paper.yaml --batches runs/data/multi30k \
     --mode single/fp32 single/tf32 single/bf16 --steps 5 --warmup 2 \

@@ -1,8 +1,8 @@
 """The schedule simulators (`dist_s2s/bench/schedule.py` for 1F1B, `wavefront_sim.py`): validated here.
 
-    DS_ACCELERATOR=cpu .venv/bin/python benchmarks/pipeline_simulator.py --config configs/multi30k.yaml \
+    DS_ACCELERATOR=cpu .venv/bin/python benchmarks/pipeline_simulator.py --config configs/multi30k-paper.yaml \
         --stages 2 --micro-batches 4 --output benchmarks/results/simulator-cpu-multi30k.json
-    DS_ACCELERATOR=cpu .venv/bin/python benchmarks/pipeline_simulator.py --config configs/multi30k.yaml \
+    DS_ACCELERATOR=cpu .venv/bin/python benchmarks/pipeline_simulator.py --config configs/multi30k-paper.yaml \
         --stages 2 --parallel.schedule=wavefront --parallel.placement=colocated --timeline docs/timeline-wavefront.png
     .venv/bin/python benchmarks/pipeline_simulator.py --config configs/paper.yaml --batches runs/data/multi30k \
         --stages 8 --micro-batches 8 --no-measure --link-gbps 12 --link-latency-us 10

@@ -1,6 +1,6 @@
 """Pairs/s and peak memory of `dist-s2s prepare` with 1 and 2 Ray CPUs.
 
-    .venv/bin/python benchmarks/prepare_throughput.py --config configs/multi30k.yaml --cpus 1 2
+    .venv/bin/python benchmarks/prepare_throughput.py --config configs/multi30k-paper.yaml --cpus 1 2
     .venv/bin/python benchmarks/prepare_throughput.py --config configs/tatoeba.yaml --cpus 1 2 \
         --output benchmarks/results/prepare.json
 

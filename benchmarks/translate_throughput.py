@@ -1,6 +1,6 @@
 """Sentences/s and words/s of beam search, batched vs one sentence at a time, at several beam widths.
 
-    .venv/bin/python benchmarks/translate_throughput.py --config configs/multi30k.yaml \
+    .venv/bin/python benchmarks/translate_throughput.py --config configs/multi30k-paper.yaml \
         --checkpoint runs/multi30k/checkpoints/step-00001703.pt --split test2016 --sentences 200
 
 Sentences are the first `--sentences` of a prepared split, in corpus order; words/s counts the

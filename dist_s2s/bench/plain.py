@@ -26,8 +26,11 @@ class PlainSeq2Seq(nn.Module):
         for parameter in self.parameters():
             nn.init.uniform_(parameter, -config.init_range, config.init_range)
 
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed NLL of the batch's target words and their count, like `Seq2Seq.forward`."""
+    def forward(self, batch: Batch, dropout: None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed NLL of the batch's target words and their count, like `Seq2Seq.forward` (the baseline
+        is the paper's model: no dropout)."""
+        if dropout is not None:
+            raise ValueError("the plain PyTorch baseline has no dropout: bench it with model.dropout=0")
         packed = pack_padded_sequence(self.src_embed(batch.src), batch.src_lengths.cpu(), batch_first=True,
                                       enforce_sorted=False)
         _, state = self.encoder(packed)
