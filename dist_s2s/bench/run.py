@@ -3,7 +3,8 @@
     dist-s2s bench --config configs/tiny.yaml
     dist-s2s bench --config configs/multi30k-paper.yaml --mode plain single single@1 pipeline:2@1 --output b.json
     dist-s2s bench --config configs/paper.yaml --batches runs/data/multi30k --steps 3 --warmup 1
-    dist-s2s bench --config configs/multi30k-paper.yaml --mode single@1 pipeline:2@1/1f1b pipeline:2@1/wavefront+colocated
+    dist-s2s bench --config configs/multi30k-paper.yaml --mode single@1 pipeline:2@1/1f1b \
+        pipeline:2@1/wavefront+colocated
 
 Modes: `plain` (the obvious PyTorch model, the baseline of every ratio), `single` (dist-s2s's
 single-device trainer step), `pipeline:S` (S DeepSpeed stages under torchrun, gloo on CPU, NCCL
