@@ -94,6 +94,23 @@ def test_rescoring_our_own_nbest_gives_back_the_beam_search_scores(trained, nbes
     assert model_scores(translator, sources, candidates) == pytest.approx([c.score for c in candidates], abs=1e-3)
 
 
+def test_a_length_penalty_orders_the_nbest_by_gnmts_normalized_score_and_favours_longer_outputs(trained):
+    """On the tiny model: with eval.length_penalty=1 each 6-best list is sorted by log p / ((5 + |Y|) / 6),
+    |Y| counting </s>; the raw score stays what `score` reports."""
+    from dist_s2s.config import load_config
+
+    args, checkpoint, _ = trained
+    lines = ["A man is riding a bike .", "Two dogs play in the snow .", "A woman sings ."]
+    plain = Translator(load_config(TINY, args[2:]), [Path(checkpoint)]).translate(lines, beam=6, nbest=6)
+    penalized = Translator(load_config(TINY, [*args[2:], "--eval.length_penalty=1.0"]),
+                           [Path(checkpoint)]).translate(lines, beam=6, nbest=6)
+    for translations in penalized:
+        normalized = [t.score / ((5 + len(t.tokens) + 1) / 6) for t in translations]
+        assert normalized == sorted(normalized, reverse=True)
+    words = [sum(len(t.tokens) for ts in result for t in ts) for result in (penalized, plain)]
+    assert words[0] >= words[1]
+
+
 def test_a_pair_with_an_empty_source_is_scored_as_conditioned_on_end_of_sentence(trained):
     from dist_s2s.config import load_config
     from dist_s2s.data.vocab import EOS_ID
