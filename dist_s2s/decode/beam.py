@@ -76,7 +76,7 @@ def beam_search(ensemble: Ensemble, src: torch.Tensor, src_lengths: torch.Tensor
     A hypothesis has at most `max_length_ratio × source length + extra_words` words; at that
     length only </s> may follow. `src_lengths` on the host (as a batch keeps them). The bookkeeping
     stays on the device: each sentence's `nbest` best complete hypotheses are kept in tensors, merged
-    with each step's completions by one top-k, and the host reads one flag a step (all done?) and
+    with each step's completions by one stable sort, and the host reads one flag a step (all done?) and
     the results once at the end.
     """
     if not 1 <= nbest <= beam:
@@ -96,31 +96,32 @@ def beam_search(ensemble: Ensemble, src: torch.Tensor, src_lengths: torch.Tensor
     best = _Complete.empty(sentences, nbest, members=members, width=longest + 1, device=device)
     done = torch.zeros(sentences, dtype=torch.bool, device=device)
     best_possible = length_normalizer(max_words + 1, length_penalty)  # what a live score s can reach: s / this
-    vocabulary_ids, banned = None, None
+    vocab = ensemble.models[0].tgt_vocab_size
+    vocabulary_ids = torch.arange(vocab, device=device)
+    banned = (vocabulary_ids == PAD_ID) | (vocabulary_ids == BOS_ID)
+    kept = min(2 * beam, beam * vocab)  # candidates a step keeps: enough for `beam` live ones after </s>
+    positions = torch.arange(kept, device=device)
+    first_rows = torch.arange(sentences, device=device)[:, None] * beam
 
     for length in range(longest + 1):
         log_probs, per_member, states = ensemble.step(tokens, states)
-        vocab = log_probs.shape[-1]
-        if vocabulary_ids is None:
-            vocabulary_ids = torch.arange(vocab, device=device)
-            banned = (vocabulary_ids == PAD_ID) | (vocabulary_ids == BOS_ID)
         at_limit = (length >= max_words).repeat_interleave(beam)
         log_probs = log_probs.masked_fill(banned | (at_limit[:, None] & (vocabulary_ids != EOS_ID)), float("-inf"))
         candidates = (scores[:, :, None] + log_probs.view(sentences, beam, vocab)).view(sentences, -1)
         candidates.masked_fill_(done[:, None], float("-inf"))
-        top_scores, top = candidates.topk(min(2 * beam, beam * vocab), dim=1)
+        top_scores, top = candidates.topk(kept, dim=1)
         origin, word = top // vocab, top % vocab
         ending = word == EOS_ID
-        origin_rows = torch.arange(sentences, device=device)[:, None] * beam + origin
+        origin_rows = first_rows + origin
         member_totals = member_scores.gather(2, origin.expand(members, -1, -1)) + per_member[:, origin_rows, word]
 
         # Complete: </s> among the first `beam` candidates, with a finite score.
-        completing = ending & (torch.arange(top.shape[1], device=device) < beam) & torch.isfinite(top_scores)
+        completing = ending & (positions < beam) & torch.isfinite(top_scores)
         ranking = (top_scores / length_normalizer(length + 1, length_penalty)).masked_fill(~completing, float("-inf"))
         best = best.merged(ranking, top_scores, member_scores=member_totals, tokens=prefixes[origin_rows], words=length)
 
         # Live: the best `beam` candidates that do not end.
-        order = (ending.long() * top.shape[1] + torch.arange(top.shape[1], device=device)).argsort(dim=1)[:, :beam]
+        order = (ending.long() * kept + positions).argsort(dim=1)[:, :beam]
         scores = top_scores.gather(1, order)
         member_scores = member_totals.gather(2, order.expand(members, -1, -1))
         chosen_rows = origin_rows.gather(1, order).flatten()

@@ -47,7 +47,8 @@ class Dropout:
     """Inverted dropout at `rate` for the sentences of one step (`keys` from `row_keys`, on the device)."""
 
     def __init__(self, rate: float, keys: torch.Tensor):
-        self.rate, self.keys = rate, keys
+        self.rate = rate
+        self.sentences = (keys * 0x7FEB352D) & _MASK32  # [B], shared by every site and chunk of the step
         self.threshold = int(rate * 2**32)
         self.features: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -55,9 +56,8 @@ class Dropout:
         """values [B, T, D] at positions start … start + T - 1 of their sentences, with the mask applied."""
         _, width, size = values.shape
         positions = torch.arange(start, start + width, device=values.device)
-        sentences = (self.keys * 0x7FEB352D) & _MASK32
         where = (positions * 0x27D4EB2F + site * 0x165667B1) & _MASK32
-        per_position = _mix(sentences[:, None] ^ where[None, :])  # [B, T]
+        per_position = _mix(self.sentences[:, None] ^ where[None, :])  # [B, T]
         bits = torch.bitwise_xor(per_position[:, :, None], self._feature_keys(site, size, values.device))
         bits.mul_(0x2C1B3C6D).bitwise_and_(_MASK32)
         bits.bitwise_xor_(bits >> 16)
