@@ -17,8 +17,8 @@ import torch
 
 from dist_s2s.bench.measure import synchronize
 from dist_s2s.data.batch import Batch
-from dist_s2s.model.dropout import row_keys
 from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.parallel.engine import unit_inputs
 from dist_s2s.parallel.stages import pipeline_units, stage_boundaries
 
 
@@ -90,7 +90,7 @@ def stage_costs(model: Seq2Seq, batches: list[Batch], stages: int, micro_batches
         model.zero_grad(set_to_none=True)
         for part in batch.split(micro_batches):
             inputs, outputs = [], []
-            x = (part.src, part.src_lengths, part.tgt_in, part.tgt_out, row_keys(part.lines, 0, 0))
+            x = unit_inputs(part)
             for s in range(stages):
                 if s:
                     x = tuple(t.detach().requires_grad_() if t.is_floating_point() else t for t in x)

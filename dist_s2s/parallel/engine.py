@@ -160,10 +160,15 @@ def _buffers_by_position_and_dtype(engine, index: int, shape, dtype):
     return buffer.flatten()[:numel].view(shape)
 
 
+def unit_inputs(part: Batch, *, seed: int = 0, step: int = 0) -> tuple[torch.Tensor, ...]:
+    """What the first pipeline unit takes: ids, lengths and the sentences' dropout keys for step `step`
+    (`model.dropout.row_keys`)."""
+    return part.src, part.src_lengths, part.tgt_in, part.tgt_out, row_keys(part.lines, seed, step)
+
+
 def micro_batches(batch: Batch, parts: int, scale: float, *, seed: int = 0,
                   step: int = 0) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
-    """DeepSpeed's (inputs, label) per micro-batch: ids, lengths and the sentences' dropout keys for
-    step `step` (`model.dropout.row_keys`) in, the loss scale as label."""
+    """DeepSpeed's (inputs, label) per micro-batch: the units' inputs, the loss scale as label."""
     label = torch.tensor(scale, dtype=torch.float32)
     for part in batch.split(parts):
-        yield (part.src, part.src_lengths, part.tgt_in, part.tgt_out, row_keys(part.lines, seed, step)), label
+        yield unit_inputs(part, seed=seed, step=step), label
