@@ -17,17 +17,18 @@ def test_bench_times_every_mode_on_the_tiny_config_and_writes_its_json(prepared_
     output = tmp_path / "bench.json"
     assert main(["bench", "--config", str(REPO / "configs" / "tiny.yaml"), f"--data.root={SHARED_DATA}",
                  f"--data.out_dir={prepared_tiny.data.out_dir}", "--mode", "plain", "single@1", "pipeline:2@1",
-                 "pipeline:2@1/1f1b", "pipeline:2@1/wavefront+chain", "--steps", "2", "--warmup", "1",
+                 "pipeline:2@1/wavefront+chain", "--steps", "2", "--warmup", "1",
                  "--output", str(output), "--parallel.schedule=1f1b", "--parallel.micro_batches=2"]) == 0
     result = json.loads(output.read_text())
-    assert [r["label"] for r in result["runs"]] == ["plain@2", "single@1", "pipeline:2@1", "pipeline:2@1/1f1b",
+    assert [r["label"] for r in result["runs"]] == ["plain@2", "single@1", "pipeline:2@1",
                                                     "pipeline:2@1/wavefront+chain"]
     for run in result["runs"]:
         assert {"mode", "stages", "schedule", "threads_per_rank", "words_per_sec", "mfu", "peak_mem_mb"} <= run.keys()
         assert run["words_per_sec"] > 0 and 0 < run["mfu"] < 1 and run["peak_mem_mb"] > 0
     schedules = [r["schedule"] for r in result["runs"]]
-    assert schedules == [None, None, "1f1b", "1f1b", "wavefront"], "the config's, or the mode's own"
-    assert result["runs"][4]["placement"] == "chain" and result["runs"][4]["micro_batches"] == 1
+    assert schedules == [None, None, "1f1b", "wavefront"], "the config's, or the mode's own"
+    assert result["runs"][2]["micro_batches"] == 2, "the config's micro-batches"
+    assert result["runs"][3]["placement"] == "chain" and result["runs"][3]["micro_batches"] == 1
     assert result["runs"][0]["vs_plain"] == 1.0
     assert len(result["runs"][2]["peak_mem_mb_per_rank"]) == 2
     assert result["matmul_tflops_per_sec"] > 0 and result["commit"]

@@ -197,7 +197,8 @@ def test_a_wavefront_checkpoint_resumes_under_1f1b_and_on_one_device(wavefront_r
                          ids=["1f1b", "wavefront"])
 def test_the_papers_eight_stage_layout_under_the_deepspeed_launcher_matches_one_device(prepared_tiny, tmp_path,
                                                                                        schedule):
-    """4 LSTM layer stages + 4 softmax shard stages: `deepspeed --num_gpus 8` on gloo, either schedule."""
+    """4 LSTM layer stages + 4 softmax shard stages: `deepspeed --num_gpus 8` on gloo, either schedule
+    (the suite's one run of the paper's 8-stage layout)."""
     paper_layout = ("--model.num_layers=4", "--model.softmax_shards=4", "--train.max_steps=4")
     single = single_device_run(prepared_tiny, tmp_path / "single" / "run", *paper_layout)
     run_dir = tmp_path / "pipeline"
