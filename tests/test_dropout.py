@@ -97,9 +97,9 @@ def test_the_wavefront_with_dropout_gives_the_single_device_loss_and_gradients(n
     (nll / batch.step_sentences).backward()
     expected = {key: p.grad.clone() for key, p in model.named_parameters()}
     wavefront_nll, grads = wavefront_gradients(model, batch, name, stages, chunk_steps, dropout=dropout)
-    assert wavefront_nll == pytest.approx(float(nll), rel=1e-12)
+    assert wavefront_nll == pytest.approx(nll.item(), rel=1e-12)
     plain_nll, _ = wavefront_gradients(model, batch, name, stages, chunk_steps)
-    assert plain_nll != pytest.approx(float(nll)), "dropout was applied"
+    assert plain_nll != pytest.approx(nll.item()), "dropout was applied"
     for key in expected:
         assert torch.allclose(grads[key], expected[key], rtol=1e-9, atol=1e-12), key
 
@@ -121,7 +121,7 @@ def test_the_1f1b_units_with_dropout_give_the_single_device_loss_and_gradients(m
         for unit in units:
             activations = unit(activations)
         total = total + activations.sum()
-    assert float(total) == pytest.approx(float(nll), rel=1e-12)
+    assert total.item() == pytest.approx(nll.item(), rel=1e-12)
     for a, b in zip(torch.autograd.grad(total, list(model.parameters())), expected):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
 
@@ -134,4 +134,4 @@ def test_pipeline_units_drop_nothing_in_evaluation():
     activations = (batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, row_keys(lines(2), 0, 1))
     for unit in pipeline_units(model):
         activations = unit.eval()(activations)  # DeepSpeed's engine.eval() reaches every unit
-    assert float(activations.sum()) == pytest.approx(float(model(batch)[0]), rel=1e-12)
+    assert activations.sum().item() == pytest.approx(model(batch)[0].item(), rel=1e-12)
