@@ -11,6 +11,7 @@ from test_wavefront import batch_of, model_of, wavefront_gradients
 from dist_s2s.config import ModelConfig
 from dist_s2s.model.dropout import Dropout, input_site, row_keys, step_dropout
 from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.parallel.engine import unit_inputs
 from dist_s2s.parallel.stages import pipeline_units
 
 RATE = 0.3
@@ -117,7 +118,7 @@ def test_the_1f1b_units_with_dropout_give_the_single_device_loss_and_gradients(m
     units = pipeline_units(model)
     total = 0
     for part in batch.split(micro_batches):
-        activations = (part.src, part.src_lengths, part.tgt_in, part.tgt_out, row_keys(part.lines, 2, 5))
+        activations = unit_inputs(part, seed=2, step=5)
         for unit in units:
             activations = unit(activations)
         total = total + activations.sum()
@@ -131,7 +132,8 @@ def test_pipeline_units_drop_nothing_in_evaluation():
     model = Seq2Seq(ModelConfig(embedding_dim=8, hidden_size=12, num_layers=2, softmax_shards=1,
                                 dropout=RATE), 40, 40).double()
     batch = batch_of([4, 2], [3, 2])
-    activations = (batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, row_keys(lines(2), 0, 1))
+    batch.lines = lines(2)
+    activations = unit_inputs(batch, step=1)
     for unit in pipeline_units(model):
         activations = unit.eval()(activations)  # DeepSpeed's engine.eval() reaches every unit
     assert activations.sum().item() == pytest.approx(model(batch)[0].item(), rel=1e-12)

@@ -9,7 +9,7 @@ import torch
 from test_model import make_batch, small_model
 
 from dist_s2s.errors import UserError
-from dist_s2s.model.dropout import row_keys
+from dist_s2s.parallel.engine import unit_inputs
 from dist_s2s.parallel.stages import pipeline_units, stage_boundaries
 
 
@@ -26,7 +26,7 @@ def test_the_units_run_in_sequence_give_the_models_loss_and_gradients(layers, sh
     folded_loss = model.token_nll_by_shards(hidden[real], batch.tgt_out[real]).sum()
     folded = torch.autograd.grad(folded_loss, list(model.parameters()))
     model_loss, _ = model(batch)  # one softmax product instead of the fold: equal up to rounding
-    activations = (batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, row_keys(batch.lines, 0, 0))
+    activations = unit_inputs(batch)
     for unit in pipeline_units(model):
         activations = unit(activations)
     loss = activations.sum()
@@ -39,7 +39,7 @@ def test_the_units_run_in_sequence_give_the_models_loss_and_gradients(layers, sh
 def test_every_float_passed_between_units_is_contiguous_and_needs_a_gradient():
     model = small_model(shards=2).float()
     batch = make_batch([([5, 6, 7], [8, 9]), ([10], [11, 12, 13])])
-    activations = (batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, row_keys(batch.lines, 0, 0))
+    activations = unit_inputs(batch)
     for unit in pipeline_units(model)[:-1]:
         activations = unit(activations)
         for tensor in activations:
