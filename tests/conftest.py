@@ -82,6 +82,17 @@ def launcher_env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
 
 
+def assert_runs_under_nccl_rules(log_dir: Path) -> None:
+    """The ranks' logged communication (DIST_S2S_COMM_LOG) completes under NCCL's rules, whichever way
+    PyTorch sets up the communicators (`dist_s2s.parallel.nccl_rules`)."""
+    from dist_s2s.parallel.nccl_rules import COMMUNICATOR_MODELS, load, replay
+
+    ranks = load(log_dir)
+    for model in COMMUNICATOR_MODELS:
+        verdict = replay(ranks, model)
+        assert verdict.ok, f"{model} communicators: {verdict}"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (closed again before returning)."""
     with socket.socket() as sock:

@@ -18,6 +18,7 @@ from dist_s2s.config import load_config
 from dist_s2s.data.loader import BatchLoader
 from dist_s2s.model.dropout import step_dropout
 from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.parallel.wavefront_messages import StageMessages
 from dist_s2s.train.clipping import clip_gradients
 
 
@@ -35,6 +36,8 @@ def main() -> None:
     torch.manual_seed(config.train.seed)
     reference = Seq2Seq(config.model, vocab["src_size"], vocab["tgt_size"])
     engine = build_engine(config, model)
+    if os.environ.get("POSTED_ON_THE_WORLD_GROUP"):  # the negative case of the NCCL-rules check
+        engine.messages.__class__ = PostedOnTheWorldGroup
     replica = engine.grid.data_parallel_id
     pipeline_batches = iter(BatchLoader(config.data.out_dir, "train", config.train.batch_size, seed=config.train.seed,
                                         replica=replica, replicas=config.parallel.data))
@@ -82,6 +85,47 @@ def main() -> None:
         "micro_batch_shapes": shapes, "losses": losses, "reference_losses": reference_losses, "norms": norms,
         "reference_norms": reference_norms, "chunk_boundary_inside_some_past_others": splits,
     }))
+    more_messages(engine, config, next(pipeline_batches))
+
+
+def more_messages(engine, config, batch) -> None:
+    """After the compared steps, what the rest of a run sends: an evaluation pass and, for the wavefront,
+    a training and an evaluation step at one time step a chunk and at one chunk a side (every sentence
+    shorter than it), so that the logged communication (DIST_S2S_COMM_LOG) covers them too."""
+    from dist_s2s.parallel.engine import evaluation_scale, micro_batches
+
+    replicas = config.parallel.data
+    if config.parallel.schedule != "wavefront":
+        parts = config.parallel.micro_batches
+        engine.eval_batch(micro_batches(batch, parts, evaluation_scale(parts, replicas)), num_micro_batches=parts)
+        return
+    for chunk_steps in (config.parallel.chunk_steps, 1, 10**6):
+        engine.chunk_steps = chunk_steps
+        if chunk_steps != config.parallel.chunk_steps:
+            engine.train_wavefront(batch, scale=replicas / batch.step_sentences, step=100)
+        engine.eval_wavefront(batch)
+
+
+class PostedOnTheWorldGroup(StageMessages):
+    """The wavefront's messaging before it was made NCCL-safe: every receive of a step posted first, on the
+    default group, paired with its send by tag (gloo honours tags; NCCL ignores them)."""
+
+    def post_receives(self, program, shape_of) -> None:
+        order = [m for op in program for m in op.sends]
+        self.tags = {message: index for index, message in enumerate(order)}
+        for message in order:
+            if message.dst == self.stage and message.src != self.stage:
+                buffer = torch.empty(shape_of(message), dtype=torch.float32, device=self.device)
+                self.posted[message] = (buffer, torch.distributed.irecv(buffer, src=self.rank_of(message.src),
+                                                                        tag=self.tags[message]))
+
+    def send(self, message, tensor) -> None:
+        if message.dst == self.stage:
+            self.local[message] = tensor.detach()
+            return
+        tensor = tensor.detach().contiguous()
+        self.sent.append((tensor, torch.distributed.isend(tensor, dst=self.rank_of(message.dst),
+                                                          tag=self.tags[message])))
 
 
 if __name__ == "__main__":

@@ -7,13 +7,15 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, free_port, launcher_env
+from conftest import REPO, assert_runs_under_nccl_rules, free_port, launcher_env
 
 pytestmark = pytest.mark.integration
 
 
-def run_pipeline(prepared, tmp_path, processes: int, *overrides: str, steps: int = 4) -> list[dict]:
-    env = launcher_env(tmp_path)
+def run_pipeline(prepared, tmp_path, processes: int, *overrides: str, steps: int = 4, env=None) -> list[dict]:
+    """`steps` pipeline steps beside the single-device trainer (pipeline_worker.py), every rank's
+    communication logged into tmp_path/comms; each rank's result."""
+    env = {**launcher_env(tmp_path), "DIST_S2S_COMM_LOG": str(tmp_path / "comms"), **(env or {})}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                str(REPO / "tests" / "pipeline_worker.py"), str(tmp_path), str(steps),
                f"--data.out_dir={prepared.data.out_dir}", *overrides]
@@ -42,6 +44,7 @@ def test_pipeline_parameters_and_losses_match_the_single_device_trainer(prepared
     assert last["losses"] == pytest.approx(last["reference_losses"], rel=1e-5)
     assert_lengths_varied(ranks[0]["micro_batch_shapes"], micro)
     assert_stage_parts_merge_into_the_single_device_weights(tmp_path, [r["part"] for r in ranks if r["part"]], layers)
+    assert_runs_under_nccl_rules(tmp_path / "comms")  # DeepSpeed's messaging, clipping all-reduce, loss counts
 
 
 @pytest.mark.parametrize("stages, data, placement, layers, shards, chunk_steps, dropout", [
@@ -66,6 +69,24 @@ def test_the_wavefront_matches_the_single_device_trainer(prepared_tiny, tmp_path
         assert any(rank["chunk_boundary_inside_some_past_others"]), "a chunk ended inside some sentences only"
     assert_lengths_varied(ranks[0]["micro_batch_shapes"], 1)
     assert_stage_parts_merge_into_the_single_device_weights(tmp_path, [r["part"] for r in ranks if r["part"]], layers)
+    assert_runs_under_nccl_rules(tmp_path / "comms")  # training, evaluation, chunk widths 1 and one a side
+
+
+def test_the_old_posting_order_is_rejected_by_the_nccl_rules(prepared_tiny, tmp_path):
+    """Every receive of a step posted first on the default group, paired by tag: gloo runs it (and it still
+    matches one device), NCCL would not; the replay names the two receives each rank is stuck behind."""
+    from dist_s2s.parallel.nccl_rules import COMMUNICATOR_MODELS, load, replay
+
+    ranks = run_pipeline(prepared_tiny, tmp_path, 2, "--parallel.stages=2", "--parallel.schedule=wavefront",
+                         "--model.num_layers=2", "--model.softmax_shards=2", steps=1,
+                         env={"POSTED_ON_THE_WORLD_GROUP": "1"})
+    assert all(rank["max_difference"] < 1e-5 for rank in ranks)
+    logs = load(tmp_path / "comms")
+    for model in COMMUNICATOR_MODELS:
+        verdict = replay(logs, model)
+        assert not verdict.ok
+        assert "waits on rank 0" in str(verdict) and "waits on rank 1" in str(verdict), str(verdict)
+        assert "recv from rank 1" in str(verdict) and "recv from rank 0" in str(verdict), str(verdict)
 
 
 def assert_lengths_varied(shapes: list[list[list[int]]], micro: int) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, SHARED_DATA, free_port, launcher_env, tiny_config
+from conftest import REPO, SHARED_DATA, assert_runs_under_nccl_rules, free_port, launcher_env, tiny_config
 
 from dist_s2s.errors import UserError
 from dist_s2s.train.checkpoint import CheckpointDir, load_checkpoint, model_weights
@@ -206,13 +206,14 @@ def test_the_papers_eight_stage_layout_under_the_deepspeed_launcher_matches_one_
                "--module", "dist_s2s", *train_arguments(prepared_tiny, run_dir, *paper_layout,
                                                         "--parallel.stages=8", *schedule)]
     shared_memory_before = set(Path("/dev/shm").glob("deepspeed*"))
-    succeeded(subprocess.run(command, capture_output=True, text=True, timeout=400, env=launcher_env(tmp_path),
-                             cwd=tmp_path))
+    env = {**launcher_env(tmp_path), "DIST_S2S_COMM_LOG": str(tmp_path / "comms")}
+    succeeded(subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path))
     # DeepSpeed's CPU shm all-reduce (on under its launcher) would leave 69 MB a rank in /dev/shm, never
     # unlinked, and a later job on the same port could open them and abort: it is switched off.
     assert set(Path("/dev/shm").glob("deepspeed*")) == shared_memory_before
     assert len(load_checkpoint(CheckpointDir(run_dir / "checkpoints", 3).path_of(4))["model_parts"]) == 8
     assert largest_difference(weights_at(run_dir, 4), weights_at(single, 4)) < 1e-5
+    assert_runs_under_nccl_rules(tmp_path / "comms")  # 4 steps, the last one's validation, the checkpoint
 
 
 def test_stages_times_replicas_other_than_the_world_size_is_a_clear_error(prepared_tiny, tmp_path):

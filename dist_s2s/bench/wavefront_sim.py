@@ -22,7 +22,7 @@ from dist_s2s.data.batch import Batch
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.placement import Placement
 from dist_s2s.parallel.wavefront import Message, Operation, step_program, time_chunks
-from dist_s2s.parallel.wavefront_operations import StageOperations, as_received, message_shape
+from dist_s2s.parallel.wavefront_operations import StageOperations, message_shape
 
 
 class LocalTransport:
@@ -35,7 +35,7 @@ class LocalTransport:
         self.tensors[message] = tensor.detach()
 
     def receive(self, message: Message) -> torch.Tensor:
-        return as_received(message, self.tensors.pop(message))
+        return self.tensors.pop(message)
 
 
 @dataclass

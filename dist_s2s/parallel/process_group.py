@@ -15,6 +15,7 @@ import torch
 
 from dist_s2s.config import Config
 from dist_s2s.errors import UserError
+from dist_s2s.parallel import comm_log
 
 
 def launched_as_ranks() -> bool:
@@ -32,6 +33,8 @@ def join_process_group(config: Config) -> None:
     """
     check_world_size(config, int(os.environ["WORLD_SIZE"]))  # before joining: a wrong count would wait, not fail
     nccl_errors_raise()
+    device = rank_device()
+    comm_log.record_if_asked(str(device))
     import deepspeed
     from deepspeed.utils import logger as deepspeed_logger
 
@@ -41,6 +44,17 @@ def join_process_group(config: Config) -> None:
     deepspeed.init_distributed(timeout=timedelta(seconds=config.parallel.timeout_s), verbose=False)
     if torch.distributed.get_rank() != 0:  # one console: rank 0's
         logging.getLogger("dist_s2s").setLevel(logging.WARNING)
+
+
+def rank_device() -> torch.device:
+    """This rank's GPU (`LOCAL_RANK`), made the current device before the group forms: NCCL communicators,
+    barriers and object collectives work on the current device, which is otherwise GPU 0 for every rank;
+    the CPU without GPUs or under DS_ACCELERATOR=cpu."""
+    if not torch.cuda.is_available() or os.environ.get("DS_ACCELERATOR") == "cpu":
+        return torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    torch.cuda.set_device(device)
+    return device
 
 
 def nccl_errors_raise() -> None:

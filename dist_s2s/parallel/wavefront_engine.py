@@ -28,7 +28,6 @@ from dist_s2s.model.dropout import Dropout, step_dropout
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.placement import Placement
 from dist_s2s.parallel.wavefront import (
-    Message,
     Operation,
     PostReceives,
     RunOperation,
@@ -37,7 +36,8 @@ from dist_s2s.parallel.wavefront import (
     step_program,
     time_chunks,
 )
-from dist_s2s.parallel.wavefront_operations import StageOperations, as_received, message_shape
+from dist_s2s.parallel.wavefront_messages import StageMessages, direction_groups
+from dist_s2s.parallel.wavefront_operations import StageOperations, message_shape
 
 
 class WavefrontEngine(PipelineEngine):
@@ -50,6 +50,10 @@ class WavefrontEngine(PipelineEngine):
         self.dropout, self.seed = dropout, seed
         self.timeline: list[dict] | None = None
         """When a list, each instruction appends {kind, chunk, start, compute_s, wait_s}."""
+        replica = self.grid.data_parallel_id
+        groups = direction_groups(placement, self.grid.data_parallel_size,
+                                  lambda stage, data: self.grid.stage_to_global(stage, data=data), replica)
+        self.messages = StageMessages(self.stage_id, groups, self.grid.stage_to_global, self.device)
 
     # --- the step -------------------------------------------------------------------------------------
     def train_wavefront(self, batch: Batch, scale: float, step: int = 0) -> float:
@@ -71,11 +75,8 @@ class WavefrontEngine(PipelineEngine):
         self.chunks = time_chunks(batch.src.shape[1], batch.tgt_out.shape[1], self.chunk_steps)
         self.program = step_program(self.placement, self.chunks, backward=train)
         self.operations = StageOperations(self.model, self.placement, self.stage_id, batch=self.batch,
-                                          chunks=self.chunks, loss_scale=scale, transport=self,
+                                          chunks=self.chunks, loss_scale=scale, transport=self.messages,
                                           precision=self.precision, dropout=dropout)
-        self.local: dict[Message, torch.Tensor] = {}
-        self.received: dict[Message, tuple[torch.Tensor, object]] = {}
-        self.sent: list = []
         self._exec_schedule(WavefrontSchedule(self.program, self.num_stages, self.stage_id, train=train,
                                               replicas=self.grid.data_parallel_size))
         total = self.operations.nll.clone()
@@ -83,56 +84,36 @@ class WavefrontEngine(PipelineEngine):
         return float(total)
 
     def _exec_schedule(self, pipe_schedule) -> None:
-        """DeepSpeed's dispatch loop, timing each instruction when a timeline is being recorded."""
+        """DeepSpeed's dispatch loop, timing each instruction when a timeline is being recorded (on a GPU with
+        the device synchronized around it, so that kernels are timed, not their launches)."""
+        timed_gpu = self.timeline is not None and self.device.type == "cuda"
+        self.messages.timed = timed_gpu
         for step_cmds in pipe_schedule:
             for cmd in step_cmds:
                 if type(cmd) not in self._INSTRUCTION_MAP:
                     raise RuntimeError(f"{self.__class__.__name__} does not understand instruction {cmd!r}")
-                self._wait_s = 0.0
+                if timed_gpu:
+                    torch.cuda.synchronize(self.device)
+                self.messages.wait_s = 0.0
                 started = time.perf_counter()
                 MethodType(self._INSTRUCTION_MAP[type(cmd)], self)(**cmd.kwargs)
+                if timed_gpu:
+                    torch.cuda.synchronize(self.device)
                 if self.timeline is not None:
                     op = cmd.kwargs.get("op")
+                    wait_s = self.messages.wait_s
                     self.timeline.append({"kind": op.kind if op else cmd.name, "chunk": op.chunk.index if op else -1,
-                                          "start": started, "wait_s": self._wait_s,
-                                          "compute_s": time.perf_counter() - started - self._wait_s})
+                                          "start": started, "wait_s": wait_s,
+                                          "compute_s": time.perf_counter() - started - wait_s})
 
-    # --- messages -------------------------------------------------------------------------------------
+    # --- messages (wavefront_messages.py) ---------------------------------------------------------------
     def _exec_post_receives(self) -> None:
-        """Every message from another stage to this one, posted in the global order of the operations
-        that send them (each sender sends in that order): tags are the messages' positions."""
-        order = [m for op in self.program for m in op.sends]
-        self.tags = {message: index for index, message in enumerate(order)}
-        for message in order:
-            if message.dst == self.stage_id and message.src != self.stage_id:
-                shape = message_shape(message, self.batch, self.chunks, self.model.config.hidden_size)
-                buffer = torch.empty(shape, dtype=torch.float32, device=self.device)
-                work = dist.irecv(buffer, src=self.grid.stage_to_global(message.src), tag=self.tags[message])
-                self.received[message] = (buffer, work)
-
-    def send(self, message: Message, tensor: torch.Tensor) -> None:
-        if message.dst == self.stage_id:
-            self.local[message] = tensor.detach()
-            return
-        tensor = tensor.detach().contiguous()
-        self.sent.append((tensor, dist.isend(tensor, dst=self.grid.stage_to_global(message.dst),
-                                            tag=self.tags[message])))
-
-    def receive(self, message: Message) -> torch.Tensor:
-        if message.src == self.stage_id:
-            tensor = self.local.pop(message)
-        else:
-            buffer, work = self.received.pop(message)
-            waited = time.perf_counter()
-            work.wait()
-            self._wait_s += time.perf_counter() - waited
-            tensor = buffer
-        return as_received(message, tensor)
+        hidden_size = self.model.config.hidden_size
+        self.messages.post_receives(self.program,
+                                    lambda message: message_shape(message, self.batch, self.chunks, hidden_size))
 
     def _exec_wait_sends(self) -> None:
-        for _, work in self.sent:
-            work.wait()
-        self.sent = []
+        self.messages.wait_sends()
 
     def _exec_run_operation(self, op: Operation) -> None:
         self.operations.run(op)

@@ -77,6 +77,9 @@ class StageOperations:
             return
         {"L": self._softmax_loss, "Q": self._softmax_backward, "B": self._backward}[op.kind](op)
 
+    def _receive(self, message: Message) -> torch.Tensor:
+        return as_received(message, self.transport.receive(message))
+
     def _chunk_input(self, chunk: Chunk) -> torch.Tensor:
         if chunk.decoder:
             return self.model.tgt_embed(self.batch.tgt_in[:, chunk.start:chunk.stop])
@@ -84,7 +87,7 @@ class StageOperations:
 
     def _forward(self, op: Operation) -> None:
         chunk, (_, layers) = op.chunk, self.placement.hops[op.hop]
-        inputs = self.transport.receive(op.receives[0]) if op.receives else self._chunk_input(chunk)
+        inputs = self._receive(op.receives[0]) if op.receives else self._chunk_input(chunk)
         lengths = (self.batch.src_lengths - chunk.start).clamp(0, chunk.width)
         hidden, state_in, state_out = inputs, {}, {}
         side = "decoder" if chunk.decoder else "encoder"
@@ -116,7 +119,7 @@ class StageOperations:
         return targets[targets != PAD_ID]
 
     def _softmax_partials(self, op: Operation) -> None:
-        hidden = self.transport.receive(op.receives[0])
+        hidden = self._receive(op.receives[0])
         state, targets = SoftmaxState.empty(hidden[:, 0]), self._targets(op.chunk)
         for shard in self.placement.shards[self.stage]:
             state = self.model.softmax[shard](hidden, targets, state)
@@ -127,7 +130,7 @@ class StageOperations:
 
     def _softmax_loss(self, op: Operation) -> None:
         """log-sum-exp over every shard's partial (max, Σ exp, target logit): the loss of one chunk."""
-        partials = [self.transport.receive(message) for message in op.receives]
+        partials = [self._receive(message) for message in op.receives]
         stacked = torch.stack(partials)  # [stages, 3, N]
         top = stacked[:, 0].max(dim=0).values
         sum_exp = (stacked[:, 1] * torch.exp(stacked[:, 0] - top)).sum(dim=0)
@@ -141,7 +144,7 @@ class StageOperations:
 
     def _softmax_backward(self, op: Operation) -> None:
         record = self.softmax_records.pop(op.chunk.index)
-        torch.autograd.backward(record["partial"], self.transport.receive(op.receives[0]))
+        torch.autograd.backward(record["partial"], self._receive(op.receives[0]))
         self.transport.send(op.sends[0], record["hidden"].grad)
 
     def _backward(self, op: Operation) -> None:
@@ -149,7 +152,7 @@ class StageOperations:
         record = self.records.pop((chunk.index, op.hop))
         tensors, grads = [], []
         if op.receives:
-            received = [self.transport.receive(message) for message in op.receives]
+            received = [self._receive(message) for message in op.receives]
             tensors.append(record["outputs"])
             grads.append(received[0] if len(received) == 1 else torch.stack(received).sum(dim=0))
         for layer, state in record["state_out"].items():
