@@ -186,3 +186,21 @@ def test_each_side_as_one_multi_layer_lstm_call_is_the_same_model(layers):
     assert torch.allclose(nll, stacked_nll, rtol=1e-12)
     assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(states, stacked_states))
     assert all(torch.allclose(grads[k], stacked_grads[k], rtol=1e-9, atol=1e-12) for k in grads)
+
+
+def test_the_plain_baseline_drops_out_in_training_only_at_the_models_rate():
+    """The plain PyTorch baseline (`bench/plain.py`) takes `model.dropout` the obvious way: nn.Dropout on the
+    embeddings and the softmax input, nn.LSTM's own between layers; evaluation drops nothing."""
+    from dist_s2s.bench.plain import PlainSeq2Seq
+
+    config = ModelConfig(embedding_dim=8, hidden_size=12, num_layers=2, softmax_shards=1, dropout=0.5)
+    torch.manual_seed(0)
+    dropped = PlainSeq2Seq(config, 37, 41)
+    torch.manual_seed(0)
+    plain = PlainSeq2Seq(ModelConfig(embedding_dim=8, hidden_size=12, num_layers=2, softmax_shards=1), 37, 41)
+    assert dropped.encoder.dropout == dropped.decoder.dropout == 0.5 and plain.encoder.dropout == 0
+    batch = make_batch([([5, 6, 7, 8], [4, 5, 6]), ([7, 8], [6, 7])])
+    dropped.eval()
+    assert dropped(batch)[0].item() == plain(batch)[0].item()
+    dropped.train()
+    assert dropped(batch)[0].item() != plain(batch)[0].item()
