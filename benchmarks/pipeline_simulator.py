@@ -92,8 +92,10 @@ def predict_1f1b(model, batches, args, link) -> tuple[float, dict, list]:
 
 def predict_wavefront(model, batches, args, *, config, link) -> tuple[float, dict, list]:
     layout = placement(config.parallel.placement, config.model.num_layers, config.model.softmax_shards, args.stages)
-    operation_costs(model, layout, batches[0], config.parallel.chunk_steps)  # warm-up
-    runs = [operation_costs(model, layout, batch, config.parallel.chunk_steps) for batch in batches[1:]]
+    options = {"precision": config.train.precision, "dropout": config.model.dropout}
+    operation_costs(model, layout, batches[0], config.parallel.chunk_steps, **options)  # warm-up
+    runs = [operation_costs(model, layout, batch, config.parallel.chunk_steps, step=index, **options)
+            for index, batch in enumerate(batches[1:], start=1)]
     predictions = [simulate_program(run, args.stages, *link) for run in runs]
     step_s = sum(p["step_s"] for p in predictions)
     by_kind: dict[str, float] = {}

@@ -9,8 +9,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from dist_s2s.config import ModelConfig
 from dist_s2s.data.batch import Batch
 from dist_s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
-from dist_s2s.model.layers import LSTMLayer, SoftmaxShard, SoftmaxState, shard_bounds
+from dist_s2s.model import softmax
+from dist_s2s.model.layers import LSTMLayer
 from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.model.softmax import SoftmaxShard, shard_bounds, shard_partial
 
 
 def small_model(shards=2, vocab=(37, 41), seed=0) -> Seq2Seq:
@@ -45,7 +47,7 @@ def test_sharded_softmax_loss_and_gradients_equal_one_full_softmax(shards, vocab
     full_weight = torch.randn(vocab, 16, dtype=torch.float64, requires_grad=True)
     full_bias = torch.randn(vocab, dtype=torch.float64, requires_grad=True)
     expected = torch.nn.functional.cross_entropy(hidden @ full_weight.T + full_bias, targets, reduction="none")
-    state = SoftmaxState.empty(hidden[:, 0])
+    state = None
     pieces = []
     for start, size in shard_bounds(vocab, shards):
         shard = SoftmaxShard(16, start, size).double()
@@ -59,6 +61,36 @@ def test_sharded_softmax_loss_and_gradients_equal_one_full_softmax(shards, vocab
     grad_full = torch.autograd.grad(expected.sum(), [hidden, full_weight])
     assert torch.allclose(grad_sharded[0], grad_full[0], rtol=1e-6, atol=1e-12)
     assert torch.allclose(torch.cat(grad_sharded[1:]), grad_full[1], rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("block_elements", [2**18, 16])  # one block of rows, or blocks of 8 rows
+def test_a_partials_hand_written_backward_is_autograds_over_the_log_softmax(monkeypatch, block_elements):
+    """Every gradient a partial can receive (max, Σ exp, target logit; the max's is what the merge of
+    several partials sends), in float64, with the target inside and outside the slice."""
+    monkeypatch.setattr(softmax, "CACHE_BLOCK_ELEMENTS", block_elements)
+    torch.manual_seed(0)
+    logits = (torch.randn(50, 30, dtype=torch.float64) * 3).requires_grad_()
+    local = torch.randint(-10, 40, (50,))  # a third of the targets belong to other slices
+    weights = torch.randn(3, 50, dtype=torch.float64)
+    partial = shard_partial(logits, local)
+    mine = (local >= 0) & (local < 30)
+    reference = (logits.max(dim=1).values, torch.exp(logits - logits.max(dim=1, keepdim=True).values).sum(dim=1),
+                 torch.where(mine, logits.gather(1, local.clamp(0, 29)[:, None]).squeeze(1), 0.0))
+    for ours, theirs in zip(partial, reference):
+        assert torch.allclose(ours, theirs, rtol=1e-12)
+    ours = torch.autograd.grad(sum((w * p).sum() for w, p in zip(weights, partial)), logits)[0]
+    theirs = torch.autograd.grad(sum((w * p).sum() for w, p in zip(weights, reference)), logits)[0]
+    assert torch.allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_under_bf16_a_partial_takes_bf16_logits_and_is_fp32():
+    logits = torch.randn(20, 64).bfloat16().requires_grad_()
+    partial = shard_partial(logits, torch.randint(0, 64, (20,)))
+    assert all(t.dtype == torch.float32 for t in partial)
+    reference = torch.nn.functional.cross_entropy(logits.float(), torch.arange(20) * 0, reduction="none")
+    assert partial.nll().shape == reference.shape
+    partial.nll().sum().backward()
+    assert logits.grad.dtype == torch.bfloat16
 
 
 def test_shards_of_a_vocabulary_that_does_not_divide():

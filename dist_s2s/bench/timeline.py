@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from types import MethodType
 
-COLOURS = {"forward": "#4C72B0", "backward": "#DD8452", "softmax": "#55A868", "send": "#8172B2",
-           "idle": "#DDDDDD", "step": "#333333"}
+COLOURS = {"forward": "#4C72B0", "backward": "#DD8452", "softmax": "#55A868", "weights": "#C44E52",
+           "send": "#8172B2", "idle": "#DDDDDD", "step": "#333333"}
 CATEGORY = {"F": "forward", "ForwardPass": "forward", "LoadMicroBatch": "forward",
             "B": "backward", "BackwardPass": "backward",
-            "P": "softmax", "L": "softmax", "Q": "softmax",
+            "P": "softmax", "L": "softmax", "Q": "softmax", "W": "weights", "E": "weights",
             "SendActivation": "send", "SendGrad": "send", "PostReceives": "send", "WaitSends": "send",
             "RecvActivation": "idle", "RecvGrad": "idle",
             "ReduceGrads": "step", "OptimizerStep": "step", "ReduceTiedGrads": "step"}

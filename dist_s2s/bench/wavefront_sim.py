@@ -19,6 +19,7 @@ import torch
 from dist_s2s.bench.measure import synchronize
 from dist_s2s.bench.schedule import optimizer_step_s
 from dist_s2s.data.batch import Batch
+from dist_s2s.model.dropout import step_dropout
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.placement import Placement
 from dist_s2s.parallel.wavefront import Message, Operation, step_program, time_chunks
@@ -49,13 +50,17 @@ class ProgramCosts:
     words: int
 
 
-def operation_costs(model: Seq2Seq, placement: Placement, batch: Batch, chunk_steps: int) -> ProgramCosts:
-    """Run one step's program in this process, timing every operation; then the optimizer step."""
+def operation_costs(model: Seq2Seq, placement: Placement, batch: Batch, chunk_steps: int, *,
+                    precision: str = "fp32", dropout: float = 0.0, step: int = 1) -> ProgramCosts:
+    """Run one step's program in this process, timing every operation; then the optimizer step. `precision`
+    and `dropout` (with the step number that keys its masks) as the pipeline runs them."""
     chunks = time_chunks(batch.src.shape[1], batch.tgt_out.shape[1], chunk_steps)
     program = step_program(placement, chunks)
     transport = LocalTransport()
+    masks = step_dropout(dropout, batch.lines, seed=0, step=step, device=batch.src.device)
     stages = [StageOperations(model, placement, stage, batch=batch, chunks=chunks,
-                              loss_scale=1 / batch.step_sentences, transport=transport)
+                              loss_scale=1 / batch.step_sentences, transport=transport, precision=precision,
+                              dropout=masks)
               for stage in range(placement.stages)]
     model.zero_grad(set_to_none=True)
     seconds = []

@@ -1,12 +1,10 @@
-"""The layers the model is built from, one module per unit a pipeline stage can hold.
+"""The LSTM layers the model is built from, one module per unit a pipeline stage can hold.
 
-Paper §3.5 put each LSTM layer and each quarter of the softmax on its own GPU; these are
-those units: `LSTMLayer` (one fused `nn.LSTM` layer) and `SoftmaxShard` (one vocabulary slice).
+Paper §3.5 put each LSTM layer and each quarter of the softmax on its own GPU; `LSTMLayer` (one fused
+`nn.LSTM` layer) is the first kind of unit, `softmax.SoftmaxShard` (one vocabulary slice) the second.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -107,65 +105,3 @@ def stacked(layers: list[LSTMLayer]):
         return PackedSequence(outputs, inputs.batch_sizes, inputs.sorted_indices, inputs.unsorted_indices), (h, c)
 
     return run
-
-
-class SoftmaxState(NamedTuple):
-    """Running log-sum-exp over the shards seen so far, per target position [N]."""
-
-    max_logit: torch.Tensor
-    sum_exp: torch.Tensor
-    """Σ exp(logit - max_logit) over the vocabulary slices seen so far."""
-    target_logit: torch.Tensor
-    """The target word's logit, once its slice has been seen (0 before)."""
-
-    @classmethod
-    def empty(cls, like: torch.Tensor) -> SoftmaxState:
-        size = like.shape[0]
-        return cls(like.new_full((size,), float("-inf")), like.new_zeros(size), like.new_zeros(size))
-
-    def nll(self) -> torch.Tensor:
-        """-log p(target) = logsumexp(all logits) - target logit."""
-        return self.max_logit + torch.log(self.sum_exp) - self.target_logit
-
-
-class SoftmaxShard(nn.Module):
-    """Output words [start, start + size) of the plain softmax: an H × size slice and its bias.
-
-    Shards fold their logits into a `SoftmaxState` one after the other (online log-sum-exp),
-    so S shards give the loss of one full softmax without any shard seeing all logits.
-    """
-
-    def __init__(self, hidden_size: int, start: int, size: int):
-        super().__init__()
-        self.start, self.size = start, size
-        self.weight = nn.Parameter(torch.empty(size, hidden_size))
-        self.bias = nn.Parameter(torch.empty(size))
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(hidden, self.weight, self.bias)
-
-    def forward(self, hidden: torch.Tensor, targets: torch.Tensor, state: SoftmaxState) -> SoftmaxState:
-        """hidden [N, H], targets [N] (vocabulary ids) → the state with this slice folded in.
-
-        The fold is fp32 whatever the product ran in (bf16 under autocast): exp and sums of 20,000
-        logits lose too much in bf16."""
-        logits = at_least_fp32(self.logits(hidden))
-        max_logit = torch.maximum(state.max_logit, logits.max(dim=1).values)
-        sum_exp = (state.sum_exp * torch.exp(state.max_logit - max_logit)
-                   + torch.exp(logits - max_logit[:, None]).sum(dim=1))
-        local = targets - self.start
-        mine = (local >= 0) & (local < self.size)
-        picked = logits.gather(1, local.clamp(0, self.size - 1)[:, None]).squeeze(1)
-        target_logit = state.target_logit + torch.where(mine, picked, torch.zeros_like(picked))
-        return SoftmaxState(max_logit, sum_exp, target_logit)
-
-
-def shard_bounds(vocab_size: int, shards: int) -> list[tuple[int, int]]:
-    """(start, size) of each shard; sizes differ by at most one when the vocabulary does not divide."""
-    base, extra = divmod(vocab_size, shards)
-    bounds, start = [], 0
-    for index in range(shards):
-        size = base + (1 if index < extra else 0)
-        bounds.append((start, size))
-        start += size
-    return bounds

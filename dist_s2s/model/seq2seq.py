@@ -16,15 +16,8 @@ from dist_s2s.config import ModelConfig
 from dist_s2s.data.batch import Batch
 from dist_s2s.data.vocab import PAD_ID
 from dist_s2s.model.dropout import Dropout, input_site
-from dist_s2s.model.layers import (
-    LSTMLayer,
-    SoftmaxShard,
-    SoftmaxState,
-    at_least_fp32,
-    over_lengths,
-    shard_bounds,
-    stacked,
-)
+from dist_s2s.model.layers import LSTMLayer, over_lengths, stacked
+from dist_s2s.model.softmax import SoftmaxShard, merge_all, shard_bounds, shard_partial
 
 
 class Seq2Seq(nn.Module):
@@ -93,21 +86,16 @@ class Seq2Seq(nn.Module):
     def token_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """-log p(target) for each row of hidden [N, H].
 
-        All shards are here, so one [N, H] × [H, V] product and a fused log-softmax do it (profiled:
-        folding shard by shard costs ~10% of a step in extra element-wise work); a pipeline, where
-        no stage holds every shard, folds them with `SoftmaxState` (`token_nll_by_shards`).
+        All shards are here, so one [N, H] × [H, V] product and one partial over the whole vocabulary do it;
+        a pipeline, where no stage holds every shard, merges the shards' partials (`token_nll_by_shards`).
         """
         weight = torch.cat([shard.weight for shard in self.softmax])
         bias = torch.cat([shard.bias for shard in self.softmax])
-        logits = at_least_fp32(nn.functional.linear(hidden, weight, bias))  # the log-softmax in fp32 under bf16
-        return nn.functional.cross_entropy(logits, targets, reduction="none")
+        return shard_partial(nn.functional.linear(hidden, weight, bias), targets).nll()
 
     def token_nll_by_shards(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The same, folding the softmax shards in order as pipeline stages do (online log-sum-exp)."""
-        state = SoftmaxState.empty(hidden[:, 0])
-        for shard in self.softmax:
-            state = shard(hidden, targets, state)
-        return state.nll()
+        """The same, one partial a softmax shard, merged as pipeline stages merge them."""
+        return merge_all([shard(hidden, targets) for shard in self.softmax]).nll()
 
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """Full log-distribution over the target vocabulary [N, V] (decoding, not training)."""

@@ -17,8 +17,9 @@ from torch import nn
 from dist_s2s.data.vocab import PAD_ID
 from dist_s2s.errors import UserError
 from dist_s2s.model.dropout import Dropout, input_site
-from dist_s2s.model.layers import LSTMLayer, SoftmaxShard, SoftmaxState
+from dist_s2s.model.layers import LSTMLayer
 from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.model.softmax import SoftmaxPartial, SoftmaxShard
 
 
 class EmbeddingStage(nn.Module):
@@ -71,10 +72,10 @@ class SoftmaxShardStage(nn.Module):
             tgt_h, tgt_out = inputs
             real = tgt_out != PAD_ID
             hidden, targets = tgt_h[real].contiguous(), tgt_out[real].contiguous()
-            state = SoftmaxState.empty(hidden[:, 0])
+            state = None
         else:
             hidden, targets, *running = inputs
-            state = SoftmaxState(*running)
+            state = SoftmaxPartial(*running)
         state = self.shard(hidden, targets, state)
         if self.last:
             return state.nll()

@@ -19,6 +19,12 @@ every rank, so every rank knows every message's shape without asking:
     Q(d, s)  stage s back-propagates through its shards: weight gradients, and d hidden sent back
     B(g, h)  backward of chunk g through hop h, in reverse time, carrying d(h, c) back: the
              gradient of full backpropagation through time, never truncated
+    W(s)     stage s's softmax weight gradients, deferred from every Q: one product over all decoder
+             chunks, placed where the stage would wait (after its last Q on a stage below the top,
+             which then waits for the backward to come down; last on the top stage, which waits for
+             the stages below to finish)
+    E(g)     the embedding gradients of one side (g: its first chunk), deferred from every B at the
+             bottom hop: one dense embedding backward a side instead of one a chunk
 
 The global order below is a topological order of these operations; each rank runs its own
 subsequence of it, sends without waiting and receives what it has posted in the senders' order, one
@@ -132,7 +138,30 @@ def step_program(placement: Placement, chunks: list[Chunk], *, backward: bool = 
                 receives = [Message("grad_hidden", chunk.index, s, top) for s in shard_stages]
             sends = [Message("grad_act", chunk.index, stage, hops[hop - 1][0], hop - 1)] if hop > 0 else []
             program.append(Operation("B", stage, chunk, hop, receives, sends))
-    return program
+    return with_deferred_gradients(program, placement, chunks)
+
+
+def with_deferred_gradients(program: list[Operation], placement: Placement, chunks: list[Chunk]) -> list[Operation]:
+    """The training program with its W and E operations (module docstring) inserted. They send nothing, so
+    where they go changes only when each stage computes them."""
+    top, bottom = placement.top_stage, placement.hops[0][0]
+    last_decoder = next(c for c in reversed(chunks) if c.decoder)
+    first_chunks = [next(c for c in chunks if c.decoder == side) for side in (False, True)]
+    after: dict[int, list[Operation]] = {}
+    for stage in placement.shard_stages:
+        if stage == top:
+            continue
+        last_q = max(i for i, op in enumerate(program) if op.kind == "Q" and op.stage == stage)
+        after.setdefault(last_q, []).append(Operation("W", stage, last_decoder))
+    for chunk in first_chunks:
+        index = next(i for i, op in enumerate(program) if op.kind == "B" and op.hop == 0 and op.chunk == chunk)
+        after.setdefault(index, []).append(Operation("E", bottom, chunk))
+    placed = []
+    for index, op in enumerate(program):
+        placed += [op, *after.get(index, [])]
+    if top in placement.shard_stages:
+        placed.append(Operation("W", top, last_decoder))
+    return placed
 
 
 class RunOperation(PipeInstruction):

@@ -38,6 +38,7 @@ from dist_s2s.parallel.wavefront import (
 )
 from dist_s2s.parallel.wavefront_messages import StageMessages, direction_groups
 from dist_s2s.parallel.wavefront_operations import StageOperations, message_shape
+from dist_s2s.train.precision import autocast
 
 
 class WavefrontEngine(PipelineEngine):
@@ -77,8 +78,11 @@ class WavefrontEngine(PipelineEngine):
         self.operations = StageOperations(self.model, self.placement, self.stage_id, batch=self.batch,
                                           chunks=self.chunks, loss_scale=scale, transport=self.messages,
                                           precision=self.precision, dropout=dropout)
-        self._exec_schedule(WavefrontSchedule(self.program, self.num_stages, self.stage_id, train=train,
-                                              replicas=self.grid.data_parallel_size))
+        # One autocast region for the whole step: its weights are cast to bf16 once, not once a chunk (the
+        # operations turn autocast off for their backward passes; the optimizer step has no autocast op).
+        with autocast(self.precision, self.device):
+            self._exec_schedule(WavefrontSchedule(self.program, self.num_stages, self.stage_id, train=train,
+                                                  replicas=self.grid.data_parallel_size))
         total = self.operations.nll.clone()
         dist.all_reduce(total)  # only each replica's top stage holds a non-zero sum
         return float(total)

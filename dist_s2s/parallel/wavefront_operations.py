@@ -19,11 +19,12 @@ import torch
 from dist_s2s.data.batch import Batch
 from dist_s2s.data.vocab import PAD_ID
 from dist_s2s.model.dropout import Dropout, input_site
-from dist_s2s.model.layers import SoftmaxState, at_least_fp32
+from dist_s2s.model.layers import at_least_fp32
 from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.model.softmax import SoftmaxPartial, merge_all
 from dist_s2s.parallel.placement import Placement
 from dist_s2s.parallel.wavefront import Chunk, Message, Operation
-from dist_s2s.train.precision import autocast
+from dist_s2s.train.precision import autocast, without_autocast
 
 FORWARD_KINDS = ("act", "hidden", "partial")
 """Messages that are activations: received as leaves that collect their gradient."""
@@ -69,21 +70,38 @@ class StageOperations:
         self.carried: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.state_grads: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
         self.softmax_records: dict[int, dict] = {}
+        self.deferred_softmax: dict[int, list] = {shard: [] for shard in placement.shards[stage]}
+        """Per shard, (hidden, d logits) of each decoder chunk: what W turns into its weight gradients."""
+        self.embedded: dict[bool, list[tuple[torch.Tensor, torch.Tensor]]] = {False: [], True: []}
+        """Per side (decoder or not), each chunk's (ids, embeddings): E back-propagates them at once."""
 
     def run(self, op: Operation) -> None:
-        if op.kind in ("F", "P"):  # forward passes run in train.precision; the backward follows their dtypes
+        """Forward passes run in train.precision; the backward ones follow their dtypes, outside autocast
+        (which a caller may hold open around the whole step, so that its weight casts are made once)."""
+        if op.kind in ("F", "P"):
             with autocast(self.precision, self.batch.src.device):
                 {"F": self._forward, "P": self._softmax_partials}[op.kind](op)
             return
-        {"L": self._softmax_loss, "Q": self._softmax_backward, "B": self._backward}[op.kind](op)
+        with without_autocast(self.precision, self.batch.src.device):
+            self._backward_kind(op)
+
+    def _backward_kind(self, op: Operation) -> None:
+        {"L": self._softmax_loss, "Q": self._softmax_backward, "B": self._backward, "W": self._softmax_weight_grads,
+         "E": self._embedding_grads}[op.kind](op)
 
     def _receive(self, message: Message) -> torch.Tensor:
         return as_received(message, self.transport.receive(message))
 
     def _chunk_input(self, chunk: Chunk) -> torch.Tensor:
-        if chunk.decoder:
-            return self.model.tgt_embed(self.batch.tgt_in[:, chunk.start:chunk.stop])
-        return self.model.src_embed(self.batch.src[:, chunk.start:chunk.stop])
+        """The chunk's embeddings, as a leaf whose gradient E takes to the embedding weights."""
+        ids = (self.batch.tgt_in if chunk.decoder else self.batch.src)[:, chunk.start:chunk.stop]
+        embedding = self.model.tgt_embed if chunk.decoder else self.model.src_embed
+        if not torch.is_grad_enabled():
+            return embedding(ids)
+        with torch.no_grad():
+            embedded = embedding(ids).requires_grad_()
+        self.embedded[chunk.decoder].append((ids, embedded))
+        return embedded
 
     def _forward(self, op: Operation) -> None:
         chunk, (_, layers) = op.chunk, self.placement.hops[op.hop]
@@ -120,21 +138,18 @@ class StageOperations:
 
     def _softmax_partials(self, op: Operation) -> None:
         hidden = self._receive(op.receives[0])
-        state, targets = SoftmaxState.empty(hidden[:, 0]), self._targets(op.chunk)
+        state, targets, logits = None, self._targets(op.chunk), {}
         for shard in self.placement.shards[self.stage]:
-            state = self.model.softmax[shard](hidden, targets, state)
+            state, logits[shard] = self.model.softmax[shard].forward_deferring_weight_grads(hidden, targets, state)
         partial = torch.stack(tuple(state))
         self.transport.send(op.sends[0], partial)
         if torch.is_grad_enabled():
-            self.softmax_records[op.chunk.index] = {"hidden": hidden, "partial": partial}
+            self.softmax_records[op.chunk.index] = {"hidden": hidden, "partial": partial, "logits": logits}
 
     def _softmax_loss(self, op: Operation) -> None:
         """log-sum-exp over every shard's partial (max, Σ exp, target logit): the loss of one chunk."""
         partials = [self._receive(message) for message in op.receives]
-        stacked = torch.stack(partials)  # [stages, 3, N]
-        top = stacked[:, 0].max(dim=0).values
-        sum_exp = (stacked[:, 1] * torch.exp(stacked[:, 0] - top)).sum(dim=0)
-        nll = top + torch.log(sum_exp) - stacked[:, 2].sum(dim=0)
+        nll = merge_all([SoftmaxPartial(*partial) for partial in partials]).nll()
         self.nll += nll.detach().sum().to(torch.float64)
         if not op.sends:
             return
@@ -143,9 +158,26 @@ class StageOperations:
             self.transport.send(message, partial.grad)
 
     def _softmax_backward(self, op: Operation) -> None:
+        """d hidden, sent back, and each shard's d logits, kept for W: the weights' products wait."""
         record = self.softmax_records.pop(op.chunk.index)
-        torch.autograd.backward(record["partial"], self._receive(op.receives[0]))
-        self.transport.send(op.sends[0], record["hidden"].grad)
+        shards = list(record["logits"])
+        grads = torch.autograd.grad(record["partial"], [record["hidden"], *record["logits"].values()],
+                                    self._receive(op.receives[0]))
+        for shard, grad in zip(shards, grads[1:]):
+            self.deferred_softmax[shard].append((record["hidden"], grad))
+        self.transport.send(op.sends[0], grads[0])
+
+    def _softmax_weight_grads(self, op: Operation) -> None:
+        for shard, deferred in self.deferred_softmax.items():
+            self.model.softmax[shard].add_weight_grads(deferred)
+
+    def _embedding_grads(self, op: Operation) -> None:
+        chunks = self.embedded[op.chunk.decoder]
+        embedding = self.model.tgt_embed if op.chunk.decoder else self.model.src_embed
+        ids = torch.cat([ids for ids, _ in chunks], dim=1)
+        grads = torch.cat([embedded.grad for _, embedded in chunks], dim=1)
+        torch.autograd.backward(embedding(ids), grads)
+        chunks.clear()
 
     def _backward(self, op: Operation) -> None:
         chunk = op.chunk

@@ -34,6 +34,13 @@ def autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
+def without_autocast(precision: str, device: torch.device):
+    """A region inside an autocast one where autocast is off and its cache of cast weights kept."""
+    if precision == "bf16":
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class LSTMDtypeProbe:
     """Records the dtype the first LSTM's kernel returned in the next forward, and logs it once: under
     autocast an RNN may run in another dtype than asked (cuDNN before 9.13 has no bf16 RNN)."""
