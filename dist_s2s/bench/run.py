@@ -169,7 +169,8 @@ def bench(config: Config, config_path: str, *, overrides: list[str], modes: list
     for run in runs:
         run["vs_plain"] = round(run["words_per_sec"] / plain, 3) if plain else None
     result = {
-        "config": config_path, "overrides": overrides, "batches": batches, "batch_size": config.train.batch_size,
+        "config": config_path, "overrides": overrides, "resolved_config": config.to_dict(), "batches": batches,
+        "batch_size": config.train.batch_size,
         "device": device_name(device), "device_type": device.type, "cores": cores,
         "matmul_tflops_per_sec": round(limits["fp32"] / 1e12, 4), "torch": torch.__version__,
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

@@ -16,13 +16,16 @@ every rank, so every rank knows every message's shape without asking:
     L(d)     the top stage combines the partials into the loss of chunk d and sends each shard
              stage the gradient of its partials: the softmax needs no recurrence, so its forward
              and backward run inside the LSTM's forward sweep
-    Q(d, s)  stage s back-propagates through its shards: weight gradients, and d hidden sent back
+    Q(d, s)  stage s back-propagates through its shards to d hidden, sent back (the weights wait for
+             W); on a stage below the top one chunk late, after its P(d + 1), so that it computes the
+             next chunk instead of waiting for the top stage's L(d): d hidden is needed only in the
+             backward sweep
     B(g, h)  backward of chunk g through hop h, in reverse time, carrying d(h, c) back: the
              gradient of full backpropagation through time, never truncated
-    W(s)     stage s's softmax weight gradients, deferred from every Q: one product over all decoder
-             chunks, placed where the stage would wait (after its last Q on a stage below the top,
-             which then waits for the backward to come down; last on the top stage, which waits for
-             the stages below to finish)
+    W(d, s)  stage s's softmax weight gradients, deferred from Q: on a stage below the top just before
+             its P(d + 2), where it would wait for the top stage's hidden states of that chunk (the last
+             two after its last Q, which the top stage waits for to begin the backward sweep); on the
+             top stage one W for every chunk, last, where it would wait for the stages below to finish
     E(g)     the embedding gradients of one side (g: its first chunk), deferred from every B at the
              bottom hop: one dense embedding backward a side instead of one a chunk
 
@@ -59,13 +62,27 @@ class Chunk:
         return self.stop - self.start
 
 
-def time_chunks(src_width: int, tgt_width: int, chunk_steps: int) -> list[Chunk]:
-    """The encoder's chunks over the source width, then the decoder's over the target width."""
+def time_chunks(src_width: int, tgt_width: int, chunk_steps: int, *, src_ends=()) -> list[Chunk]:
+    """The encoder's chunks over the source width, then the decoder's over the target width, each at most
+    `chunk_steps` wide. The encoder is also cut where a sentence ends (`src_ends`: the source lengths), so
+    that within a chunk every sentence runs all of it or none: one fused LSTM call a chunk, where a
+    chunk in which sentences end would take one call per distinct end."""
+    ends = sorted(set(src_ends))
     chunks: list[Chunk] = []
     for decoder, width in ((False, src_width), (True, tgt_width)):
-        for start in range(0, width, chunk_steps):
-            chunks.append(Chunk(len(chunks), decoder, start, min(start + chunk_steps, width)))
+        start = 0
+        while start < width:
+            stop = min(start + chunk_steps, width)
+            if not decoder:
+                stop = min([stop, *(end for end in ends if end > start)])
+            chunks.append(Chunk(len(chunks), decoder, start, stop))
+            start = stop
     return chunks
+
+
+def batch_chunks(batch, chunk_steps: int) -> list[Chunk]:
+    """`time_chunks` of a batch, cut at its sentences' ends (host lengths: every rank computes the same)."""
+    return time_chunks(batch.src.shape[1], batch.tgt_out.shape[1], chunk_steps, src_ends=batch.src_lengths.tolist())
 
 
 @dataclass(frozen=True)
@@ -102,19 +119,25 @@ def step_program(placement: Placement, chunks: list[Chunk], *, backward: bool = 
     def act(chunk: Chunk, hop: int) -> Message:
         return Message("act", chunk.index, hops[hop][0], hops[hop + 1][0], hop)
 
+    lagging: list[Operation] = []
+    """Q operations of stages below the top, emitted one chunk late (module docstring)."""
+
     def softmax(chunk: Chunk) -> None:
         hidden = [Message("hidden", chunk.index, top, stage) for stage in shard_stages]
         partials = [Message("partial", chunk.index, stage, top) for stage in shard_stages]
         program.extend(Operation("P", stage, chunk, receives=[hidden[i]], sends=[partials[i]])
                        for i, stage in enumerate(shard_stages))
+        program.extend(lagging)
+        lagging.clear()
         if not backward:
             program.append(Operation("L", top, chunk, receives=partials))
             return
         grads = [Message("grad_partial", chunk.index, top, stage) for stage in shard_stages]
         program.append(Operation("L", top, chunk, receives=partials, sends=grads))
-        program.extend(Operation("Q", stage, chunk, receives=[grads[i]],
-                                 sends=[Message("grad_hidden", chunk.index, stage, top)])
-                       for i, stage in enumerate(shard_stages))
+        for i, stage in enumerate(shard_stages):
+            back = Message("grad_hidden", chunk.index, stage, top)
+            q = Operation("Q", stage, chunk, receives=[grads[i]], sends=[back])
+            (program if stage == top else lagging).append(q)
 
     pending = None
     for chunk in chunks:
@@ -128,6 +151,7 @@ def step_program(placement: Placement, chunks: list[Chunk], *, backward: bool = 
                 softmax(pending)
         pending = chunk if chunk.decoder else None
     softmax(pending)  # the last decoder chunk's
+    program.extend(lagging)
     if not backward:
         return program
     for chunk in reversed(chunks):
@@ -145,14 +169,18 @@ def with_deferred_gradients(program: list[Operation], placement: Placement, chun
     """The training program with its W and E operations (module docstring) inserted. They send nothing, so
     where they go changes only when each stage computes them."""
     top, bottom = placement.top_stage, placement.hops[0][0]
-    last_decoder = next(c for c in reversed(chunks) if c.decoder)
+    last_decoder = chunks[-1]
     first_chunks = [next(c for c in chunks if c.decoder == side) for side in (False, True)]
     after: dict[int, list[Operation]] = {}
     for stage in placement.shard_stages:
         if stage == top:
             continue
+        p_at = {op.chunk.index: i for i, op in enumerate(program) if op.kind == "P" and op.stage == stage}
         last_q = max(i for i, op in enumerate(program) if op.kind == "Q" and op.stage == stage)
-        after.setdefault(last_q, []).append(Operation("W", stage, last_decoder))
+        for op in program:
+            if op.kind == "Q" and op.stage == stage:  # before P(d + 2): where the stage waits for that chunk
+                index = p_at[op.chunk.index + 2] - 1 if op.chunk.index + 2 in p_at else last_q
+                after.setdefault(index, []).append(Operation("W", stage, op.chunk))
     for chunk in first_chunks:
         index = next(i for i, op in enumerate(program) if op.kind == "B" and op.hop == 0 and op.chunk == chunk)
         after.setdefault(index, []).append(Operation("E", bottom, chunk))

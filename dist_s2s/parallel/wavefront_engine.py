@@ -33,8 +33,8 @@ from dist_s2s.parallel.wavefront import (
     RunOperation,
     WaitSends,
     WavefrontSchedule,
+    batch_chunks,
     step_program,
-    time_chunks,
 )
 from dist_s2s.parallel.wavefront_messages import StageMessages, direction_groups
 from dist_s2s.parallel.wavefront_operations import StageOperations, message_shape
@@ -73,7 +73,7 @@ class WavefrontEngine(PipelineEngine):
 
     def _run(self, batch: Batch, scale: float, *, train: bool, dropout: Dropout | None = None) -> float:
         self.batch = batch.to(self.device)
-        self.chunks = time_chunks(batch.src.shape[1], batch.tgt_out.shape[1], self.chunk_steps)
+        self.chunks = batch_chunks(batch, self.chunk_steps)
         self.program = step_program(self.placement, self.chunks, backward=train)
         self.operations = StageOperations(self.model, self.placement, self.stage_id, batch=self.batch,
                                           chunks=self.chunks, loss_scale=scale, transport=self.messages,

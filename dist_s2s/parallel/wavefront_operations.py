@@ -170,6 +170,7 @@ class StageOperations:
     def _softmax_weight_grads(self, op: Operation) -> None:
         for shard, deferred in self.deferred_softmax.items():
             self.model.softmax[shard].add_weight_grads(deferred)
+            deferred.clear()
 
     def _embedding_grads(self, op: Operation) -> None:
         chunks = self.embedded[op.chunk.decoder]
