@@ -22,10 +22,10 @@ every rank, so every rank knows every message's shape without asking:
              backward sweep
     B(g, h)  backward of chunk g through hop h, in reverse time, carrying d(h, c) back: the
              gradient of full backpropagation through time, never truncated
-    W(d, s)  stage s's softmax weight gradients, deferred from Q: on a stage below the top just before
-             its P(d + 2), where it would wait for the top stage's hidden states of that chunk (the last
-             two after its last Q, which the top stage waits for to begin the backward sweep); on the
-             top stage one W for every chunk, last, where it would wait for the stages below to finish
+    W(d, s)  stage s's softmax weight gradients, deferred from Q to where the stage would wait in the
+             forward sweep: below the top just before its P(d + 2) (for the top stage's hidden states),
+             on the top stage just before its L(d + 1) (for the partials of the stages below); the last
+             ones after the stage's last Q
     E(g)     the embedding gradients of one side (g: its first chunk), deferred from every B at the
              bottom hop: one dense embedding backward a side instead of one a chunk
 
@@ -169,17 +169,17 @@ def with_deferred_gradients(program: list[Operation], placement: Placement, chun
     """The training program with its W and E operations (module docstring) inserted. They send nothing, so
     where they go changes only when each stage computes them."""
     top, bottom = placement.top_stage, placement.hops[0][0]
-    last_decoder = chunks[-1]
     first_chunks = [next(c for c in chunks if c.decoder == side) for side in (False, True)]
     after: dict[int, list[Operation]] = {}
     for stage in placement.shard_stages:
-        if stage == top:
-            continue
-        p_at = {op.chunk.index: i for i, op in enumerate(program) if op.kind == "P" and op.stage == stage}
+        # Where the stage waits in the forward sweep: a stage below the top for the top stage's hidden
+        # states (its P(d + 2)), the top stage for the partials of the stages below (its L(d + 1)).
+        waits, lead = ("L", 1) if stage == top else ("P", 2)
+        wait_at = {op.chunk.index: i for i, op in enumerate(program) if op.kind == waits and op.stage == stage}
         last_q = max(i for i, op in enumerate(program) if op.kind == "Q" and op.stage == stage)
         for op in program:
-            if op.kind == "Q" and op.stage == stage:  # before P(d + 2): where the stage waits for that chunk
-                index = p_at[op.chunk.index + 2] - 1 if op.chunk.index + 2 in p_at else last_q
+            if op.kind == "Q" and op.stage == stage:
+                index = wait_at.get(op.chunk.index + lead, last_q + 1) - 1
                 after.setdefault(index, []).append(Operation("W", stage, op.chunk))
     for chunk in first_chunks:
         index = next(i for i, op in enumerate(program) if op.kind == "B" and op.hop == 0 and op.chunk == chunk)
@@ -187,8 +187,6 @@ def with_deferred_gradients(program: list[Operation], placement: Placement, chun
     placed = []
     for index, op in enumerate(program):
         placed += [op, *after.get(index, [])]
-    if top in placement.shard_stages:
-        placed.append(Operation("W", top, last_decoder))
     return placed
 
 
