@@ -17,20 +17,25 @@ def test_bench_times_every_mode_on_the_tiny_config_and_writes_its_json(prepared_
     output = tmp_path / "bench.json"
     assert main(["bench", "--config", str(REPO / "configs" / "tiny.yaml"), f"--data.root={SHARED_DATA}",
                  f"--data.out_dir={prepared_tiny.data.out_dir}", "--mode", "plain", "single@1", "pipeline:2@1",
-                 "pipeline:2@1/wavefront+chain", "--steps", "2", "--warmup", "1",
+                 "pipeline:2@1/wavefront+chain", "side-by-side:2@1", "--steps", "2", "--warmup", "1",
                  "--output", str(output), "--parallel.schedule=1f1b", "--parallel.micro_batches=2"]) == 0
     result = json.loads(output.read_text())
     assert [r["label"] for r in result["runs"]] == ["plain@2", "single@1", "pipeline:2@1",
-                                                    "pipeline:2@1/wavefront+chain"]
+                                                    "pipeline:2@1/wavefront+chain", "side-by-side:2@1"]
     for run in result["runs"]:
         assert {"mode", "stages", "schedule", "threads_per_rank", "words_per_sec", "mfu", "peak_mem_mb"} <= run.keys()
         assert run["words_per_sec"] > 0 and 0 < run["mfu"] < 1 and run["peak_mem_mb"] > 0
     schedules = [r["schedule"] for r in result["runs"]]
-    assert schedules == [None, None, "1f1b", "wavefront"], "the config's, or the mode's own"
+    assert schedules == [None, None, "1f1b", "wavefront", None], "the config's, or the mode's own"
     assert result["runs"][2]["micro_batches"] == 2, "the config's micro-batches"
     assert result["runs"][3]["placement"] == "chain" and result["runs"][3]["micro_batches"] == 1
     assert result["runs"][0]["vs_plain"] == 1.0
     assert len(result["runs"][2]["peak_mem_mb_per_rank"]) == 2
+    pipeline, single, beside = result["runs"][2], result["runs"][1], result["runs"][4]
+    assert beside["processes"] == 2 and len(beside["peak_mem_mb_per_rank"]) == 2
+    assert pipeline["scaling_efficiency"] == pytest.approx(pipeline["words_per_sec"] / (2 * single["words_per_sec"]),
+                                                           abs=1e-3)
+    assert pipeline["vs_side_by_side"] == pytest.approx(pipeline["words_per_sec"] / beside["words_per_sec"], abs=1e-3)
     assert result["matmul_tflops_per_sec"] > 0 and result["commit"]
     assert "| pipeline:2@1 | 1 |" in capsys.readouterr().out
 
@@ -45,6 +50,10 @@ def test_an_unknown_bench_mode_is_named():
             Mode.parse(bad, 2)
     assert Mode.parse("pipeline:2@1/wavefront+colocated", 2).label == "pipeline:2@1/wavefront+colocated"
     assert Mode.parse("pipeline:4", 2).threads == 1 and Mode.parse("single", 2).threads == 2
+    assert Mode.parse("side-by-side:2", 2).threads == 1 and Mode.parse("side-by-side:2@1/bf16", 2).precision == "bf16"
+    for bad in ("side-by-side", "side-by-side:2/wavefront"):
+        with pytest.raises(UserError, match="unknown bench mode"):
+            Mode.parse(bad, 2)
 
 
 def test_one_f_one_b_orders_warm_up_forwards_then_alternates():

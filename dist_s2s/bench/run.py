@@ -9,7 +9,10 @@
 Modes: `plain` (the obvious PyTorch model, the baseline of every ratio), `single` (dist-s2s's
 single-device trainer step), `pipeline:S` (S DeepSpeed stages under torchrun, gloo on CPU, NCCL
 on GPU) under `--parallel.schedule`, or `/1f1b`, `/wavefront`, `/wavefront+colocated` for that
-mode alone; `@T` gives each process T threads (default: the cores shared evenly). Each mode runs
+mode alone; `side-by-side:N` (N single-device processes at once, each on the same batches, their
+words/s summed: what N processes of this machine reach when they never wait for each other, the
+ceiling of any N-process scheme here, shared caches, memory bandwidth and clocks included);
+`@T` gives each process T threads (default: the cores shared evenly). Each mode runs
 in fresh processes, so peak memory is its own. Words are source + target words without padding.
 MFU = useful FLOP/s (`flops.py`) ÷ the matrix-product rate of the mode's precision (fp32, TF32 or bf16;
 `/bf16` etc. sets it per mode) measured in the same run on the same device (all cores of the CPU; one
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 
 
 SCHEDULES, PLACEMENTS, PRECISIONS = ("1f1b", "wavefront"), ("chain", "colocated"), ("fp32", "tf32", "bf16")
+KINDS, MULTI_PROCESS = ("plain", "single", "pipeline", "side-by-side"), ("pipeline", "side-by-side")
 
 
 @dataclass
@@ -70,9 +74,10 @@ class Mode:
         placement = next((t for t in tokens if t in PLACEMENTS), None)
         precision = next((t for t in tokens if t in PRECISIONS), None)
         known = len(tokens) == sum(t is not None for t in (schedule, placement, precision))
-        if (kind not in ("plain", "single", "pipeline") or (kind == "pipeline") != bool(stages) or not known
+        if (kind not in KINDS or (kind in MULTI_PROCESS) != bool(stages) or not known
                 or ((schedule or placement) and kind != "pipeline") or (placement and schedule != "wavefront")):
-            raise UserError(f"unknown bench mode {text!r} (plain, single, pipeline:S, each optionally @THREADS, "
+            raise UserError(f"unknown bench mode {text!r} (plain, single, pipeline:S, side-by-side:N, each optionally "
+                            "@THREADS, "
                             "then /VARIANTS joined by +: 1f1b or wavefront[+chain|+colocated] for a pipeline, "
                             "fp32, tf32 or bf16 for any)")
         count = int(stages) if stages else 0
@@ -81,7 +86,7 @@ class Mode:
 
     @property
     def label(self) -> str:
-        label = (f"pipeline:{self.stages}" if self.kind == "pipeline" else self.kind) + f"@{self.threads}"
+        label = (f"{self.kind}:{self.stages}" if self.kind in MULTI_PROCESS else self.kind) + f"@{self.threads}"
         variants = [v for v in (self.schedule, self.placement, self.precision) if v]
         return label + ("/" + "+".join(variants) if variants else "")
 
@@ -103,22 +108,42 @@ def run_mode(mode: Mode, config_path: str, *, overrides: list[str], batches: str
     """Every rank's record (rank 0 first) of `steps` timed steps after `warmup`; with `record_timeline`,
     each pipeline rank's instructions of the last timed step."""
     with tempfile.TemporaryDirectory() as scratch:
-        worker = ["-m", "dist_s2s.bench.worker", "--config", config_path, "--mode", mode.kind, "--batches", batches,
+        kind = "single" if mode.kind == "side-by-side" else mode.kind
+        worker = ["-m", "dist_s2s.bench.worker", "--config", config_path, "--mode", kind, "--batches", batches,
                   "--steps", str(steps), "--warmup", str(warmup), "--out", scratch,
                   *(["--timeline"] if record_timeline else []), *overrides]
-        if mode.kind == "pipeline":
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                       f"--nproc_per_node={mode.stages}", *worker, *mode.overrides(config)]
-        else:
-            command = [sys.executable, *worker, *mode.overrides(config)]
         env = {**os.environ, "OMP_NUM_THREADS": str(mode.threads), "TMPDIR": scratch}
         if not torch.cuda.is_available():
             env["DS_ACCELERATOR"] = "cpu"
-        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-        if result.returncode != 0:
-            raise UserError(f"bench mode {mode.label} failed:\n{(result.stdout + result.stderr)[-3000:]}")
-        return [json.loads(path.read_text()) for path in sorted(Path(scratch).glob("rank-*.json"),
-                                                                 key=lambda p: int(p.stem.split("-")[1]))]
+        processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      env={**env, **own_env}, cwd=REPO)
+                     for command, own_env in _commands(mode, worker, config)]
+        outputs = [process.communicate()[0] for process in processes]
+        for process, output in zip(processes, outputs):
+            if process.returncode != 0:
+                raise UserError(f"bench mode {mode.label} failed:\n{output[-3000:]}")
+        ranks = [json.loads(path.read_text()) for path in sorted(Path(scratch).glob("rank-*.json"),
+                                                                  key=lambda p: int(p.stem.split("-")[1]))]
+        return [side_by_side(ranks)] + ranks[1:] if mode.kind == "side-by-side" else ranks
+
+
+def _commands(mode: Mode, worker: list[str], config: Config) -> list[tuple[list[str], dict[str, str]]]:
+    """The processes a mode starts, each with what its environment adds."""
+    if mode.kind == "pipeline":
+        return [([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={mode.stages}",
+                  *worker, *mode.overrides(config)], {})]
+    if mode.kind == "side-by-side":  # on a GPU machine, process r on GPU r
+        return [([sys.executable, *worker, "--rank", str(rank), *mode.overrides(config)],
+                 {"CUDA_VISIBLE_DEVICES": str(rank)} if torch.cuda.is_available() else {})
+                for rank in range(mode.stages)]
+    return [([sys.executable, *worker, *mode.overrides(config)], {})]
+
+
+def side_by_side(ranks: list[dict]) -> dict:
+    """Independent processes timed at once: their words, sentences and FLOPs summed over the slowest one's time
+    (what they did together while all of them ran)."""
+    return {**ranks[0], "seconds": max(r["seconds"] for r in ranks),
+            **{key: sum(r[key] for r in ranks) for key in ("words", "sentences", "flops")}}
 
 
 def bench(config: Config, config_path: str, *, overrides: list[str], modes: list[str], batches: str | None,
@@ -141,18 +166,20 @@ def bench(config: Config, config_path: str, *, overrides: list[str], modes: list
         precision = mode.precision or config.train.precision
         if precision not in limits:  # MFU against the matrix-product rate of the precision the mode ran in
             limits[precision] = matmul_rate(device, precision=precision)
-        schedule = (mode.schedule or config.parallel.schedule) if mode.stages else None
+        pipeline = mode.kind == "pipeline"
+        schedule = (mode.schedule or config.parallel.schedule) if pipeline else None
         wavefront = schedule == "wavefront"
         lead = ranks[0]
-        devices = max(1, mode.stages) if device.type == "cuda" else 1
+        devices = max(1, mode.stages) if device.type == "cuda" else 1  # pipeline stages or side-by-side processes
         flops_per_sec = lead["flops"] / lead["seconds"]
         runs.append({
-            "mode": mode.kind, "label": mode.label, "stages": mode.stages, "schedule": schedule,
+            "mode": mode.kind, "label": mode.label, "stages": mode.stages if pipeline else 0,
+            "processes": max(1, mode.stages), "schedule": schedule,
             "placement": placement_name(mode.placement or config.parallel.placement, config.model.num_layers,
                                         config.model.softmax_shards, mode.stages) if wavefront else None,
             "chunk_steps": config.parallel.chunk_steps if wavefront else None,
-            "micro_batches": micro if mode.stages and not wavefront else 1,
-            "bubble_fraction": (round(bubble_fraction(mode.stages, micro), 3) if mode.stages and not wavefront
+            "micro_batches": micro if pipeline and not wavefront else 1,
+            "bubble_fraction": (round(bubble_fraction(mode.stages, micro), 3) if pipeline and not wavefront
                                 else None if wavefront else 0.0),
             "threads_per_rank": mode.threads, "oversubscribed": device.type == "cpu" and
             max(1, mode.stages) * mode.threads > cores,
@@ -168,6 +195,7 @@ def bench(config: Config, config_path: str, *, overrides: list[str], modes: list
     plain = next((r["words_per_sec"] for r in runs if r["mode"] == "plain"), None)
     for run in runs:
         run["vs_plain"] = round(run["words_per_sec"] / plain, 3) if plain else None
+    add_scaling_efficiency(runs)
     result = {
         "config": config_path, "overrides": overrides, "resolved_config": config.to_dict(), "batches": batches,
         "batch_size": config.train.batch_size,
@@ -185,6 +213,22 @@ def bench(config: Config, config_path: str, *, overrides: list[str], modes: list
     return result
 
 
+def add_scaling_efficiency(runs: list[dict]) -> None:
+    """Each pipeline of S stages × T threads against the same run's `single@T` (words/s ÷ S × single) and its
+    `side-by-side:S@T` (÷ what S independent processes reached at once), where those modes were run."""
+    def words(mode: str, processes: int, threads: int, precision: str) -> float | None:
+        return next((r["words_per_sec"] for r in runs if r["mode"] == mode and r["processes"] == processes
+                     and r["threads_per_rank"] == threads and r["precision"] == precision), None)
+
+    for run in runs:
+        if run["mode"] != "pipeline":
+            continue
+        single = words("single", 1, run["threads_per_rank"], run["precision"])
+        beside = words("side-by-side", run["stages"], run["threads_per_rank"], run["precision"])
+        run["scaling_efficiency"] = round(run["words_per_sec"] / (run["stages"] * single), 3) if single else None
+        run["vs_side_by_side"] = round(run["words_per_sec"] / beside, 3) if beside else None
+
+
 def table(result: dict) -> str:
     """The runs as a Markdown table (docs/benchmarks.md's is made from the committed JSON files)."""
     lines = ["| mode | threads/rank | words/s | × plain | sentences/s | TFLOP/s | MFU | peak MB (max rank) |",
@@ -195,4 +239,11 @@ def table(result: dict) -> str:
         lines.append(f"| {run['label']}{flag} | {run['threads_per_rank']} | {run['words_per_sec']:,.0f} | {ratio} | "
                      f"{run['sentences_per_sec']:,.1f} | {run['tflops_per_sec']:.3f} | {100 * run['mfu']:.1f}% | "
                      f"{run['peak_mem_mb']:,.0f} |")
+    for run in result["runs"]:
+        if run.get("scaling_efficiency") or run.get("vs_side_by_side"):
+            parts = [f"scaling efficiency {run['scaling_efficiency']:.2f} (÷ {run['stages']} × single@"
+                     f"{run['threads_per_rank']})" if run.get("scaling_efficiency") else "",
+                     f"{run['vs_side_by_side']:.2f} of side-by-side:{run['stages']}@{run['threads_per_rank']}"
+                     if run.get("vs_side_by_side") else ""]
+            lines.append(f"{run['label']}: " + ", ".join(p for p in parts if p))
     return "\n".join(lines)

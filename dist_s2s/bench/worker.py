@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--timeline", action="store_true", help="record the last timed step's instructions")
+    parser.add_argument("--rank", type=int, default=0, help="which of several side-by-side processes this is")
     args, overrides = parser.parse_known_args()
     config = load_config(args.config, overrides)
     batches = real_batches(config, args.batches, args.warmup + args.steps)
@@ -63,7 +64,7 @@ def main() -> None:
         steps = PipelineSteps(config, model)
         device, rank = steps.device, torch.distributed.get_rank()
     else:
-        device, rank = pick_device(config.train.device), 0
+        device, rank = pick_device(config.train.device), args.rank
         steps = SingleDeviceSteps(config, model, device)
     elapsed, words, sentences, flops = 0.0, 0, 0, 0
     entries = None
@@ -81,7 +82,7 @@ def main() -> None:
             flops += training_flops(config.model, config.data.tgt_vocab_size, batch)
     record = {"rank": rank, "peak_mem_mb": round(peak_memory_mb(device), 1), "threads": torch.get_num_threads(),
               "stage": steps.engine.stage_id if args.mode == "pipeline" else 0, "timeline": entries}
-    if rank == 0:
+    if rank == 0 or args.mode != "pipeline":  # a pipeline's rank 0 counts the step; side-by-side processes each
         record.update({"seconds": elapsed, "words": words, "sentences": sentences, "flops": flops,
                        "device": str(device)})
     if args.mode == "pipeline":
