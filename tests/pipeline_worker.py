@@ -84,6 +84,7 @@ def main() -> None:
         "stage": engine.stage_id, "local": local, "part": part, "max_difference": difference,
         "micro_batch_shapes": shapes, "losses": losses, "reference_losses": reference_losses, "norms": norms,
         "reference_norms": reference_norms, "chunk_boundary_inside_some_past_others": splits,
+        "device": str(engine.device), "backend": torch.distributed.get_backend(),
     }))
     more_messages(engine, config, next(pipeline_batches))
 

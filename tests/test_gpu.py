@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dist_s2s.config import load_config
+from dist_s2s.model.layers import cudnn_has_bf16_rnn
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.train.step import SingleDeviceSteps
 
@@ -28,11 +29,30 @@ def a_batch():
     return batch_of([9, 7, 7, 3], [5, 8, 2, 6], vocab=200)
 
 
-def test_the_lstm_runs_in_bf16_under_bf16(caplog):
+@pytest.mark.parametrize("dropout", [0.0, 0.2])  # one stack a side, or one call a layer
+def test_under_bf16_the_lstm_runs_in_bf16_where_cudnn_has_bf16_rnns_else_fp32_never_fp16(caplog, dropout):
     caplog.set_level(logging.INFO)
-    steps = gpu_steps("--train.precision=bf16")
+    steps = gpu_steps("--train.precision=bf16", f"--model.dropout={dropout}")
     steps.train_step(a_batch(), 0.7, 1)
-    assert steps.probe.dtype == torch.bfloat16, f"cuDNN ran the LSTM in {steps.probe.dtype}"
+    expected = torch.bfloat16 if cudnn_has_bf16_rnn() else torch.float32
+    assert steps.lstm_dtype.dtype == expected, (f"the LSTM ran in {steps.lstm_dtype.dtype} with cuDNN "
+                                                f"{torch.backends.cudnn.version()}")
+    assert f"the LSTM kernels ran in {expected}" in caplog.text
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_stacked_cuda_call_copies_no_weights_and_warns_nothing(precision):
+    import warnings
+
+    steps = gpu_steps(f"--train.precision={precision}")
+    encoder = [w for layer in steps.model.encoder for w in layer.lstm._flat_weights]
+    assert len({w.untyped_storage().data_ptr() for w in encoder}) == 1, "one buffer for the encoder's stack"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        steps.train_step(a_batch(), 0.7, 1)
+    copies = [str(w.message) for w in caught if "contiguous chunk of memory" in str(w.message)]
+    assert not copies, copies
+    assert len({w.untyped_storage().data_ptr() for w in encoder}) == 1, "still one buffer after the update"
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
@@ -71,13 +91,19 @@ def test_a_beam_search_waits_for_the_device_once_a_step_and_once_for_its_results
     assert found and len(caught) <= decoder_steps + 5, [str(w.message)[:80] for w in caught[:10]]
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
-def test_two_stages_on_two_gpus_match_one_in_fp32(prepared_tiny, tmp_path):
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs: two NCCL ranks cannot share one GPU")
+@pytest.mark.parametrize("schedule", [("--parallel.schedule=wavefront",),
+                                      ("--parallel.schedule=1f1b", "--parallel.micro_batches=2")])
+def test_two_stages_on_two_gpus_over_nccl_match_one_in_fp32_and_meet_nccls_rules(prepared_tiny, tmp_path, schedule):
+    from conftest import assert_runs_under_nccl_rules
     from test_pipeline import run_pipeline
 
-    for schedule in (("--parallel.schedule=wavefront",), ("--parallel.schedule=1f1b", "--parallel.micro_batches=2")):
-        ranks = run_pipeline(prepared_tiny, tmp_path, 2, "--parallel.stages=2", "--train.device=cuda", *schedule)
-        assert all(rank["max_difference"] < 1e-5 for rank in ranks), schedule
+    ranks = run_pipeline(prepared_tiny, tmp_path, 2, "--parallel.stages=2", "--train.device=cuda", *schedule,
+                         env={"DS_ACCELERATOR": "cuda"})
+    assert [rank["device"] for rank in ranks] == ["cuda:0", "cuda:1"]
+    assert {rank["backend"] for rank in ranks} == {"nccl"}
+    assert all(rank["max_difference"] < 1e-5 for rank in ranks), ranks
+    assert_runs_under_nccl_rules(tmp_path / "comms")  # here the tensors' devices are checked against each rank's
 
 
 def test_on_cuda_each_side_runs_as_one_stack_and_matches_the_layer_by_layer_model():

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence
+
+from dist_s2s.model import flat_weights
 
 
 def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
@@ -18,6 +19,9 @@ def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
 
 class LSTMLayer(nn.Module):
     """One LSTM layer on the fused kernel (cuDNN on GPU, oneDNN/native on CPU)."""
+
+    kernel_dtype: torch.dtype | None = None
+    """The dtype the kernel last ran in, read from its outputs (under autocast it may differ from the asked)."""
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
@@ -32,11 +36,11 @@ class LSTMLayer(nn.Module):
         sentence's end) leaves its state as it came. Without, every position is run; callers mask
         what lies past each length.
         """
-        return over_lengths(self.lstm, inputs, lengths, state)
+        return over_lengths(fused([self]), inputs, lengths, state)
 
 
 def over_lengths(run, inputs: torch.Tensor, lengths: torch.Tensor | None, state):
-    """`run` (an `nn.LSTM`, or `stacked(...)`: several layers in one kernel call) over padded `inputs`,
+    """`run` (`fused(layers)`: one layer, or several in one kernel call) over padded `inputs`,
     each sentence to its own length (`lengths` on the host, where a batch keeps them).
 
     The steps are cut at every distinct length, and each span runs the whole batch through the fused
@@ -75,29 +79,74 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def stacked(layers: list[LSTMLayer]):
-    """The layers as one multi-layer LSTM call on their own weights (no copy, same checkpoint format):
-    cuDNN then overlaps the layers of the stack, which separate calls cannot. States are [L, B, H]."""
+def fused(layers: list[LSTMLayer]):
+    """The layers as one fused LSTM call on their own weights (no copy, same checkpoint format): one layer, or
+    a stack of them, which cuDNN overlaps layer by layer (separate calls cannot). States are [L, B, H].
+
+    On CUDA under autocast the call runs outside it, in `cuda_kernel_dtype`: PyTorch's autocast wrapper for
+    cuDNN RNNs would run it in fp16 whatever dtype autocast asks for."""
     weights = [w for layer in layers for w in layer.lstm._flat_weights]
     size, count = layers[0].lstm.hidden_size, len(layers)
     training = layers[0].training
 
     def run(inputs, state):
-        packed = isinstance(inputs, PackedSequence)
-        data = inputs.data if packed else inputs
         if state is None:
-            rows = int(inputs.batch_sizes[0]) if packed else data.shape[0]
-            zeros = data.new_zeros(count, rows, size)
+            zeros = inputs.new_zeros(count, inputs.shape[0], size)
             state = (zeros, zeros)
-        if not packed:
-            outputs, h, c = torch._VF.lstm(data, state, weights, True, count, 0.0, training, False, True)
-            return outputs, (h, c)
-        order = inputs.sorted_indices
-        state = (state[0].index_select(1, order), state[1].index_select(1, order)) if order is not None else state
-        outputs, h, c = torch._VF.lstm(data, inputs.batch_sizes, state, weights, True, count, 0.0, training, False)
-        back = inputs.unsorted_indices
-        if back is not None:
-            h, c = h.index_select(1, back), c.index_select(1, back)
-        return PackedSequence(outputs, inputs.batch_sizes, inputs.sorted_indices, inputs.unsorted_indices), (h, c)
+        dtype = cuda_kernel_dtype(inputs.device)
+        if dtype is None:
+            outputs, h, c = torch._VF.lstm(inputs, state, weights, True, count, 0.0, training, False, True)
+        else:
+            with torch.autocast("cuda", enabled=False):
+                cast = kernel_weights(layers, dtype)
+                outputs, h, c = torch._VF.lstm(inputs.to(dtype), tuple(s.to(dtype) for s in state), cast, True,
+                                               count, 0.0, training, False, True)
+        layers[0].kernel_dtype = outputs.dtype
+        return outputs, (h, c)
 
     return run
+
+
+def cuda_kernel_dtype(device: torch.device) -> torch.dtype | None:
+    """On CUDA under autocast, the dtype the LSTM kernel runs in: autocast's, where cuDNN has RNNs in it (bf16
+    from cuDNN 9.13), else fp32, never fp16 unasked (it would need a loss scaler). None elsewhere: the call as
+    it is (on a CPU autocast runs oneDNN's LSTM in bf16 itself)."""
+    if device.type != "cuda" or not torch.is_autocast_enabled("cuda"):
+        return None
+    asked = torch.get_autocast_dtype("cuda")
+    if asked == torch.bfloat16 and not cudnn_has_bf16_rnn():
+        return torch.float32
+    return asked
+
+
+CUDNN_BF16_RNN = 91300
+"""cuDNN 9.13: the first with bf16 RNNs that PyTorch uses (pytorch/pytorch#164411)."""
+
+
+def cudnn_has_bf16_rnn(version: int | None = None) -> bool:
+    version = torch.backends.cudnn.version() if version is None else version
+    return version is not None and version >= CUDNN_BF16_RNN
+
+
+def kernel_weights(layers: list[LSTMLayer], dtype: torch.dtype) -> list[torch.Tensor]:
+    """The layers' weights for one cuDNN call in `dtype`: as they are when they already have it, else cast into
+    one buffer at cuDNN's offsets for that dtype (so cuDNN finds one buffer and copies nothing more)."""
+    weights = [w for layer in layers for w in layer.lstm._flat_weights]
+    if weights[0].dtype == dtype:
+        return weights
+    first = layers[0].lstm
+    layout = flat_weights.cudnn_layout(tuple(tuple(w.shape) for w in weights), dtype, weights[0].device,
+                                       input_size=first.input_size, hidden_size=first.hidden_size, layers=len(layers))
+    return flat_weights.flat_cast(weights, layout, dtype)
+
+
+def share_stack_buffer(layers: list[LSTMLayer]) -> None:
+    """On CUDA, the layers' weights moved into one buffer laid out as cuDNN lays out their stack, so a fused call
+    of the whole stack copies nothing (each `nn.LSTM` flattens only its own layer). Nothing elsewhere."""
+    weights = [w for layer in layers for w in layer.lstm._flat_weights]
+    if not weights[0].is_cuda or not torch.backends.cudnn.is_acceptable(weights[0]):
+        return
+    first = layers[0].lstm
+    layout = flat_weights.cudnn_layout(tuple(tuple(w.shape) for w in weights), weights[0].dtype, weights[0].device,
+                                       input_size=first.input_size, hidden_size=first.hidden_size, layers=len(layers))
+    flat_weights.share(weights, layout)

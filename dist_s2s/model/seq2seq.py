@@ -16,7 +16,7 @@ from dist_s2s.config import ModelConfig
 from dist_s2s.data.batch import Batch
 from dist_s2s.data.vocab import PAD_ID
 from dist_s2s.model.dropout import Dropout, input_site
-from dist_s2s.model.layers import LSTMLayer, over_lengths, stacked
+from dist_s2s.model.layers import LSTMLayer, fused, over_lengths, share_stack_buffer
 from dist_s2s.model.softmax import SoftmaxShard, merge_all, shard_bounds, shard_partial
 
 
@@ -40,22 +40,37 @@ class Seq2Seq(nn.Module):
             nn.init.uniform_(parameter, -self.config.init_range, self.config.init_range)
 
     stack_layers: bool | None = None
-    """Run each side's layers as one multi-layer LSTM call: None (auto) does on CUDA, where cuDNN
-    overlaps the layers of a stack; on CPU separate calls measured as fast (oneDNN runs a stack layer
-    by layer). Same weights, same checkpoint, same results (tests)."""
+    """Run each side's layers as one multi-layer LSTM call: None (auto) does on CUDA without dropout, where
+    cuDNN overlaps the layers of a stack (a stack cannot drop out between its layers with our masks); on
+    CPU separate calls measured as fast (oneDNN runs a stack layer by layer). Same weights, same checkpoint,
+    same results (tests)."""
 
     def _stacked(self, inputs: torch.Tensor, dropout: Dropout | None) -> bool:
-        """A stack cannot drop out between its layers with our masks: with dropout, one call a layer."""
         if dropout is not None:
             return False
-        return inputs.is_cuda if self.stack_layers is None else self.stack_layers
+        return self._stacks_on(inputs.device) if self.stack_layers is None else self.stack_layers
+
+    def _stacks_on(self, device: torch.device) -> bool:
+        """Whether a side runs as one stack by default: on CUDA, for a model trained without dropout (the same
+        calls in training and evaluation, so one weight layout serves both)."""
+        return device.type == "cuda" and self.config.dropout == 0
+
+    def _apply(self, fn, recurse=True):
+        """After a move (`.to`, `.cuda`, `.double`), each `nn.LSTM` has flattened its own weights; a side that
+        runs as one stack gets its layers' weights in one cuDNN buffer instead, so its call copies nothing."""
+        super()._apply(fn, recurse)
+        device = self.src_embed.weight.device
+        if self.stack_layers is not False and self._stacks_on(device):
+            share_stack_buffer(list(self.encoder))
+            share_stack_buffer(list(self.decoder))
+        return self
 
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor,
                dropout: Dropout | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The final (h, c) of each encoder layer, the decoder's initial states."""
         hidden, states = self.src_embed(src), []
         if self._stacked(hidden, dropout):
-            _, (h, c) = over_lengths(stacked(list(self.encoder)), hidden, src_lengths, None)
+            _, (h, c) = over_lengths(fused(list(self.encoder)), hidden, src_lengths, None)
             return [(h[k:k + 1], c[k:k + 1]) for k in range(len(self.encoder))]
         for k, layer in enumerate(self.encoder):
             if dropout is not None:
@@ -71,7 +86,7 @@ class Seq2Seq(nn.Module):
         hidden = self.tgt_embed(tgt_in)
         if self._stacked(hidden, dropout):
             initial = (torch.cat([h for h, _ in states]), torch.cat([c for _, c in states]))
-            hidden, (h, c) = stacked(list(self.decoder))(hidden, initial)
+            hidden, (h, c) = fused(list(self.decoder))(hidden, initial)
             return hidden, [(h[k:k + 1], c[k:k + 1]) for k in range(len(self.decoder))]
         finals = []
         for k, (layer, state) in enumerate(zip(self.decoder, states)):

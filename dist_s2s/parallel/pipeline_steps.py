@@ -24,6 +24,7 @@ from dist_s2s.parallel.engine import build_engine, evaluation_scale, micro_batch
 from dist_s2s.parallel.placement import placement_name
 from dist_s2s.parallel.process_group import lost_contact
 from dist_s2s.train.checkpoint import CheckpointDir
+from dist_s2s.train.precision import LSTMDtypeReport
 from dist_s2s.train.step import StepResult
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class PipelineSteps:
         self.is_main = torch.distributed.get_rank() == 0
         self.device = self.engine.device
         self.seed = config.train.seed
+        self.lstm_dtype = LSTMDtypeReport(config.train.precision)
         if self.wavefront:
             log.info("pipeline: %d stages × %d replicas, wavefront over time chunks of %d steps (%s placement)",
                      config.parallel.stages, self.replicas, config.parallel.chunk_steps,
@@ -68,6 +70,7 @@ class PipelineSteps:
             loss = self.engine.train_batch(data_iter=micro_batches(batch, self.micro, scale, seed=self.seed,
                                                                    step=step))
             nll = float(loss) * batch.step_sentences
+        self.lstm_dtype.after_forward(self.model)  # this stage's layers
         tokens, words, sentences = self._step_counts(batch)
         return StepResult(nll=nll, target_tokens=tokens, words=words, sentences=sentences,
                           grad_norm=self.engine.last_grad_norm)

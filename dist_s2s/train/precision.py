@@ -17,6 +17,8 @@ import logging
 
 import torch
 
+from dist_s2s.model.layers import LSTMLayer
+
 log = logging.getLogger(__name__)
 
 
@@ -41,16 +43,18 @@ def without_autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-class LSTMDtypeProbe:
-    """Records the dtype the first LSTM's kernel returned in the next forward, and logs it once: under
-    autocast an RNN may run in another dtype than asked (cuDNN before 9.13 has no bf16 RNN)."""
+class LSTMDtypeReport:
+    """Logs once the dtype the LSTM kernels ran in, read off their outputs (`LSTMLayer.kernel_dtype`) after the
+    first forward: under autocast an RNN may run in another dtype than asked (PyTorch's cuDNN wrapper asks
+    fp16; here a CUDA LSTM runs in bf16 where cuDNN has bf16 RNNs, else fp32: `model.layers.cuda_kernel_dtype`)."""
 
-    def __init__(self, lstm: torch.nn.Module, precision: str):
+    def __init__(self, precision: str):
         self.precision, self.dtype = precision, None
-        self.handle = lstm.register_forward_hook(self._seen)
 
-    def _seen(self, module, inputs, outputs) -> None:
-        output = outputs[0]
-        self.dtype = (output.data if isinstance(output, torch.nn.utils.rnn.PackedSequence) else output).dtype
-        log.info("precision %s: the LSTM kernels ran in %s", self.precision, self.dtype)
-        self.handle.remove()
+    def after_forward(self, model: torch.nn.Module) -> None:
+        if self.dtype is not None:
+            return
+        self.dtype = next((layer.kernel_dtype for layer in model.modules()
+                           if isinstance(layer, LSTMLayer) and layer.kernel_dtype is not None), None)
+        if self.dtype is not None:
+            log.info("precision %s: the LSTM kernels ran in %s", self.precision, self.dtype)

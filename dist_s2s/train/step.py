@@ -88,7 +88,7 @@ class SingleDeviceSteps:
         self.precision = config.train.precision
         self.dropout, self.seed = config.model.dropout, config.train.seed
         precision.configure(self.precision)
-        self.probe = precision.LSTMDtypeProbe(first_lstm(model), self.precision)
+        self.lstm_dtype = precision.LSTMDtypeReport(self.precision)
 
     def train_step(self, batch: Batch, lr: float, step: int) -> StepResult:
         words, target_tokens = batch.words, int(batch.tgt_lengths.sum())  # host lengths: no device wait
@@ -99,6 +99,7 @@ class SingleDeviceSteps:
         self.optimizer.zero_grad(set_to_none=True)
         with precision.autocast(self.precision, self.device):
             nll, _ = self.model(batch, dropout)
+        self.lstm_dtype.after_forward(self.model)
         (nll / batch.step_sentences).backward()  # §3.4: the gradient divided by the batch size
         grad_norm = clip_gradients(self.parameters, self.max_grad_norm)
         self.optimizer.step()
@@ -124,11 +125,6 @@ class SingleDeviceSteps:
 
     def close(self, finished: bool = True) -> None:
         pass
-
-
-def first_lstm(model: torch.nn.Module) -> torch.nn.Module:
-    """The first `nn.LSTM` of a model (ours or the plain baseline): where the kernel dtype is probed."""
-    return next(module for module in model.modules() if isinstance(module, torch.nn.LSTM))
 
 
 def single_device_steps(config: Config, model: Seq2Seq) -> SingleDeviceSteps:
