@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import torch
+from sync_counter import SyncCounter
 
 from dist_s2s.config import load_config
 from dist_s2s.data.loader import BatchLoader
@@ -22,13 +23,24 @@ from dist_s2s.parallel.wavefront_messages import StageMessages
 from dist_s2s.train.clipping import clip_gradients
 
 
+def step_engine(engine, config, batch, step: int):
+    """One pipeline step; the step's NLL per sentence, on the device."""
+    from dist_s2s.parallel.engine import micro_batches, training_scale
+
+    micro, replicas = config.parallel.micro_batches, config.parallel.data
+    if config.parallel.schedule == "wavefront":
+        return engine.train_wavefront(batch, scale=replicas / batch.step_sentences, step=step) / batch.step_sentences
+    scale = training_scale(batch, micro, replicas)
+    return engine.train_batch(data_iter=micro_batches(batch, micro, scale, seed=config.train.seed, step=step))
+
+
 def main() -> None:
     out_dir, steps, overrides = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", overrides)
     from dist_s2s.parallel.process_group import join_process_group
 
     join_process_group(config)
-    from dist_s2s.parallel.engine import build_engine, micro_batches, training_scale
+    from dist_s2s.parallel.engine import build_engine
 
     vocab = json.loads((Path(config.data.out_dir) / "manifest.json").read_text())["vocab"]
     torch.manual_seed(config.train.seed)
@@ -43,22 +55,25 @@ def main() -> None:
                                         replica=replica, replicas=config.parallel.data))
     reference_batches = iter(BatchLoader(config.data.out_dir, "train", config.train.batch_size, seed=config.train.seed))
     optimizer = torch.optim.SGD(reference.parameters(), lr=config.optim.lr)
-    losses, reference_losses, norms, reference_norms, shapes, splits = [], [], [], [], [], []
-    micro, replicas = config.parallel.micro_batches, config.parallel.data
+    losses, reference_losses, norms, reference_norms, shapes, splits, syncs, where = [], [], [], [], [], [], [], []
+    micro = config.parallel.micro_batches
+    counter = SyncCounter(device=[*model.parameters()])
     for step in range(1, steps + 1):
         batch = next(pipeline_batches)
         shapes.append([[part.src.shape[1], part.tgt_in.shape[1]] for part in batch.split(micro)])
+        counter.calls.clear()
+        counter.where.clear()
+        with counter:  # every step, so that what the engine allocates in the first is known
+            loss = step_engine(engine, config, batch, step)
+        if step > 1:
+            syncs.append(dict(counter.calls))
+            where.append({f"{k[0]} @ {k[1]}": v for k, v in counter.where.items()})
+        losses.append(float(loss))
         if config.parallel.schedule == "wavefront":
-            losses.append(engine.train_wavefront(batch, scale=replicas / batch.step_sentences, step=step)
-                          / batch.step_sentences)
             boundaries = range(config.parallel.chunk_steps, batch.src.shape[1], config.parallel.chunk_steps)
             lengths = batch.src_lengths.tolist()
             splits.append(any(min(lengths) < b < max(lengths) for b in boundaries))
-        else:
-            scale = training_scale(batch, micro, replicas)
-            losses.append(float(engine.train_batch(data_iter=micro_batches(batch, micro, scale,
-                                                                            seed=config.train.seed, step=step))))
-        norms.append(engine.last_grad_norm)
+        norms.append(float(engine.last_grad_norm))
         batch = next(reference_batches)
         optimizer.zero_grad()
         nll, _ = reference(batch, step_dropout(config.model.dropout, batch.lines, seed=config.train.seed, step=step,
@@ -84,7 +99,7 @@ def main() -> None:
         "stage": engine.stage_id, "local": local, "part": part, "max_difference": difference,
         "micro_batch_shapes": shapes, "losses": losses, "reference_losses": reference_losses, "norms": norms,
         "reference_norms": reference_norms, "chunk_boundary_inside_some_past_others": splits,
-        "device": str(engine.device), "backend": torch.distributed.get_backend(),
+        "device": str(engine.device), "backend": torch.distributed.get_backend(), "syncs": syncs, "where": where,
     }))
     more_messages(engine, config, next(pipeline_batches))
 

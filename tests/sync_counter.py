@@ -1,21 +1,45 @@
-"""Counting the calls that would make a GPU and its host wait for each other, on a CPU.
+"""Counting, on a CPU, the calls that would make a GPU's host wait for the device.
 
-`SyncCounter` is a `TorchFunctionMode`: every tensor function called inside it passes through, and
-the ones that read a device value on the host are counted: `item`, `__bool__` (an `if` on a
-tensor), `__int__`, `__float__`, `tolist`, `cpu`, `nonzero` (its output size depends on the
-data) and indexing with a boolean mask (the same). Tensors that live on the host by design (a
-batch's CPU copy of its lengths) are passed as `host`, and what is computed from host tensors
-alone is host too, so reading them is not counted: on a GPU that costs no synchronization.
+On a CPU every tensor is on the host, so nothing ever waits. `SyncCounter` (a `TorchFunctionMode`: every
+tensor function called inside it passes through) tracks where each tensor *would* live in a CUDA run:
+- on the device: the tensors it is given as `device` (parameters, what DeepSpeed moves), what a creation
+  op makes with an explicit `device=`, what `.to(device, non_blocking=True)` moves there, and whatever is
+  computed from a device tensor;
+- on the host: everything else (a batch's lengths, indices built from them, Python numbers made tensors).
+
+Counted, each a wait on a GPU:
+- a device value read on the host: `item`, `__bool__` (an `if` on a tensor), `__int__`, `__float__`,
+  `tolist`, `cpu`, `numpy`, a `.to("cpu")`;
+- an operation whose output size depends on device values: `nonzero`, `unique`, `masked_select`, indexing
+  with a boolean mask;
+- a host tensor (not a 0-dim scalar) handed to an operation on device tensors, or moved to the device
+  without `non_blocking=True`: a copy from pageable host memory that the host waits for
+  (`pack_padded_sequence`'s index tensors, a host index into a device tensor).
 """
 
 from __future__ import annotations
 
+import traceback
 from collections import Counter
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-READS = {"item", "__bool__", "__int__", "__float__", "tolist", "cpu", "nonzero"}
+TRAIN_STEP_BUDGET = 0
+"""A single-device training step: nothing (the loop reads the loss and the norm once a log line)."""
+WAVEFRONT_STEP_BUDGET = 0
+"""A wavefront stage's whole step, the optimizer step and the loss's all-reduce included: nothing."""
+ONE_F_ONE_B_STAGE_BUDGET = 1
+"""Per stage and micro-batch of DeepSpeed's 1F1B: its lengths, read once (DeepSpeed moved them to the device)."""
+BEAM_STEP_BUDGET = 1
+"""Per decoder step of a beam search: the stop test's flag."""
+BEAM_RESULT_READS = 5
+"""Once a search: the complete hypotheses' rankings, scores, lengths, words and member scores."""
+
+READS = {"item", "__bool__", "__int__", "__float__", "tolist", "cpu", "numpy"}
+DATA_DEPENDENT = {"nonzero", "unique", "masked_select", "argwhere", "nonzero_static"}
+CREATION = {"empty", "zeros", "ones", "full", "arange", "rand", "randn", "randint", "tensor", "as_tensor",
+            "empty_like", "zeros_like", "ones_like", "full_like", "rand_like", "randn_like", "linspace"}
 
 
 def _tensors(value) -> list[torch.Tensor]:
@@ -28,30 +52,75 @@ def _tensors(value) -> list[torch.Tensor]:
     return []
 
 
+def _names_a_device(args, kwargs) -> bool:
+    """Whether a `.to(...)` call names a device (else it only casts)."""
+    return any(isinstance(v, (torch.device, str)) for v in (*args[1:], kwargs.get("device")))
+
+
 class SyncCounter(TorchFunctionMode):
-    def __init__(self, host: list[torch.Tensor] = ()):
+    """`device`: the tensors that start on the device. `.to(<a device>)` stands for a move to the compute
+    device (on a CPU run the device is "cpu" too), `.cpu()` for a read back to the host."""
+
+    def __init__(self, device: list[torch.Tensor] = ()):
         super().__init__()
-        self.host = {id(t) for t in host}
-        self.kept = list(host)  # ids stay valid while the tensors live
+        self.on_device: dict[int, torch.Tensor] = {id(t): t for t in device}  # kept alive: ids stay valid
         self.calls: Counter = Counter()
+        self.where: Counter = Counter()
+        """(what, the first dist_s2s line it came from): to find a count's cause."""
 
     @property
     def total(self) -> int:
         return sum(self.calls.values())
 
+    def mark(self, *tensors: torch.Tensor) -> None:
+        """These live on the device from now on (what DeepSpeed moves there, say)."""
+        self.on_device.update((id(t), t) for t in tensors)
+
+    def _count(self, what: str) -> None:
+        self.calls[what] += 1
+        frame = [f for f in traceback.extract_stack()[:-2] if "/torch/" not in f.filename][-1]
+        path = frame.filename.split("site-packages/")[-1]  # deepspeed/…, or dist_s2s/… and tests/… of the repo
+        for root in ("dist_s2s/", "tests/"):
+            path = root + path.split(root, 1)[1] if root in path and "deepspeed/" not in path else path
+        self.where[(what, f"{path}:{frame.lineno}")] += 1
+
+    def _is_device(self, tensor: torch.Tensor) -> bool:
+        return id(tensor) in self.on_device
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
         inputs = _tensors(args) + _tensors(kwargs)
-        on_host = bool(inputs) and all(id(t) in self.host for t in inputs)
-        if not on_host:
-            if name in READS:
-                self.calls[name] += 1
-            elif name == "__getitem__" and any(t.dtype == torch.bool for t in _tensors(args[1:])):
-                self.calls["boolean index"] += 1
+        device_inputs = [t for t in inputs if self._is_device(t)]
         result = func(*args, **kwargs)
-        if on_host:
-            for tensor in _tensors(result):
-                self.host.add(id(tensor))
-                self.kept.append(tensor)
+        if name == "to" and _names_a_device(args, kwargs):
+            if not device_inputs and not kwargs.get("non_blocking", False):
+                self._count("blocking host → device copy")
+            return self._place(self._apart(result, args[0]), on_device=True)
+        if not device_inputs:
+            created_there = name in CREATION and kwargs.get("device") is not None
+            return self._place(result, on_device=created_there) if created_there else result
+        if name in READS:
+            self._count(name)
+            return self._place(self._apart(result, args[0]), on_device=False)
+        if name in DATA_DEPENDENT:
+            self._count(name)
+        elif name in ("__getitem__", "__setitem__") and any(t.dtype == torch.bool for t in _tensors(args[1:])):
+            self._count("boolean index")
+        elif any(not self._is_device(t) and t.dim() > 0 for t in inputs):
+            self._count("host tensor in a device op")
+        return self._place(result, on_device=True)
+
+    @staticmethod
+    def _apart(result, source):
+        """A move that returned its input itself (on a CPU run `.to(cpu)` and `.cpu()` do) as a view of it, so
+        that the moved tensor and the one it came from can live in different places."""
+        return result.view_as(result) if result is source else result
+
+    def _place(self, result, *, on_device: bool):
+        for tensor in _tensors(result):
+            if on_device:
+                self.on_device[id(tensor)] = tensor
+            else:
+                self.on_device.pop(id(tensor), None)
         return result

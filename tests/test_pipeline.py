@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from conftest import REPO, assert_runs_under_nccl_rules, free_port, launcher_env
+from sync_counter import ONE_F_ONE_B_STAGE_BUDGET, WAVEFRONT_STEP_BUDGET
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +46,8 @@ def test_pipeline_parameters_and_losses_match_the_single_device_trainer(prepared
     assert_lengths_varied(ranks[0]["micro_batch_shapes"], micro)
     assert_stage_parts_merge_into_the_single_device_weights(tmp_path, [r["part"] for r in ranks if r["part"]], layers)
     assert_runs_under_nccl_rules(tmp_path / "comms")  # DeepSpeed's messaging, clipping all-reduce, loss counts
+    for rank in ranks:  # its lengths once a micro-batch (DeepSpeed's 1F1B messaging adds its own: docs/platform.md)
+        assert max(own_device_waits(rank)) <= micro * ONE_F_ONE_B_STAGE_BUDGET, rank["where"]
 
 
 @pytest.mark.parametrize("stages, data, placement, layers, shards, chunk_steps, dropout", [
@@ -70,6 +73,8 @@ def test_the_wavefront_matches_the_single_device_trainer(prepared_tiny, tmp_path
     assert_lengths_varied(ranks[0]["micro_batch_shapes"], 1)
     assert_stage_parts_merge_into_the_single_device_weights(tmp_path, [r["part"] for r in ranks if r["part"]], layers)
     assert_runs_under_nccl_rules(tmp_path / "comms")  # training, evaluation, chunk widths 1 and one a side
+    for rank in ranks:  # the real engine, DeepSpeed's optimizer step and the clipping all-reduce included
+        assert max(own_device_waits(rank)) <= WAVEFRONT_STEP_BUDGET and not any(rank["syncs"]), rank["where"]
 
 
 def test_the_old_posting_order_is_rejected_by_the_nccl_rules(prepared_tiny, tmp_path):
@@ -87,6 +92,11 @@ def test_the_old_posting_order_is_rejected_by_the_nccl_rules(prepared_tiny, tmp_
         assert not verdict.ok
         assert "waits on rank 0" in str(verdict) and "waits on rank 1" in str(verdict), str(verdict)
         assert "recv from rank 1" in str(verdict) and "recv from rank 0" in str(verdict), str(verdict)
+
+
+def own_device_waits(rank: dict) -> list[int]:
+    """Per step after the first, the waits for the device (`sync_counter.py`) in dist-s2s's own code."""
+    return [sum(count for where, count in step.items() if " @ deepspeed/" not in where) for step in rank["where"]]
 
 
 def assert_lengths_varied(shapes: list[list[list[int]]], micro: int) -> None:

@@ -22,8 +22,8 @@ def test_the_units_run_in_sequence_give_the_models_loss_and_gradients(layers, sh
     model = Seq2Seq(ModelConfig(embedding_dim=8, hidden_size=12, num_layers=layers, softmax_shards=shards), 37, 41)
     batch = make_batch([([5, 6, 7, 8], [9, 10]), ([11, 12], [13, 14, 15, 16, 17]), ([18], [19])])
     hidden, _ = model.decode(batch.tgt_in, model.encode(batch.src, batch.src_lengths))
-    real = batch.tgt_out != 0
-    folded_loss = model.token_nll_by_shards(hidden[real], batch.tgt_out[real]).sum()
+    real = batch.tgt_out.flatten() != 0  # every position folded, padding's NLL zeroed
+    folded_loss = (model.token_nll_by_shards(hidden.flatten(0, 1), batch.tgt_out.flatten()) * real).sum()
     folded = torch.autograd.grad(folded_loss, list(model.parameters()))
     model_loss, _ = model(batch)  # one softmax product instead of the fold: equal up to rounding
     activations = unit_inputs(batch)

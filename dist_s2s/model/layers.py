@@ -73,10 +73,10 @@ def over_lengths(run, inputs: torch.Tensor, lengths: torch.Tensor | None, state)
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host tensor on `device` without the host waiting: a GPU copy from pinned memory is asynchronous,
-    one from pageable memory waits for the device's queue first."""
-    if device.type != "cuda":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
+    one from pageable memory waits for the device's queue first (on a CPU, the tensor itself)."""
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def fused(layers: list[LSTMLayer]):

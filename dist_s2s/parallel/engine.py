@@ -146,7 +146,7 @@ def _clip_by_global_norm(engine) -> None:
     dist.all_reduce(squared, group=engine.grid.get_pipe_parallel_group())
     norm = squared.sqrt()
     rescale(parameters, norm, engine.max_grad_norm)
-    engine.last_grad_norm = float(norm)
+    engine.last_grad_norm = norm  # on the device: the loop reads it once a log line
 
 
 def _buffers_by_position_and_dtype(engine, index: int, shape, dtype):

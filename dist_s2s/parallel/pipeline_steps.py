@@ -69,7 +69,7 @@ class PipelineSteps:
             scale = training_scale(batch, self.micro, self.replicas)
             loss = self.engine.train_batch(data_iter=micro_batches(batch, self.micro, scale, seed=self.seed,
                                                                    step=step))
-            nll = float(loss) * batch.step_sentences
+            nll = loss * batch.step_sentences  # on the device: the loop reads it once a log line
         self.lstm_dtype.after_forward(self.model)  # this stage's layers
         tokens, words, sentences = self._step_counts(batch)
         return StepResult(nll=nll, target_tokens=tokens, words=words, sentences=sentences,

@@ -12,6 +12,9 @@ of the single-device model.
 
 from __future__ import annotations
 
+import weakref
+
+import torch
 from torch import nn
 
 from dist_s2s.data.vocab import PAD_ID
@@ -20,6 +23,25 @@ from dist_s2s.model.dropout import Dropout, input_site
 from dist_s2s.model.layers import LSTMLayer
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.model.softmax import SoftmaxPartial, SoftmaxShard
+
+
+class HostLengths:
+    """The host copy of the lengths a 1F1B stage received on its device (DeepSpeed moves every input there), read
+    once a micro-batch by the stage's first LSTM unit and reused by the others: `over_lengths` cuts its spans on
+    the host, and reading device lengths at every layer would make the host wait each time."""
+
+    def __init__(self):
+        self.source: weakref.ref | None = None
+        self.copy: torch.Tensor | None = None
+
+    def of(self, lengths: torch.Tensor) -> torch.Tensor:
+        if self.source is None or self.source() is not lengths:
+            self.source, self.copy = weakref.ref(lengths), lengths.cpu()
+        return self.copy
+
+
+HOST_LENGTHS = HostLengths()
+"""One a process: a process is one stage, whose units run one micro-batch at a time."""
 
 
 class EmbeddingStage(nn.Module):
@@ -51,7 +73,7 @@ class LSTMLayerStage(nn.Module):
         if dropout is not None:
             src_x = dropout(src_x, input_site("encoder", self.layer))
             tgt_x = dropout(tgt_x, input_site("decoder", self.layer))
-        src_h, state = self.encoder_layer(src_x, src_lengths)
+        src_h, state = self.encoder_layer(src_x, HOST_LENGTHS.of(src_lengths))
         tgt_h, _ = self.decoder_layer(tgt_x, state=state)
         if self.top:  # nothing reads the top encoder outputs: they would get no gradient
             if dropout is not None:
@@ -68,17 +90,16 @@ class SoftmaxShardStage(nn.Module):
         self.shard, self.first, self.last = shard, first, last
 
     def forward(self, inputs):
-        if self.first:
-            tgt_h, tgt_out = inputs
-            real = tgt_out != PAD_ID
-            hidden, targets = tgt_h[real].contiguous(), tgt_out[real].contiguous()
+        if self.first:  # every position, padding's NLL zeroed at the end: a boolean mask's selection would make
+            tgt_h, tgt_out = inputs  # the host wait for the device to count it
+            hidden, targets = tgt_h.flatten(0, 1).contiguous(), tgt_out.flatten().contiguous()
             state = None
         else:
             hidden, targets, *running = inputs
             state = SoftmaxPartial(*running)
         state = self.shard(hidden, targets, state)
         if self.last:
-            return state.nll()
+            return state.nll() * (targets != PAD_ID)
         return (hidden, targets, *state)
 
 

@@ -57,10 +57,10 @@ class WavefrontEngine(PipelineEngine):
         self.messages = StageMessages(self.stage_id, groups, self.grid.stage_to_global, self.device)
 
     # --- the step -------------------------------------------------------------------------------------
-    def train_wavefront(self, batch: Batch, scale: float, step: int = 0) -> float:
+    def train_wavefront(self, batch: Batch, scale: float, step: int = 0) -> torch.Tensor:
         """Optimizer step `step` (its number keys the dropout masks) on this replica's `batch`; every
         token's NLL is scaled by `scale` in the loss (replicas / sentences of the step). Returns the
-        step's summed NLL over all replicas."""
+        step's summed NLL over all replicas, on the device (the loop reads it once a log line)."""
         self.module.train()
         dropout = step_dropout(self.dropout, batch.lines, seed=self.seed, step=step, device=self.device)
         return self._run(batch, scale, train=True, dropout=dropout)
@@ -69,9 +69,9 @@ class WavefrontEngine(PipelineEngine):
         """Summed NLL of the batch (all replicas), no gradients."""
         self.module.eval()
         with torch.no_grad():
-            return self._run(batch, 1.0, train=False)
+            return float(self._run(batch, 1.0, train=False))
 
-    def _run(self, batch: Batch, scale: float, *, train: bool, dropout: Dropout | None = None) -> float:
+    def _run(self, batch: Batch, scale: float, *, train: bool, dropout: Dropout | None = None) -> torch.Tensor:
         self.batch = batch.to(self.device)
         self.chunks = batch_chunks(batch, self.chunk_steps)
         self.program = step_program(self.placement, self.chunks, backward=train)
@@ -85,7 +85,7 @@ class WavefrontEngine(PipelineEngine):
                                                   replicas=self.grid.data_parallel_size))
         total = self.operations.nll.clone()
         dist.all_reduce(total)  # only each replica's top stage holds a non-zero sum
-        return float(total)
+        return total
 
     def _exec_schedule(self, pipe_schedule) -> None:
         """DeepSpeed's dispatch loop, timing each instruction when a timeline is being recorded (on a GPU with

@@ -17,9 +17,8 @@ from typing import Protocol
 import torch
 
 from dist_s2s.data.batch import Batch
-from dist_s2s.data.vocab import PAD_ID
 from dist_s2s.model.dropout import Dropout, input_site
-from dist_s2s.model.layers import at_least_fp32
+from dist_s2s.model.layers import at_least_fp32, to_device
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.model.softmax import SoftmaxPartial, merge_all
 from dist_s2s.parallel.placement import Placement
@@ -70,6 +69,7 @@ class StageOperations:
         self.carried: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.state_grads: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
         self.softmax_records: dict[int, dict] = {}
+        self.real_positions: dict[int, torch.Tensor] = {}
         self.deferred_softmax: dict[int, list] = {shard: [] for shard in placement.shards[stage]}
         """Per shard, (hidden, d logits) of each decoder chunk: what W turns into its weight gradients."""
         self.embedded: dict[bool, list[tuple[torch.Tensor, torch.Tensor]]] = {False: [], True: []}
@@ -125,16 +125,24 @@ class StageOperations:
         hidden = at_least_fp32(hidden)  # what leaves a stage is fp32 (the bf16 LSTM's output upcast)
         record = {"inputs": inputs, "state_in": state_in, "state_out": state_out, "outputs": hidden}
         if chunk.decoder and top:
-            real = self.batch.tgt_out[:, chunk.start:chunk.stop] != PAD_ID
-            record["outputs"] = hidden = hidden[real]
+            record["outputs"] = hidden = hidden.flatten(0, 1).index_select(0, self._real_positions(chunk))
         for message in op.sends:
             self.transport.send(message, hidden)
         if torch.is_grad_enabled():
             self.records[(chunk.index, op.hop)] = record
 
     def _targets(self, chunk: Chunk) -> torch.Tensor:
-        targets = self.batch.tgt_out[:, chunk.start:chunk.stop]
-        return targets[targets != PAD_ID]
+        return self.batch.tgt_out[:, chunk.start:chunk.stop].reshape(-1).index_select(0, self._real_positions(chunk))
+
+    def _real_positions(self, chunk: Chunk) -> torch.Tensor:
+        """Flat indices (row-major over [B, chunk width]) of the chunk's real target positions, what a boolean
+        mask of non-padding would select, built on the host from the host lengths and moved without blocking:
+        a mask's selection would make the host wait for the device to count it."""
+        if chunk.index not in self.real_positions:
+            lengths = (self.batch.tgt_lengths - chunk.start).clamp(0, chunk.width)
+            real = torch.arange(chunk.width)[None, :] < lengths[:, None]
+            self.real_positions[chunk.index] = to_device(real.flatten().nonzero().squeeze(1), self.batch.src.device)
+        return self.real_positions[chunk.index]
 
     def _softmax_partials(self, op: Operation) -> None:
         hidden = self._receive(op.receives[0])
