@@ -128,7 +128,7 @@ def build_engine(config: Config, model: Seq2Seq):
                                  config_class=DeepSpeedConfig(deepspeed_config(config), module.mpu()),
                                  seq2seq=model, placement=layout, chunk_steps=config.parallel.chunk_steps,
                                  precision=config.train.precision, dropout=config.model.dropout,
-                                 seed=config.train.seed)
+                                 seed=config.train.seed, timeout_s=config.parallel.timeout_s)
     configure_precision(config.train.precision)
     engine.max_grad_norm = config.optim.max_grad_norm
     engine.last_grad_norm = float("nan")

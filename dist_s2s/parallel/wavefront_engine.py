@@ -16,6 +16,7 @@ each the same one), so message shapes are known locally: no shape exchange, no `
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from types import MethodType
 
 import torch
@@ -45,7 +46,7 @@ class WavefrontEngine(PipelineEngine):
     """Set up by `engine.build_engine` for `parallel.schedule: wavefront`."""
 
     def __init__(self, *args, seq2seq: Seq2Seq, placement: Placement, chunk_steps: int, precision: str = "fp32",
-                 dropout: float = 0.0, seed: int = 0, **kwargs):
+                 dropout: float = 0.0, seed: int = 0, timeout_s: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.model, self.placement, self.chunk_steps, self.precision = seq2seq, placement, chunk_steps, precision
         self.dropout, self.seed = dropout, seed
@@ -54,7 +55,8 @@ class WavefrontEngine(PipelineEngine):
         replica = self.grid.data_parallel_id
         groups = direction_groups(placement, self.grid.data_parallel_size,
                                   lambda stage, data: self.grid.stage_to_global(stage, data=data), replica)
-        self.messages = StageMessages(self.stage_id, groups, self.grid.stage_to_global, self.device)
+        self.messages = StageMessages(self.stage_id, groups, self.grid.stage_to_global, self.device,
+                                      timeout=timedelta(seconds=timeout_s) if timeout_s else None)
 
     # --- the step -------------------------------------------------------------------------------------
     def train_wavefront(self, batch: Batch, scale: float, step: int = 0) -> torch.Tensor:

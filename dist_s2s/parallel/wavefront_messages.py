@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -48,8 +49,12 @@ class StageMessages:
     order the sender sends; sends issued as soon as an operation has its output, waited for at the end."""
 
     def __init__(self, stage: int, groups: dict[tuple[int, int], dist.ProcessGroup], rank_of: Callable[[int], int],
-                 device: torch.device):
+                 device: torch.device, *, timeout: timedelta | None = None):
         self.stage, self.groups, self.rank_of, self.device = stage, groups, rank_of, device
+        self.timeout = timeout if device.type == "cpu" else None
+        """How long a wait on gloo may last (parallel.timeout_s): its point-to-point waits have no deadline of their
+        own, so a peer that hangs would hold this rank forever. On GPUs NCCL's watchdog applies the group's timeout,
+        and a wait with a deadline would block the host."""
         self.local: dict[Message, torch.Tensor] = {}
         self.posted: dict[Message, tuple[torch.Tensor, object]] = {}
         self.sent: list[tuple[torch.Tensor, object]] = []
@@ -82,7 +87,7 @@ class StageMessages:
             return self.local.pop(message)
         buffer, work = self.posted.pop(message)
         waited = time.perf_counter()
-        work.wait()
+        self._wait(work)
         if self.timed:
             torch.cuda.synchronize(self.device)
         self.wait_s += time.perf_counter() - waited
@@ -90,8 +95,14 @@ class StageMessages:
 
     def wait_sends(self) -> None:
         for _, work in self.sent:
-            work.wait()
+            self._wait(work)
         self.sent = []
+
+    def _wait(self, work) -> None:
+        if self.timeout is None:
+            work.wait()
+        else:
+            work.wait(self.timeout)
 
 
 def _label(message: Message) -> str:
