@@ -17,7 +17,7 @@ from dist_s2s.data.batch import Batch
 from dist_s2s.data.vocab import PAD_ID
 from dist_s2s.model.dropout import Dropout, input_site
 from dist_s2s.model.layers import LSTMLayer, fused, over_lengths, share_stack_buffer
-from dist_s2s.model.softmax import SoftmaxShard, merge_all, shard_bounds, shard_partial
+from dist_s2s.model.softmax import SoftmaxShard, masked_nll, merge_all, shard_bounds, shard_partial
 
 
 class Seq2Seq(nn.Module):
@@ -73,9 +73,7 @@ class Seq2Seq(nn.Module):
             _, (h, c) = over_lengths(fused(list(self.encoder)), hidden, src_lengths, None)
             return [(h[k:k + 1], c[k:k + 1]) for k in range(len(self.encoder))]
         for k, layer in enumerate(self.encoder):
-            if dropout is not None:
-                hidden = dropout(hidden, input_site("encoder", k))
-            hidden, state = layer(hidden, src_lengths)
+            hidden, state = run_layer(layer, hidden, side="encoder", index=k, lengths=src_lengths, dropout=dropout)
             states.append(state)
         return states
 
@@ -90,27 +88,23 @@ class Seq2Seq(nn.Module):
             return hidden, [(h[k:k + 1], c[k:k + 1]) for k in range(len(self.decoder))]
         finals = []
         for k, (layer, state) in enumerate(zip(self.decoder, states)):
-            if dropout is not None:
-                hidden = dropout(hidden, input_site("decoder", k))
-            hidden, final = layer(hidden, state=state)
+            hidden, final = run_layer(layer, hidden, side="decoder", index=k, state=state, dropout=dropout)
             finals.append(final)
-        if dropout is not None:
-            hidden = dropout(hidden, input_site("decoder", len(self.decoder)))
-        return hidden, finals
+        return softmax_input(hidden, layers=len(self.decoder), dropout=dropout), finals
 
     def token_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """-log p(target) for each row of hidden [N, H].
+        """-log p(target) for each row of hidden [N, H], 0 where the target is padding.
 
         All shards are here, so one [N, H] × [H, V] product and one partial over the whole vocabulary do it;
         a pipeline, where no stage holds every shard, merges the shards' partials (`token_nll_by_shards`).
         """
         weight = torch.cat([shard.weight for shard in self.softmax])
         bias = torch.cat([shard.bias for shard in self.softmax])
-        return shard_partial(nn.functional.linear(hidden, weight, bias), targets).nll()
+        return masked_nll(shard_partial(nn.functional.linear(hidden, weight, bias), targets), targets)
 
     def token_nll_by_shards(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The same, one partial a softmax shard, merged as pipeline stages merge them."""
-        return merge_all([shard(hidden, targets) for shard in self.softmax]).nll()
+        return masked_nll(merge_all([shard(hidden, targets) for shard in self.softmax]), targets)
 
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """Full log-distribution over the target vocabulary [N, V] (decoding, not training)."""
@@ -124,9 +118,8 @@ class Seq2Seq(nn.Module):
         real positions by a boolean mask (whose size the host would have to wait for); a bucketed batch
         pads ~3% of its positions."""
         hidden, _ = self.decode(batch.tgt_in, self.encode(batch.src, batch.src_lengths, dropout), dropout)
-        real = batch.tgt_out != PAD_ID
-        nll = self.token_nll(hidden.flatten(0, 1), batch.tgt_out.flatten()) * real.flatten()
-        return nll.sum(), real.sum()
+        nll = self.token_nll(hidden.flatten(0, 1), batch.tgt_out.flatten())
+        return nll.sum(), (batch.tgt_out != PAD_ID).sum()
 
     def unsharded_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights with the softmax as one `softmax.weight` [V, H] and `softmax.bias` [V]:
@@ -141,6 +134,24 @@ class Seq2Seq(nn.Module):
             state[f"softmax.{index}.weight"] = weight[shard.start:shard.start + shard.size]
             state[f"softmax.{index}.bias"] = bias[shard.start:shard.start + shard.size]
         self.load_state_dict(state)
+
+
+def run_layer(layer: LSTMLayer, inputs: torch.Tensor, *, side: str, index: int, lengths: torch.Tensor | None = None,
+              state: tuple[torch.Tensor, torch.Tensor] | None = None, dropout: Dropout | None = None,
+              start: int = 0) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Layer `index` of `side` over time steps [start, start + T) of its sentences: its input dropped out at its
+    site (layer 0's input is the embeddings' output), then the LSTM from `state` (None: zeros), each
+    sentence to its `lengths` (host; the encoder's). One device, the 1F1B units and the wavefront's chunks
+    all run a layer through this."""
+    if dropout is not None:
+        inputs = dropout(inputs, input_site(side, index), start)
+    return layer(inputs, lengths, state)
+
+
+def softmax_input(hidden: torch.Tensor, *, layers: int, dropout: Dropout | None = None, start: int = 0) -> torch.Tensor:
+    """The top decoder layer's outputs (of a model with `layers` layers) as the softmax reads them: dropped out
+    at the softmax's site."""
+    return hidden if dropout is None else dropout(hidden, input_site("decoder", layers), start)
 
 
 def merge_softmax_shards(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from dist_s2s.data.vocab import PAD_ID
 from dist_s2s.model.layers import at_least_fp32
 
 CACHE_BLOCK_ELEMENTS = 2**18
@@ -48,6 +49,12 @@ def merge(first: SoftmaxPartial | None, second: SoftmaxPartial) -> SoftmaxPartia
     sum_exp = (first.sum_exp * torch.exp(first.max_logit - largest)
                + second.sum_exp * torch.exp(second.max_logit - largest))
     return SoftmaxPartial(largest, sum_exp, first.target_logit + second.target_logit)
+
+
+def masked_nll(partial: SoftmaxPartial, targets: torch.Tensor) -> torch.Tensor:
+    """-log p(target) a position, 0 where the target is padding (its position still went through the softmax:
+    selecting the real ones by a mask would make a GPU's host wait to learn how many there are)."""
+    return partial.nll() * (targets != PAD_ID)
 
 
 def merge_all(partials: list[SoftmaxPartial]) -> SoftmaxPartial:

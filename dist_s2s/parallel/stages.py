@@ -17,12 +17,11 @@ import weakref
 import torch
 from torch import nn
 
-from dist_s2s.data.vocab import PAD_ID
 from dist_s2s.errors import UserError
-from dist_s2s.model.dropout import Dropout, input_site
+from dist_s2s.model.dropout import Dropout
 from dist_s2s.model.layers import LSTMLayer
-from dist_s2s.model.seq2seq import Seq2Seq
-from dist_s2s.model.softmax import SoftmaxPartial, SoftmaxShard
+from dist_s2s.model.seq2seq import Seq2Seq, run_layer, softmax_input
+from dist_s2s.model.softmax import SoftmaxPartial, SoftmaxShard, masked_nll
 
 
 class HostLengths:
@@ -70,15 +69,11 @@ class LSTMLayerStage(nn.Module):
     def forward(self, inputs):
         src_x, src_lengths, tgt_x, tgt_out, keys = inputs
         dropout = Dropout(self.dropout, keys) if self.training and self.dropout > 0 else None
-        if dropout is not None:
-            src_x = dropout(src_x, input_site("encoder", self.layer))
-            tgt_x = dropout(tgt_x, input_site("decoder", self.layer))
-        src_h, state = self.encoder_layer(src_x, HOST_LENGTHS.of(src_lengths))
-        tgt_h, _ = self.decoder_layer(tgt_x, state=state)
+        src_h, state = run_layer(self.encoder_layer, src_x, side="encoder", index=self.layer,
+                                 lengths=HOST_LENGTHS.of(src_lengths), dropout=dropout)
+        tgt_h, _ = run_layer(self.decoder_layer, tgt_x, side="decoder", index=self.layer, state=state, dropout=dropout)
         if self.top:  # nothing reads the top encoder outputs: they would get no gradient
-            if dropout is not None:
-                tgt_h = dropout(tgt_h, input_site("decoder", self.layer + 1))
-            return tgt_h.contiguous(), tgt_out
+            return softmax_input(tgt_h, layers=self.layer + 1, dropout=dropout).contiguous(), tgt_out
         return src_h.contiguous(), src_lengths, tgt_h.contiguous(), tgt_out, keys
 
 
@@ -99,7 +94,7 @@ class SoftmaxShardStage(nn.Module):
             state = SoftmaxPartial(*running)
         state = self.shard(hidden, targets, state)
         if self.last:
-            return state.nll() * (targets != PAD_ID)
+            return masked_nll(state, targets)
         return (hidden, targets, *state)
 
 

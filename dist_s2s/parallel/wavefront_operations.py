@@ -17,9 +17,9 @@ from typing import Protocol
 import torch
 
 from dist_s2s.data.batch import Batch
-from dist_s2s.model.dropout import Dropout, input_site
+from dist_s2s.model.dropout import Dropout
 from dist_s2s.model.layers import at_least_fp32, to_device
-from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.model.seq2seq import Seq2Seq, run_layer, softmax_input
 from dist_s2s.model.softmax import SoftmaxPartial, merge_all
 from dist_s2s.parallel.placement import Placement
 from dist_s2s.parallel.wavefront import Chunk, Message, Operation
@@ -111,17 +111,14 @@ class StageOperations:
         side = "decoder" if chunk.decoder else "encoder"
         for layer in layers:
             state_in[layer] = self.carried.get(layer)
-            if self.dropout is not None:
-                hidden = self.dropout(hidden, input_site(side, layer), chunk.start)
-            if chunk.decoder:
-                hidden, state = self.model.decoder[layer](hidden, state=state_in[layer])
-            else:
-                hidden, state = self.model.encoder[layer](hidden, lengths, state_in[layer])
+            hidden, state = run_layer(getattr(self.model, side)[layer], hidden, side=side, index=layer,
+                                      lengths=None if chunk.decoder else lengths, state=state_in[layer],
+                                      dropout=self.dropout, start=chunk.start)
             state_out[layer] = state
             self.carried[layer] = tuple(t.detach().requires_grad_(torch.is_grad_enabled()) for t in state)
         top = op.hop == len(self.placement.hops) - 1
-        if chunk.decoder and top and self.dropout is not None:  # the softmax's input, in the LSTM's dtype
-            hidden = self.dropout(hidden, input_site("decoder", len(self.model.decoder)), chunk.start)
+        if chunk.decoder and top:  # the softmax's input, in the LSTM's dtype
+            hidden = softmax_input(hidden, layers=len(self.model.decoder), dropout=self.dropout, start=chunk.start)
         hidden = at_least_fp32(hidden)  # what leaves a stage is fp32 (the bf16 LSTM's output upcast)
         record = {"inputs": inputs, "state_in": state_in, "state_out": state_out, "outputs": hidden}
         if chunk.decoder and top:
