@@ -1,4 +1,4 @@
-"""The schedule simulators (`dist_s2s/bench/schedule.py` for 1F1B, `wavefront_sim.py`): validated here.
+"""The schedule simulators (`dist_s2s/bench/one_f_one_b_sim.py` for 1F1B, `wavefront_sim.py`): validated here.
 
     DS_ACCELERATOR=cpu .venv/bin/python benchmarks/pipeline_simulator.py --config configs/multi30k-paper.yaml \
         --stages 2 --micro-batches 4 --output benchmarks/results/simulator-cpu-multi30k.json
@@ -28,8 +28,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from dist_s2s.bench.one_f_one_b_sim import simulate, stage_costs
 from dist_s2s.bench.run import Mode, run_mode
-from dist_s2s.bench.schedule import simulate, stage_costs
 from dist_s2s.bench.timeline import as_rows, plot, simulated_rows
 from dist_s2s.bench.wavefront_sim import operation_costs, simulate_program
 from dist_s2s.bench.worker import real_batches

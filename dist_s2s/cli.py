@@ -45,10 +45,10 @@ def _train(config: Config, args: argparse.Namespace) -> None:
     from dist_s2s.train.trainer import train
 
     if launched_as_ranks():
-        from dist_s2s.parallel.pipeline_steps import PipelineSteps
+        from dist_s2s.parallel.schedules import pipeline_steps
 
         join_process_group(config)
-        summary = train(config, PipelineSteps, prepare_missing=False)
+        summary = train(config, pipeline_steps, prepare_missing=False)
     else:
         from dist_s2s.train.step import require_one_process
 
@@ -115,7 +115,7 @@ def _bench(config: Config, args: argparse.Namespace) -> None:
 def _convert(config: Config, args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from dist_s2s.parallel.checkpoint import convert
+    from dist_s2s.parallel.stage_checkpoint import convert
 
     output = convert(Path(args.checkpoint), Path(args.output), args.stages)
     layout = f"{args.stages} pipeline stage parts beside it" if args.stages else "the single-device format"

@@ -19,13 +19,13 @@ from dist_s2s.config import load_config
 from dist_s2s.data.loader import BatchLoader
 from dist_s2s.model.dropout import step_dropout
 from dist_s2s.model.seq2seq import Seq2Seq
-from dist_s2s.parallel.wavefront_messages import StageMessages
+from dist_s2s.parallel.wavefront.messages import StageMessages
 from dist_s2s.train.clipping import clip_gradients
 
 
 def step_engine(engine, config, batch, step: int):
     """One pipeline step; the step's NLL per sentence, on the device."""
-    from dist_s2s.parallel.engine import micro_batches, training_scale
+    from dist_s2s.parallel.one_f_one_b import micro_batches, training_scale
 
     micro, replicas = config.parallel.micro_batches, config.parallel.data
     if config.parallel.schedule == "wavefront":
@@ -40,14 +40,14 @@ def main() -> None:
     from dist_s2s.parallel.process_group import join_process_group
 
     join_process_group(config)
-    from dist_s2s.parallel.engine import build_engine
+    from dist_s2s.parallel.schedules import pipeline_steps
 
     vocab = json.loads((Path(config.data.out_dir) / "manifest.json").read_text())["vocab"]
     torch.manual_seed(config.train.seed)
     model = Seq2Seq(config.model, vocab["src_size"], vocab["tgt_size"])
     torch.manual_seed(config.train.seed)
     reference = Seq2Seq(config.model, vocab["src_size"], vocab["tgt_size"])
-    engine = build_engine(config, model)
+    engine = pipeline_steps(config, model).engine
     if os.environ.get("POSTED_ON_THE_WORLD_GROUP"):  # the negative case of the NCCL-rules check
         engine.messages.__class__ = PostedOnTheWorldGroup
     replica = engine.grid.data_parallel_id
@@ -87,7 +87,7 @@ def main() -> None:
     local = [names[id(p)] for p in engine.module.parameters()]
     difference = max(float((p.detach().cpu() - expected[names[id(p)]]).abs().max()) for p in engine.module.parameters())
     rank = int(os.environ["RANK"])
-    from dist_s2s.parallel.checkpoint import stage_state
+    from dist_s2s.parallel.stage_checkpoint import stage_state
     from dist_s2s.train.checkpoint import write_part
 
     part = None
@@ -108,7 +108,7 @@ def more_messages(engine, config, batch) -> None:
     """After the compared steps, what the rest of a run sends: an evaluation pass and, for the wavefront,
     a training and an evaluation step at one time step a chunk and at one chunk a side (every sentence
     shorter than it), so that the logged communication (DIST_S2S_COMM_LOG) covers them too."""
-    from dist_s2s.parallel.engine import evaluation_scale, micro_batches
+    from dist_s2s.parallel.one_f_one_b import evaluation_scale, micro_batches
 
     replicas = config.parallel.data
     if config.parallel.schedule != "wavefront":

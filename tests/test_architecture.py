@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from dist_s2s.parallel.pipeline_steps import PipelineSteps
+from dist_s2s.parallel.one_f_one_b import OneFOneBSteps
+from dist_s2s.parallel.wavefront.steps import WavefrontSteps
 from dist_s2s.train.step import SingleDeviceSteps, Steps
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dist_s2s"
@@ -98,7 +99,7 @@ def test_decoding_does_not_load_the_training_loop_or_parallelism():
     assert not any(module.startswith("dist_s2s.parallel") for module in reached)
 
 
-@pytest.mark.parametrize("provider", [SingleDeviceSteps, PipelineSteps])
+@pytest.mark.parametrize("provider", [SingleDeviceSteps, OneFOneBSteps, WavefrontSteps])
 def test_both_step_providers_satisfy_the_steps_contract(provider):
     for name in ("train_step", "validation_nll", "checkpoint_weights", "lost_contact", "close"):
         expected = list(inspect.signature(getattr(Steps, name)).parameters)

@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import REPO, SHARED_DATA
 
-from dist_s2s.bench.schedule import StageCosts, one_f_one_b, simulate
+from dist_s2s.bench.one_f_one_b_sim import StageCosts, one_f_one_b, simulate
 from dist_s2s.cli import main
 from dist_s2s.errors import UserError
 

@@ -11,7 +11,7 @@ from test_wavefront import batch_of, model_of, wavefront_gradients
 from dist_s2s.config import ModelConfig
 from dist_s2s.model.dropout import Dropout, input_site, row_keys, step_dropout
 from dist_s2s.model.seq2seq import Seq2Seq
-from dist_s2s.parallel.engine import unit_inputs
+from dist_s2s.parallel.one_f_one_b import unit_inputs
 from dist_s2s.parallel.stages import pipeline_units
 
 RATE = 0.3

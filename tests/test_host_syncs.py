@@ -87,11 +87,11 @@ def test_one_training_step_on_one_device_reads_nothing_from_the_device():
 
 
 def test_a_wavefront_stages_operations_read_nothing_from_the_device():
-    from dist_s2s.bench.wavefront_sim import LocalTransport
     from dist_s2s.model.dropout import step_dropout
     from dist_s2s.parallel.placement import placement
-    from dist_s2s.parallel.wavefront import batch_chunks, step_program
-    from dist_s2s.parallel.wavefront_operations import StageOperations
+    from dist_s2s.parallel.wavefront.operations import StageOperations
+    from dist_s2s.parallel.wavefront.program import batch_chunks, step_program
+    from dist_s2s.parallel.wavefront.transport import LocalTransport
 
     model = small_model(dropout=0.3)
     host_batch = batch_of([7, 5, 5, 2, 1], [3, 6, 1, 4, 2])
@@ -110,7 +110,7 @@ def test_a_wavefront_stages_operations_read_nothing_from_the_device():
 
 
 def test_a_1f1b_stage_reads_its_lengths_once_a_micro_batch():
-    from dist_s2s.parallel.engine import unit_inputs
+    from dist_s2s.parallel.one_f_one_b import unit_inputs
     from dist_s2s.parallel.stages import pipeline_units
 
     model = small_model(dropout=0.3)

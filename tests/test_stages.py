@@ -9,7 +9,7 @@ import torch
 from test_model import make_batch, small_model
 
 from dist_s2s.errors import UserError
-from dist_s2s.parallel.engine import unit_inputs
+from dist_s2s.parallel.one_f_one_b import unit_inputs
 from dist_s2s.parallel.stages import pipeline_units, stage_boundaries
 
 
@@ -74,7 +74,7 @@ def test_stages_times_replicas_must_equal_the_launched_processes():
 
 
 def test_a_checkpoint_in_stage_parts_reads_back_as_the_single_device_weights(tmp_path):
-    from dist_s2s.parallel.checkpoint import stage_weights
+    from dist_s2s.parallel.stage_checkpoint import stage_weights
     from dist_s2s.train.checkpoint import load_weights, model_weights, write_part
 
     model = small_model(shards=2)

@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dist_s2s.bench.wavefront_sim import LocalTransport, ProgramCosts, operation_costs, simulate_program
+from dist_s2s.bench.wavefront_sim import ProgramCosts, operation_costs, simulate_program
 from dist_s2s.config import ModelConfig
 from dist_s2s.data.batch import Batch
 from dist_s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.placement import placement
-from dist_s2s.parallel.wavefront import step_program, time_chunks
-from dist_s2s.parallel.wavefront_operations import StageOperations
+from dist_s2s.parallel.wavefront.operations import StageOperations
+from dist_s2s.parallel.wavefront.program import step_program, time_chunks
+from dist_s2s.parallel.wavefront.transport import LocalTransport
 
 
 def batch_of(src_lengths: list[int], tgt_lengths: list[int], vocab: int = 40, seed: int = 0) -> Batch:

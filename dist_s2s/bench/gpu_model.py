@@ -4,7 +4,7 @@ Each operation's time is max(FLOPs ÷ achievable rate, bytes ÷ memory bandwidth
 latency per kernel; an LSTM layer's recurrence costs that once per time step (its steps cannot
 run in parallel), its input projection once per chunk. Messages cost latency + bytes ÷ link
 bandwidth. The same operations feed the wavefront simulator (`wavefront_sim.simulate_program`, on
-the real step program) and the 1F1B simulator (`schedule.simulate`), and their sum is one GPU.
+the real step program) and the 1F1B simulator (`one_f_one_b_sim.simulate`), and their sum is one GPU.
 Every constant is in `GpuConstants` with where it comes from; docs/benchmarks.md has the table.
 """
 
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from dist_s2s.bench.schedule import StageCosts, simulate
+from dist_s2s.bench.one_f_one_b_sim import StageCosts, simulate
 from dist_s2s.bench.wavefront_sim import ProgramCosts, simulate_program
 from dist_s2s.parallel.placement import Placement, placement
-from dist_s2s.parallel.wavefront import Chunk, Message, Operation, step_program, time_chunks
+from dist_s2s.parallel.wavefront.program import Message, Operation, TimeChunk, step_program, time_chunks
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def message_s(bytes_: float, c: GpuConstants) -> float:
     return c.message_s + bytes_ / c.link_bytes
 
 
-def wavefront_costs(shape: PaperShape, placement: Placement, chunks: list[Chunk], c: GpuConstants) -> ProgramCosts:
+def wavefront_costs(shape: PaperShape, placement: Placement, chunks: list[TimeChunk], c: GpuConstants) -> ProgramCosts:
     program = step_program(placement, chunks)
     seconds = []
     for op in program:
@@ -99,7 +99,7 @@ def wavefront_costs(shape: PaperShape, placement: Placement, chunks: list[Chunk]
                         words=shape.words)
 
 
-def _tokens(chunk: Chunk, shape: PaperShape) -> int:
+def _tokens(chunk: TimeChunk, shape: PaperShape) -> int:
     return shape.batch * chunk.width
 
 
@@ -113,14 +113,14 @@ def _wavefront_op_s(op: Operation, shape: PaperShape, placement: Placement, c: G
     return 4 * c.launch_s  # L: the log-sum-exp of a few [N] vectors
 
 
-def _message_bytes(message: Message, shape: PaperShape, chunks: list[Chunk]) -> int:
+def _message_bytes(message: Message, shape: PaperShape, chunks: list[TimeChunk]) -> int:
     chunk = chunks[message.chunk]
     if message.kind in ("act", "grad_act", "hidden", "grad_hidden"):
         return 4 * shape.batch * chunk.width * shape.hidden
     return 4 * 3 * shape.batch * chunk.width
 
 
-def paper_chunks(shape: PaperShape, chunk_steps: int) -> list[Chunk]:
+def paper_chunks(shape: PaperShape, chunk_steps: int) -> list[TimeChunk]:
     return time_chunks(shape.src_words, shape.tgt_words + 1, chunk_steps)
 
 

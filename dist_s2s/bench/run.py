@@ -38,7 +38,7 @@ from dist_s2s.config import Config
 from dist_s2s.data.manifest import MANIFEST
 from dist_s2s.device import pick_device
 from dist_s2s.errors import UserError
-from dist_s2s.parallel.pipeline_steps import bubble_fraction
+from dist_s2s.parallel.one_f_one_b import bubble_fraction
 from dist_s2s.parallel.placement import placement_name
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,16 +1,14 @@
 """One real pipeline step as the engines executed it, and the picture of it beside the simulator's.
 
-`record(engine)` makes the engine time every instruction of its next steps: the wavefront engine
-does it itself (its `timeline` list, with the time each operation waited for a message apart);
+A pipeline's steps record their engine's instructions (`record_timeline()`): the wavefront engine
+times them itself (its `timeline` list, with the time each operation waited for a message apart);
 DeepSpeed's 1F1B engine gets a timed copy of its own dispatch loop on the instance (its
 `_exec_schedule` is looked up there), where a blocking receive's time is the stage's idle time.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from types import MethodType
 
 COLOURS = {"forward": "#4C72B0", "backward": "#DD8452", "softmax": "#55A868", "weights": "#C44E52",
            "send": "#8172B2", "idle": "#DDDDDD", "step": "#333333"}
@@ -20,29 +18,6 @@ CATEGORY = {"F": "forward", "ForwardPass": "forward", "LoadMicroBatch": "forward
             "SendActivation": "send", "SendGrad": "send", "PostReceives": "send", "WaitSends": "send",
             "RecvActivation": "idle", "RecvGrad": "idle",
             "ReduceGrads": "step", "OptimizerStep": "step", "ReduceTiedGrads": "step"}
-
-
-def record(engine) -> list[dict]:
-    """Start recording; the returned list fills with {kind, chunk, start, wait_s, compute_s} entries."""
-    entries: list[dict] = []
-    if hasattr(engine, "train_wavefront"):
-        engine.timeline = entries
-        return entries
-
-    def timed_exec_schedule(self, pipe_schedule):
-        self._reserve_pipe_buffers(pipe_schedule.num_pipe_buffers())
-        self.fwd_outputs = []
-        for step_cmds in pipe_schedule:
-            for cmd in step_cmds:
-                started = time.perf_counter()
-                MethodType(self._INSTRUCTION_MAP[type(cmd)], self)(**cmd.kwargs)
-                seconds = time.perf_counter() - started
-                waiting = CATEGORY.get(cmd.name) == "idle"
-                entries.append({"kind": cmd.name, "chunk": cmd.kwargs.get("buffer_id", -1), "start": started,
-                                "wait_s": seconds if waiting else 0.0, "compute_s": 0.0 if waiting else seconds})
-
-    engine._exec_schedule = MethodType(timed_exec_schedule, engine)
-    return entries
 
 
 def as_rows(entries_by_stage: list[list[dict]]) -> list[list[tuple[str, float, float]]]:

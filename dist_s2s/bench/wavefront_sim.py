@@ -1,6 +1,6 @@
 """Predict a wavefront step from each operation's cost, measured in one process, and a link model.
 
-The step program (`parallel/wavefront.py`) is run once in this process with every stage's
+The step program (`parallel/wavefront/program.py`) is run once in this process with every stage's
 `StageOperations` and messages handed over in memory: each operation is timed alone, on the real
 batch, with the thread count a pipeline rank gets. The simulation then replays the program: an
 operation starts when its stage has finished the previous one and every message it receives has
@@ -17,27 +17,15 @@ from dataclasses import dataclass
 import torch
 
 from dist_s2s.bench.measure import synchronize
-from dist_s2s.bench.schedule import optimizer_step_s
+from dist_s2s.bench.one_f_one_b_sim import optimizer_step_s
 from dist_s2s.data.batch import Batch
 from dist_s2s.model.dropout import step_dropout
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.placement import Placement
-from dist_s2s.parallel.wavefront import Message, Operation, batch_chunks, step_program
-from dist_s2s.parallel.wavefront_operations import StageOperations, message_shape
+from dist_s2s.parallel.wavefront.operations import StageOperations, message_shape
+from dist_s2s.parallel.wavefront.program import Message, Operation, batch_chunks, step_program
+from dist_s2s.parallel.wavefront.transport import LocalTransport
 from dist_s2s.train.clipping import rescale, squared_norm
-
-
-class LocalTransport:
-    """Messages between stages of one process: handed over in memory."""
-
-    def __init__(self):
-        self.tensors: dict[Message, torch.Tensor] = {}
-
-    def send(self, message: Message, tensor: torch.Tensor) -> None:
-        self.tensors[message] = tensor.detach()
-
-    def receive(self, message: Message) -> torch.Tensor:
-        return self.tensors.pop(message)
 
 
 @dataclass
@@ -90,7 +78,7 @@ def stage_parameters(model: Seq2Seq, placement: Placement, stage: int) -> list[t
 
 
 def stage_step_s(parameters: list[torch.nn.Parameter]) -> float:
-    """One stage's part of the optimizer step, as `parallel.engine` runs it: its squared gradient norm,
+    """One stage's part of the optimizer step, as `parallel.deepspeed_hooks` clips it: its squared gradient norm,
     the rescale and the SGD update (the gradients are left as they were)."""
     parameters = [p for p in parameters if p.grad is not None]
     if not parameters:

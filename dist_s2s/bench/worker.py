@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from dist_s2s.bench import timeline
 from dist_s2s.bench.flops import training_flops
 from dist_s2s.bench.measure import peak_memory_mb, synchronize
 from dist_s2s.bench.plain import PlainSeq2Seq
@@ -57,11 +56,11 @@ def main() -> None:
     model_class = PlainSeq2Seq if args.mode == "plain" else Seq2Seq
     model = model_class(config.model, config.data.src_vocab_size, config.data.tgt_vocab_size)
     if args.mode == "pipeline":
-        from dist_s2s.parallel.pipeline_steps import PipelineSteps
         from dist_s2s.parallel.process_group import join_process_group
+        from dist_s2s.parallel.schedules import pipeline_steps
 
         join_process_group(config)
-        steps = PipelineSteps(config, model)
+        steps = pipeline_steps(config, model)
         device, rank = steps.device, torch.distributed.get_rank()
     else:
         device, rank = pick_device(config.train.device), args.rank
@@ -70,7 +69,7 @@ def main() -> None:
     entries = None
     for index, batch in enumerate(batches):
         if args.timeline and args.mode == "pipeline" and index == len(batches) - 1:
-            entries = timeline.record(steps.engine)
+            entries = steps.record_timeline()
         synchronize(device)
         started = time.perf_counter()
         result = steps.train_step(batch, config.optim.lr, index + 1)

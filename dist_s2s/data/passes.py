@@ -17,7 +17,7 @@ import pyarrow as pa
 from dist_s2s.config import DataConfig
 from dist_s2s.data.clean import PairCleaner, TokenizedPair
 from dist_s2s.data.shards import SCHEMA, TOKENIZED_SCHEMA, bucket_of, read_table, write_atomically, write_table
-from dist_s2s.data.sources import Chunk, InputPair, read_lines
+from dist_s2s.data.sources import InputPair, LineRange, read_lines
 from dist_s2s.data.splits import split_of
 from dist_s2s.data.vocab import BOS_ID, EOS_ID, UNK_ID, Vocab
 
@@ -36,7 +36,7 @@ class ShardPlan:
     keep_text: bool
 
 
-def tokenize_chunk(pair: InputPair, pair_index: int, chunk: Chunk, config: DataConfig, *, work_dir: Path) -> dict:
+def tokenize_chunk(pair: InputPair, pair_index: int, chunk: LineRange, config: DataConfig, *, work_dir: Path) -> dict:
     """Pass 1 over one chunk; writes one piece per (split, bucket), word counts, and a receipt.
 
     File names in the receipt are relative to `work_dir`, so a moved output directory still reuses it.

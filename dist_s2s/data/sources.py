@@ -42,7 +42,7 @@ class FileScan:
 
 
 @dataclass(frozen=True)
-class Chunk:
+class LineRange:
     """Lines [first_line, first_line + num_lines) of one input pair, 0-based, with their byte ranges."""
 
     pair_index: int
@@ -128,13 +128,13 @@ def check_aligned(pair: InputPair, src: FileScan, tgt: FileScan) -> None:
         )
 
 
-def chunks(pair_index: int, src: FileScan, tgt: FileScan, chunk_lines: int) -> list[Chunk]:
+def chunks(pair_index: int, src: FileScan, tgt: FileScan, chunk_lines: int) -> list[LineRange]:
     """Cut an aligned pair into line ranges of at most `chunk_lines`."""
     result = []
     for index, (src_start, tgt_start) in enumerate(zip(src.chunk_offsets, tgt.chunk_offsets)):
         first = index * chunk_lines
         last = index + 1 == len(src.chunk_offsets)
-        result.append(Chunk(
+        result.append(LineRange(
             pair_index=pair_index,
             chunk_index=index,
             first_line=first,

@@ -6,7 +6,6 @@ WORLD_SIZE, RANK, LOCAL_RANK and MASTER_ADDR / MASTER_PORT; DeepSpeed forms the 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from datetime import timedelta
@@ -16,6 +15,7 @@ import torch
 from dist_s2s.config import Config
 from dist_s2s.errors import UserError
 from dist_s2s.parallel import comm_log
+from dist_s2s.parallel.deepspeed_hooks import without_shared_memory_op
 
 
 def launched_as_ranks() -> bool:
@@ -38,8 +38,7 @@ def join_process_group(config: Config) -> None:
     import deepspeed
     from deepspeed.utils import logger as deepspeed_logger
 
-    # `deepspeed.comm.torch` as an attribute is the torch package (re-exported); the module is needed.
-    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    without_shared_memory_op()
     deepspeed_logger.setLevel(logging.WARNING)
     deepspeed.init_distributed(timeout=timedelta(seconds=config.parallel.timeout_s), verbose=False)
     if torch.distributed.get_rank() != 0:  # one console: rank 0's

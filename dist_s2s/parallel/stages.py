@@ -98,6 +98,12 @@ class SoftmaxShardStage(nn.Module):
         return (hidden, targets, *state)
 
 
+def scaled_nll(token_nll: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The pipeline's loss (DeepSpeed's `loss_fn`): a micro-batch's summed token NLL times the scale riding in as
+    its label."""
+    return token_nll.sum() * scale.to(token_nll.dtype)
+
+
 def pipeline_units(model: Seq2Seq) -> list[nn.Module]:
     """[embeddings, LSTM pair 0 … L-1, softmax shard 0 … S-1], sharing the model's parameters."""
     layers = len(model.encoder)

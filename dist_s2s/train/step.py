@@ -2,7 +2,7 @@
 
 `trainer.train` asks a `Steps` for a step, a validation pass and checkpoint weights, and never
 learns where the model lives. `SingleDeviceSteps` (here) runs the paper's recipe (§3.4) in this
-process; `parallel.pipeline_steps.PipelineSteps` runs the same step as one rank of a DeepSpeed
+process; `parallel.schedules.pipeline_steps` builds the same step as one rank of a DeepSpeed
 pipeline. Whoever launches training picks one (the `train` command, tests, benchmarks).
 """
 

@@ -7,7 +7,7 @@
 The loop is the same either way: batches of `train.batch_size` similar-length sentences, the
 learning rate by epoch, a log line every `log_every` steps, validation perplexity, checkpoints
 with the data cursor. What a step does comes from the `Steps` its caller hands in (`train/step.py`
-defines the contract): `SingleDeviceSteps` by default, `parallel.pipeline_steps.PipelineSteps`
+defines the contract): `SingleDeviceSteps` by default, `parallel.schedules.pipeline_steps`
 when the `train` command runs as a pipeline rank. This file imports nothing of `parallel/`.
 """
 

@@ -1,4 +1,4 @@
-"""What each operation of the wavefront's step program computes on one stage (`wavefront.py` says when).
+"""What each operation of the wavefront's step program computes on one stage (`program.py` says when).
 
 Kept apart from the engine so the same code runs two ways: one stage per process under
 `WavefrontEngine` (messages over deepspeed.comm), or every stage in one process, messages handed
@@ -22,7 +22,7 @@ from dist_s2s.model.layers import at_least_fp32, to_device
 from dist_s2s.model.seq2seq import Seq2Seq, run_layer, softmax_input
 from dist_s2s.model.softmax import SoftmaxPartial, merge_all
 from dist_s2s.parallel.placement import Placement
-from dist_s2s.parallel.wavefront import Chunk, Message, Operation
+from dist_s2s.parallel.wavefront.program import Message, Operation, TimeChunk
 from dist_s2s.train.precision import autocast, without_autocast
 
 FORWARD_KINDS = ("act", "hidden", "partial")
@@ -42,7 +42,7 @@ def as_received(message: Message, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def message_shape(message: Message, batch: Batch, chunks: list[Chunk], hidden_size: int) -> tuple[int, ...]:
+def message_shape(message: Message, batch: Batch, chunks: list[TimeChunk], hidden_size: int) -> tuple[int, ...]:
     """Every rank computes every message's shape from the batch it holds: no shape exchange."""
     chunk = chunks[message.chunk]
     if message.kind in ("act", "grad_act"):
@@ -57,7 +57,7 @@ class StageOperations:
     """One stage's part of one step: its LSTM layers' carried state, the graphs kept for backward,
     and the summed NLL (on the top stage)."""
 
-    def __init__(self, model: Seq2Seq, placement: Placement, stage: int, *, batch: Batch, chunks: list[Chunk],
+    def __init__(self, model: Seq2Seq, placement: Placement, stage: int, *, batch: Batch, chunks: list[TimeChunk],
                  loss_scale: float, transport: Transport, precision: str = "fp32", dropout: Dropout | None = None):
         self.model, self.placement, self.stage, self.batch, self.chunks = model, placement, stage, batch, chunks
         self.loss_scale, self.transport, self.precision = loss_scale, transport, precision
@@ -92,7 +92,7 @@ class StageOperations:
     def _receive(self, message: Message) -> torch.Tensor:
         return as_received(message, self.transport.receive(message))
 
-    def _chunk_input(self, chunk: Chunk) -> torch.Tensor:
+    def _chunk_input(self, chunk: TimeChunk) -> torch.Tensor:
         """The chunk's embeddings, as a leaf whose gradient E takes to the embedding weights."""
         ids = (self.batch.tgt_in if chunk.decoder else self.batch.src)[:, chunk.start:chunk.stop]
         embedding = self.model.tgt_embed if chunk.decoder else self.model.src_embed
@@ -128,10 +128,10 @@ class StageOperations:
         if torch.is_grad_enabled():
             self.records[(chunk.index, op.hop)] = record
 
-    def _targets(self, chunk: Chunk) -> torch.Tensor:
+    def _targets(self, chunk: TimeChunk) -> torch.Tensor:
         return self.batch.tgt_out[:, chunk.start:chunk.stop].reshape(-1).index_select(0, self._real_positions(chunk))
 
-    def _real_positions(self, chunk: Chunk) -> torch.Tensor:
+    def _real_positions(self, chunk: TimeChunk) -> torch.Tensor:
         """Flat indices (row-major over [B, chunk width]) of the chunk's real target positions, what a boolean
         mask of non-padding would select, built on the host from the host lengths and moved without blocking:
         a mask's selection would make the host wait for the device to count it."""

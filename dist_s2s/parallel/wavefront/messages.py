@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from dist_s2s.parallel import comm_log
 from dist_s2s.parallel.placement import Placement
-from dist_s2s.parallel.wavefront import Message, Operation, step_program, time_chunks
+from dist_s2s.parallel.wavefront.program import Message, Operation, step_program, time_chunks
 
 
 def talking_pairs(placement: Placement) -> list[tuple[int, int]]:

@@ -1,9 +1,9 @@
-"""`WavefrontEngine`: DeepSpeed's `PipelineEngine` running the time-wavefront schedule (`wavefront.py`).
+"""`WavefrontEngine`: DeepSpeed's `PipelineEngine` running the time-wavefront schedule (`program.py`).
 
 What is DeepSpeed's: the process topology and groups (stage ↔ rank, data-parallel groups), the
-`PipeSchedule` / `PipeInstruction` stream and its dispatch table (`_INSTRUCTION_MAP`, extended
-here as DeepSpeed's own DualPipeV engine extends it), point-to-point communication
-(`deepspeed.comm`), the data-parallel gradient all-reduce (`ReduceGrads`) and the optimizer step
+`PipeSchedule` / `PipeInstruction` stream and its dispatch table (`_INSTRUCTION_MAP`, extended here as
+DeepSpeed's own DualPipeV engine extends it: private, listed in `deepspeed_hooks.py`), point-to-point
+communication (`deepspeed.comm`), the data-parallel gradient all-reduce (`ReduceGrads`) and the optimizer step
 with our global-norm clipping (`OptimizerStep`). What DeepSpeed's pipeline engine cannot express,
 and this adds: state carried by a stage from one chunk to the next (its forward pass is one
 stateless call per micro-batch, its backward one `autograd.backward` per micro-batch, so a carried
@@ -24,11 +24,17 @@ from deepspeed import comm as dist
 from deepspeed.runtime.pipe.engine import PipelineEngine
 from deepspeed.runtime.pipe.schedule import OptimizerStep, ReduceGrads
 
+from dist_s2s.config import Config
 from dist_s2s.data.batch import Batch
 from dist_s2s.model.dropout import Dropout, step_dropout
 from dist_s2s.model.seq2seq import Seq2Seq
-from dist_s2s.parallel.placement import Placement
-from dist_s2s.parallel.wavefront import (
+from dist_s2s.parallel.deepspeed_hooks import patch_engine
+from dist_s2s.parallel.pipeline_steps import deepspeed_config, pipeline_module, sgd
+from dist_s2s.parallel.placement import Placement, placement
+from dist_s2s.parallel.stages import pipeline_units
+from dist_s2s.parallel.wavefront.messages import StageMessages, direction_groups
+from dist_s2s.parallel.wavefront.operations import StageOperations, message_shape
+from dist_s2s.parallel.wavefront.program import (
     Operation,
     PostReceives,
     RunOperation,
@@ -37,13 +43,34 @@ from dist_s2s.parallel.wavefront import (
     batch_chunks,
     step_program,
 )
-from dist_s2s.parallel.wavefront_messages import StageMessages, direction_groups
-from dist_s2s.parallel.wavefront_operations import StageOperations, message_shape
 from dist_s2s.train.precision import autocast
+from dist_s2s.train.precision import configure as configure_precision
+
+
+def build_engine(config: Config, model: Seq2Seq) -> WavefrontEngine:
+    """The wavefront engine of `model`'s units on this rank's stage, in the configured placement."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    layout = placement(config.parallel.placement, config.model.num_layers, config.model.softmax_shards,
+                       config.parallel.stages)
+    order, parts = layout.unit_order()
+    units = pipeline_units(model)
+    module = pipeline_module(config, [units[index] for index in order], parts)
+    # deepspeed.initialize picks PipelineEngine for a PipelineModule; its pipeline branch is this call.
+    engine = WavefrontEngine(args=None, model=module, optimizer=sgd(module, config), model_parameters=None,
+                             training_data=None, lr_scheduler=None, mpu=module.mpu(), dist_init_required=None,
+                             collate_fn=None, config=deepspeed_config(config),
+                             config_class=DeepSpeedConfig(deepspeed_config(config), module.mpu()),
+                             seq2seq=model, placement=layout, chunk_steps=config.parallel.chunk_steps,
+                             precision=config.train.precision, dropout=config.model.dropout, seed=config.train.seed,
+                             timeout_s=config.parallel.timeout_s)
+    configure_precision(config.train.precision)
+    patch_engine(engine, config)
+    return engine
 
 
 class WavefrontEngine(PipelineEngine):
-    """Set up by `engine.build_engine` for `parallel.schedule: wavefront`."""
+    """Set up by `build_engine`."""
 
     def __init__(self, *args, seq2seq: Seq2Seq, placement: Placement, chunk_steps: int, precision: str = "fp32",
                  dropout: float = 0.0, seed: int = 0, timeout_s: float | None = None, **kwargs):
@@ -112,7 +139,7 @@ class WavefrontEngine(PipelineEngine):
                                           "start": started, "wait_s": wait_s,
                                           "compute_s": time.perf_counter() - started - wait_s})
 
-    # --- messages (wavefront_messages.py) ---------------------------------------------------------------
+    # --- messages (messages.py) ------------------------------------------------------------------------
     def _exec_post_receives(self) -> None:
         hidden_size = self.model.config.hidden_size
         self.messages.post_receives(self.program,

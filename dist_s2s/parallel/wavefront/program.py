@@ -31,7 +31,7 @@ every rank, so every rank knows every message's shape without asking:
 
 The global order below is a topological order of these operations; each rank runs its own
 subsequence of it, sends without waiting and receives what it has posted in the senders' order, one
-process group a direction (`wavefront_messages.py`: what NCCL needs), so no rank can wait on an
+process group a direction (`messages.py`: what NCCL needs), so no rank can wait on an
 operation that waits on it. The softmax of chunk d is placed one chunk
 behind the LSTM, right after the bottom stage's F(d + 1): the shard stages then work on chunk d while
 the layers above the bottom one catch up with chunk d + 1 (simulated on multi30k, 2 co-located stages:
@@ -48,7 +48,7 @@ from dist_s2s.parallel.placement import Placement
 
 
 @dataclass(frozen=True)
-class Chunk:
+class TimeChunk:
     """Time steps [start, stop) of the source (encoder) or the target (decoder) of a batch."""
 
     index: int
@@ -62,25 +62,25 @@ class Chunk:
         return self.stop - self.start
 
 
-def time_chunks(src_width: int, tgt_width: int, chunk_steps: int, *, src_ends=()) -> list[Chunk]:
+def time_chunks(src_width: int, tgt_width: int, chunk_steps: int, *, src_ends=()) -> list[TimeChunk]:
     """The encoder's chunks over the source width, then the decoder's over the target width, each at most
     `chunk_steps` wide. The encoder is also cut where a sentence ends (`src_ends`: the source lengths), so
     that within a chunk every sentence runs all of it or none: one fused LSTM call a chunk, where a
     chunk in which sentences end would take one call per distinct end."""
     ends = sorted(set(src_ends))
-    chunks: list[Chunk] = []
+    chunks: list[TimeChunk] = []
     for decoder, width in ((False, src_width), (True, tgt_width)):
         start = 0
         while start < width:
             stop = min(start + chunk_steps, width)
             if not decoder:
                 stop = min([stop, *(end for end in ends if end > start)])
-            chunks.append(Chunk(len(chunks), decoder, start, stop))
+            chunks.append(TimeChunk(len(chunks), decoder, start, stop))
             start = stop
     return chunks
 
 
-def batch_chunks(batch, chunk_steps: int) -> list[Chunk]:
+def batch_chunks(batch, chunk_steps: int) -> list[TimeChunk]:
     """`time_chunks` of a batch, cut at its sentences' ends (host lengths: every rank computes the same)."""
     return time_chunks(batch.src.shape[1], batch.tgt_out.shape[1], chunk_steps, src_ends=batch.src_lengths.tolist())
 
@@ -103,26 +103,26 @@ class Operation:
     kind: str
     """F, P, L, Q or B (module docstring)."""
     stage: int
-    chunk: Chunk
+    chunk: TimeChunk
     hop: int = -1
     receives: list[Message] = field(default_factory=list)
     sends: list[Message] = field(default_factory=list)
 
 
-def step_program(placement: Placement, chunks: list[Chunk], *, backward: bool = True) -> list[Operation]:
+def step_program(placement: Placement, chunks: list[TimeChunk], *, backward: bool = True) -> list[Operation]:
     """Every operation of one step, in a global topological order (module docstring)."""
     hops = placement.hops
     top = placement.top_stage
     shard_stages = placement.shard_stages
     program: list[Operation] = []
 
-    def act(chunk: Chunk, hop: int) -> Message:
+    def act(chunk: TimeChunk, hop: int) -> Message:
         return Message("act", chunk.index, hops[hop][0], hops[hop + 1][0], hop)
 
     lagging: list[Operation] = []
     """Q operations of stages below the top, emitted one chunk late (module docstring)."""
 
-    def softmax(chunk: Chunk) -> None:
+    def softmax(chunk: TimeChunk) -> None:
         hidden = [Message("hidden", chunk.index, top, stage) for stage in shard_stages]
         partials = [Message("partial", chunk.index, stage, top) for stage in shard_stages]
         program.extend(Operation("P", stage, chunk, receives=[hidden[i]], sends=[partials[i]])
@@ -165,7 +165,7 @@ def step_program(placement: Placement, chunks: list[Chunk], *, backward: bool = 
     return with_deferred_gradients(program, placement, chunks)
 
 
-def with_deferred_gradients(program: list[Operation], placement: Placement, chunks: list[Chunk]) -> list[Operation]:
+def with_deferred_gradients(program: list[Operation], placement: Placement, chunks: list[TimeChunk]) -> list[Operation]:
     """The training program with its W and E operations (module docstring) inserted. They send nothing, so
     where they go changes only when each stage computes them."""
     top, bottom = placement.top_stage, placement.hops[0][0]
