@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -36,6 +35,7 @@ from dist_s2s.bench.worker import real_batches
 from dist_s2s.config import load_config
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.placement import placement, placement_name
+from dist_s2s.provenance import provenance
 
 
 def _ping_pong(rank: int, port: int, sizes: list[int], out: str) -> None:
@@ -95,7 +95,7 @@ def _keep_busy(config_path: str, overrides: list[str], batches_dir: str, events)
 @contextlib.contextmanager
 def busy_neighbours(count: int, config_path: str, overrides: list[str], batches_dir: str):
     """`count` processes computing beside the measurement, as the other stages of a pipeline do: on a CPU
-    they share its caches and memory bandwidth (measured alone, chunked operations ran 10-20% faster)."""
+    they share its caches and memory bandwidth, which slows the operations (docs/benchmarks.md)."""
     context = mp.get_context("spawn")
     stop, ready = context.Event(), context.Semaphore(0)
     workers = [context.Process(target=_keep_busy, args=(config_path, overrides, batches_dir, (ready, stop)))
@@ -154,7 +154,7 @@ def predict_wavefront(model, batches, args, *, config, link) -> tuple[float, dic
     return sum(r.words for r in runs) / step_s, details, simulated_rows(predictions[-1]["timeline"], args.stages)
 
 
-def main() -> None:
+def arguments() -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--batches", help="prepared data whose train batches are used (default data.out_dir)")
@@ -169,7 +169,11 @@ def main() -> None:
     parser.add_argument("--timeline", type=Path, help="PNG: the last timed step, measured and simulated")
     parser.add_argument("--output", type=Path)
     args, overrides = parser.parse_known_args()
-    overrides = [*overrides, f"--parallel.micro_batches={args.micro_batches}"]
+    return args, [*overrides, f"--parallel.micro_batches={args.micro_batches}"]
+
+
+def main() -> None:
+    args, overrides = arguments()
     config = load_config(args.config, overrides)
     schedule = config.parallel.schedule
     batches_dir = args.batches or config.data.out_dir
@@ -177,17 +181,13 @@ def main() -> None:
     batches = real_batches(config, batches_dir, warmup + args.steps)[warmup - 1:]  # the measured run's, + 1 warm-up
     torch.set_num_threads(1)
     ranks = None
-    if not args.no_measure:  # first, while this process is small: after the one-process timing its freed
-        # memory slowed the ranks it started by 15% (measured: 11,500 vs 13,900 words/s, the same run)
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if not args.no_measure:  # first, while this process is small: the memory the one-process timing frees
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # slows the ranks started after it (docs/benchmarks.md)
         ranks = run_mode(Mode("pipeline", args.stages, 1), args.config, overrides=overrides, batches=batches_dir,
                          steps=args.steps, warmup=warmup, config=config, record_timeline=args.timeline is not None)
     torch.manual_seed(config.train.seed)
     model = Seq2Seq(config.model, config.data.src_vocab_size, config.data.tgt_vocab_size)
-    if args.link_gbps:
-        link = args.link_gbps * 1e9, (args.link_latency_us or 0.0) * 1e-6
-    else:
-        link = measure_link()
+    link = (args.link_gbps * 1e9, (args.link_latency_us or 0.0) * 1e-6) if args.link_gbps else measure_link()
     if schedule == "wavefront":
         neighbours = 0 if args.no_measure or args.alone else args.stages - 1
         overrides_all = [*overrides, f"--parallel.stages={args.stages}"]
@@ -197,30 +197,34 @@ def main() -> None:
     else:
         predicted, details, simulated = predict_1f1b(model, batches, args, link)
     result = {
-        "config": args.config, "overrides": overrides, "batches": batches_dir, "stages": args.stages,
-        "schedule": schedule, "micro_batches": args.micro_batches, **details,
+        **provenance(config, config_path=args.config, overrides=overrides), "batches": batches_dir,
+        "stages": args.stages, "schedule": schedule, "micro_batches": args.micro_batches, **details,
         "link_gb_per_s": link[0] / 1e9, "link_latency_us": link[1] * 1e6,
-        "predicted_words_per_sec": round(predicted, 1),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"), "device": "cpu",
+        "predicted_words_per_sec": round(predicted, 1), "device": "cpu",
     }
     print(f"link {link[0] / 1e9:.2f} GB/s, {link[1] * 1e6:.0f} µs; predicted: {predicted:,.0f} words/s")
     if ranks is not None:
-        measured = ranks[0]["words"] / ranks[0]["seconds"]
-        result["measured_words_per_sec"] = round(measured, 1)
-        result["prediction_error"] = round(predicted / measured - 1, 3)
-        print(f"measured:  {measured:,.0f} words/s (prediction {100 * result['prediction_error']:+.1f}%)")
-        if args.timeline:
-            by_stage = [r["timeline"] for r in sorted(ranks, key=lambda r: r["stage"])]
-            label = f"{args.stages} stages, {schedule}" + (
-                f" ({result['placement']}, chunks of {config.parallel.chunk_steps} steps)"
-                if schedule == "wavefront" else f" ({args.micro_batches} micro-batches)")
-            plot([(f"measured: {label}, one step of {args.config}", as_rows(by_stage)),
-                  ("simulated: the same step from one-process costs and the measured link", simulated)],
-                 args.timeline)
-            print(f"timeline: {args.timeline}")
+        compare_with_the_real_run(result, ranks, args, config=config, simulated=simulated)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def compare_with_the_real_run(result: dict, ranks: list[dict], args, *, config, simulated) -> None:
+    """The measured words/s and the prediction's error into `result`; with --timeline, both steps drawn."""
+    measured = ranks[0]["words"] / ranks[0]["seconds"]
+    result["measured_words_per_sec"] = round(measured, 1)
+    result["prediction_error"] = round(result["predicted_words_per_sec"] / measured - 1, 3)
+    print(f"measured:  {measured:,.0f} words/s (prediction {100 * result['prediction_error']:+.1f}%)")
+    if args.timeline:
+        by_stage = [r["timeline"] for r in sorted(ranks, key=lambda r: r["stage"])]
+        label = f"{args.stages} stages, {result['schedule']}" + (
+            f" ({result['placement']}, chunks of {config.parallel.chunk_steps} steps)"
+            if result["schedule"] == "wavefront" else f" ({args.micro_batches} micro-batches)")
+        plot([(f"measured: {label}, one step of {args.config}", as_rows(by_stage)),
+              ("simulated: the same step from one-process costs and the measured link", simulated)],
+             args.timeline)
+        print(f"timeline: {args.timeline}")
 
 
 if __name__ == "__main__":

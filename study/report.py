@@ -84,23 +84,28 @@ def bounds(bin_: dict) -> str:
 
 
 def tables(runs: StudyRuns) -> str:
-    splits, top, best = runs.splits(), runs.top(), runs.best
+    """docs/REPRODUCTION.md's tables, claim by claim, then the MLflow runs and the commands."""
+    splits, top = runs.splits(), runs.top()
     ensemble = runs.entry("ensemble", splits[0], top)
     members = ensemble["members"] if ensemble else 1
     lines = [f"Study: {len(runs.trained)} trainings, {len(runs.evaluated)} evaluations. BLEU is sacreBLEU "
              f"({next(iter(runs.evaluated.values()))['signature']['bleu']}); perplexity is per reference word "
              f"and </s>, teacher-forced. Beam {top} unless stated. Every number below is read back from the "
              f"study's MLflow store, except BLEU by length/rarity and rescoring (study.json).", ""]
+    for claims in (_reversal_and_depth, _beam_and_ensemble, _lengths_phrases_and_rescoring, _runs_and_commands):
+        lines += claims(runs, splits, top, members)
+    return "\n".join(lines) + "\n"
 
-    lines += ["## Claims 1 and 2: reversal and depth (single models)", "",
-              "| model | source | layers | valid ppl | " + " | ".join(f"{s} ppl | {s} BLEU" for s in splits) + " |",
-              "|---|---|---:|---:|" + "---:|---:|" * len(splits)]
+
+def _reversal_and_depth(runs: StudyRuns, splits: list[str], top: int, members: int) -> list[str]:
+    lines = ["## Claims 1 and 2: reversal and depth (single models)", "",
+             "| model | source | layers | valid ppl | " + " | ".join(f"{s} ppl | {s} BLEU" for s in splits) + " |",
+             "|---|---|---:|---:|" + "---:|---:|" * len(splits)]
     for name in runs.singles():
         reading = "reversed" if runs.param(name, "data.reverse_source") == "True" else "forward"
         cells = [f"{fmt(runs.score(name, s, top, 'ppl'))} | {fmt(runs.score(name, s, top, 'bleu'))}" for s in splits]
         lines.append(f"| {name} | {reading} | {runs.param(name, 'model.num_layers')} | "
                      f"{fmt(runs.trained[name]['valid_ppl'])} | " + " | ".join(cells) + " |")
-
     depth = runs.depth_rows()
     lines += ["", "Perplexity change per added depth step (reversed models):", "",
               "| from → to | valid | " + " | ".join(splits) + " |", "|---|---:|" + "---:|" * len(splits)]
@@ -109,8 +114,12 @@ def tables(runs: StudyRuns) -> str:
         change += [_change(runs.score(shallow, s, top, "ppl"), runs.score(deep, s, top, "ppl")) for s in splits]
         lines.append(f"| {runs.param(shallow, 'model.num_layers')} → {runs.param(deep, 'model.num_layers')} layers | "
                      + " | ".join(change) + " |")
+    return lines
 
-    lines += ["", f"## Claim 3: beam size ({best}, and the ensemble of {members})", ""]
+
+def _beam_and_ensemble(runs: StudyRuns, splits: list[str], top: int, members: int) -> list[str]:
+    best = runs.best
+    lines = ["", f"## Claim 3: beam size ({best}, and the ensemble of {members})", ""]
     for split in runs.swept_splits():
         beams = runs.beams(best, split)
         lines += [f"{split}:", "", "| model | " + " | ".join(f"beam {b}" for b in beams) + " |",
@@ -118,7 +127,6 @@ def tables(runs: StudyRuns) -> str:
         for label in (best, "ensemble"):
             lines.append(f"| {label} | " + " | ".join(fmt(runs.score(label, split, b, "bleu")) for b in beams) + " |")
         lines.append("")
-
     lines += [f"## Claim 4: an ensemble of {members} ({best} and the same config with other seeds)", "",
               "| split | single BLEU | ensemble BLEU | single ppl | ensemble ppl |", "|---|---:|---:|---:|---:|"]
     for split in splits:
@@ -126,17 +134,17 @@ def tables(runs: StudyRuns) -> str:
                      f"{fmt(runs.score('ensemble', split, top, 'bleu'))} | "
                      f"{fmt(runs.score(best, split, top, 'ppl'))} | "
                      f"{fmt(runs.score('ensemble', split, top, 'ppl'))} |")
+    return lines
 
-    lines += ["", f"## Claim 5: BLEU by source length and by word rarity (beam {top}; bins: BLEU (sentences))", ""]
+
+def _lengths_phrases_and_rescoring(runs: StudyRuns, splits: list[str], top: int, members: int) -> list[str]:
+    lines = ["", f"## Claim 5: BLEU by source length and by word rarity (beam {top}; bins: BLEU (sentences))", ""]
     for split in splits:
-        for label in (best, "ensemble"):
+        for label in (runs.best, "ensemble"):
             entry = runs.entry(label, split, top)
-            if entry is None:
-                continue
-            for kind in ("length", "rarity"):
+            for kind in ("length", "rarity") if entry is not None else ():
                 lines.append(f"- {split}, {label}, by {kind}: " + ", ".join(
                     f"{bounds(b)}: {fmt(b['bleu'])} ({b['sentences']})" for b in entry[f"bleu_by_{kind}"]))
-
     lines += ["", "## Claim 6: do sentence vectors group by meaning? (Figure 2's 12 phrases)", "",
               "Share of phrases whose nearest other phrase (same set of 6) means the same (chance 0.40), and the mean "
               "distance between meanings over the mean within one (> 1: meaning outweighs shared words).", "",
@@ -144,24 +152,24 @@ def tables(runs: StudyRuns) -> str:
     for label in [*runs.singles(), "ensemble"]:
         lines.append(f"| {label} | {fmt(runs.score(label, splits[0], top, 'phrases/nearest_same_meaning'))} | "
                      f"{fmt(runs.score(label, splits[0], top, 'phrases/between_over_within'))} |")
-
     lines += ["", "## Claim 7: rescoring a weak model's n-best lists", "",
               "| split | first pass | BLEU | rescored by | BLEU | n-best | weight |",
               "|---|---|---:|---|---:|---:|---:|"]
     for split, r in runs.study.get("rescored", {}).items():
         lines.append(f"| {split} | {r['first_pass_row']} | {fmt(r['first_pass'])} | {r['rescorer_row']} | "
                      f"{fmt(r['rescored'])} | {r['nbest']} | {r['weight']} |")
+    return lines
 
-    lines += ["", "## MLflow runs", "", "| what | run id |", "|---|---|"]
+
+def _runs_and_commands(runs: StudyRuns, splits: list[str], top: int, members: int) -> list[str]:
+    lines = ["", "## MLflow runs", "", "| what | run id |", "|---|---|"]
     lines += [f"| train {name} | {t['mlflow_run_id']} |" for name, t in runs.trained.items()]
     lines += [f"| evaluate {e['label']} {e['split']} beam {e['beam']} | {e['mlflow_run_id']} |"
               for e in runs.evaluated.values()]
-
     lines += ["", "## Commands, in the order they ran (minutes)", "", "```"]
     lines += [f"{c['command'].replace(str(REPO) + '/', '')}    # {c['seconds'] / 60:.1f}"
               for c in runs.study.get("commands", [])]
-    lines += ["```"]
-    return "\n".join(lines) + "\n"
+    return lines + ["```"]
 
 
 def _change(before: float | None, after: float | None) -> str:

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -40,6 +39,7 @@ from dist_s2s.device import pick_device
 from dist_s2s.errors import UserError
 from dist_s2s.parallel.one_f_one_b import bubble_fraction
 from dist_s2s.parallel.placement import placement_name
+from dist_s2s.provenance import provenance
 
 REPO = Path(__file__).resolve().parents[2]
 log = logging.getLogger(__name__)
@@ -155,7 +155,6 @@ def bench(config: Config, config_path: str, *, overrides: list[str], modes: list
         raise UserError(f"no prepared data in {batches}: run `dist-s2s prepare` first, or pass --batches DIR")
     torch.set_num_threads(cores)
     limits = {"fp32": matmul_rate(device)}
-    micro = config.parallel.micro_batches
     runs = []
     parsed = [Mode.parse(text, cores) for text in modes]  # every mode checked before the first runs
     for number, mode in enumerate(parsed, start=1):
@@ -166,44 +165,17 @@ def bench(config: Config, config_path: str, *, overrides: list[str], modes: list
         precision = mode.precision or config.train.precision
         if precision not in limits:  # MFU against the matrix-product rate of the precision the mode ran in
             limits[precision] = matmul_rate(device, precision=precision)
-        pipeline = mode.kind == "pipeline"
-        schedule = (mode.schedule or config.parallel.schedule) if pipeline else None
-        wavefront = schedule == "wavefront"
-        lead = ranks[0]
-        devices = max(1, mode.stages) if device.type == "cuda" else 1  # pipeline stages or side-by-side processes
-        flops_per_sec = lead["flops"] / lead["seconds"]
-        runs.append({
-            "mode": mode.kind, "label": mode.label, "stages": mode.stages if pipeline else 0,
-            "processes": max(1, mode.stages), "schedule": schedule,
-            "placement": placement_name(mode.placement or config.parallel.placement, config.model.num_layers,
-                                        config.model.softmax_shards, mode.stages) if wavefront else None,
-            "chunk_steps": config.parallel.chunk_steps if wavefront else None,
-            "micro_batches": micro if pipeline and not wavefront else 1,
-            "bubble_fraction": (round(bubble_fraction(mode.stages, micro), 3) if pipeline and not wavefront
-                                else None if wavefront else 0.0),
-            "threads_per_rank": mode.threads, "oversubscribed": device.type == "cpu" and
-            max(1, mode.stages) * mode.threads > cores,
-            "words_per_sec": round(lead["words"] / lead["seconds"], 1),
-            "sentences_per_sec": round(lead["sentences"] / lead["seconds"], 2),
-            "tflops_per_sec": round(flops_per_sec / 1e12, 4),
-            "precision": precision, "matmul_tflops_per_sec": round(limits[precision] / 1e12, 4),
-            "mfu": round(flops_per_sec / (limits[precision] * devices), 4),
-            "peak_mem_mb": max(r["peak_mem_mb"] for r in ranks),
-            "peak_mem_mb_per_rank": [r["peak_mem_mb"] for r in ranks],
-            "timed_steps": steps,
-        })
+        runs.append(_run_record(mode, ranks, config, limit=limits[precision], device=device, cores=cores,
+                                steps=steps))
     plain = next((r["words_per_sec"] for r in runs if r["mode"] == "plain"), None)
     for run in runs:
         run["vs_plain"] = round(run["words_per_sec"] / plain, 3) if plain else None
     add_scaling_efficiency(runs)
     result = {
-        "config": config_path, "overrides": overrides, "resolved_config": config.to_dict(), "batches": batches,
+        **provenance(config, config_path=config_path, overrides=overrides), "batches": batches,
         "batch_size": config.train.batch_size,
         "device": device_name(device), "device_type": device.type, "cores": cores,
         "matmul_tflops_per_sec": round(limits["fp32"] / 1e12, 4), "torch": torch.__version__,
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 cwd=REPO).stdout.strip() or None,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "paper_words_per_sec": {"1_gpu": 1700, "8_gpus": 6300},
         "runs": runs,
     }
@@ -211,6 +183,37 @@ def bench(config: Config, config_path: str, *, overrides: list[str], modes: list
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _run_record(mode: Mode, ranks: list[dict], config: Config, *, limit: float, device: torch.device, cores: int,
+                steps: int) -> dict:
+    """One mode's figures from its ranks' records (rank 0's timing), MFU against `limit` (FLOP/s)."""
+    pipeline = mode.kind == "pipeline"
+    schedule = (mode.schedule or config.parallel.schedule) if pipeline else None
+    wavefront, micro = schedule == "wavefront", config.parallel.micro_batches
+    lead = ranks[0]
+    devices = max(1, mode.stages) if device.type == "cuda" else 1  # pipeline stages or side-by-side processes
+    flops_per_sec = lead["flops"] / lead["seconds"]
+    return {
+        "mode": mode.kind, "label": mode.label, "stages": mode.stages if pipeline else 0,
+        "processes": max(1, mode.stages), "schedule": schedule,
+        "placement": placement_name(mode.placement or config.parallel.placement, config.model.num_layers,
+                                    config.model.softmax_shards, mode.stages) if wavefront else None,
+        "chunk_steps": config.parallel.chunk_steps if wavefront else None,
+        "micro_batches": micro if pipeline and not wavefront else 1,
+        "bubble_fraction": (round(bubble_fraction(mode.stages, micro), 3) if pipeline and not wavefront
+                            else None if wavefront else 0.0),
+        "threads_per_rank": mode.threads, "oversubscribed": device.type == "cpu" and
+        max(1, mode.stages) * mode.threads > cores,
+        "words_per_sec": round(lead["words"] / lead["seconds"], 1),
+        "sentences_per_sec": round(lead["sentences"] / lead["seconds"], 2),
+        "tflops_per_sec": round(flops_per_sec / 1e12, 4),
+        "precision": mode.precision or config.train.precision, "matmul_tflops_per_sec": round(limit / 1e12, 4),
+        "mfu": round(flops_per_sec / (limit * devices), 4),
+        "peak_mem_mb": max(r["peak_mem_mb"] for r in ranks),
+        "peak_mem_mb_per_rank": [r["peak_mem_mb"] for r in ranks],
+        "timed_steps": steps,
+    }
 
 
 def add_scaling_efficiency(runs: list[dict]) -> None:

@@ -109,8 +109,8 @@ class ParallelConfig:
     """`1f1b`: DeepSpeed's schedule over micro-batches; `wavefront`: the paper's (§3.5), each layer's stage
     handing every time chunk on as soon as it is computed, the batch of 128 kept whole."""
     chunk_steps: int = 4
-    """Wavefront: time steps of the source and of the target in one chunk (the unit a stage hands on;
-    measured on multi30k, 2 stages: 3 → 0.75, 4–6 → 0.81, 10 → 0.77, 16 → 0.74 scaling efficiency)."""
+    """Wavefront: time steps of the source and of the target in one chunk (the unit a stage hands on; narrower
+    chunks shorten the wavefront's fill and drain, wider ones cost less per message: docs/benchmarks.md)."""
     placement: Literal["auto", "chain", "colocated"] = "auto"
     """Wavefront: `chain` (LSTM layers, then softmax shards, in order: with layers + shards stages the
     paper's layout), `colocated` (every stage holds layers and a share of the vocabulary), or `auto`:

@@ -8,6 +8,13 @@ from dist_s2s.errors import UserError
 
 def validate(config: Config) -> None:
     """Checks across fields that types alone cannot express."""
+    _check_ranges(config)
+    _check_parallel(config)
+    _check_data(config)
+
+
+def _check_ranges(config: Config) -> None:
+    """Sizes, rates and ratios positive; seeds, lengths and decay points not negative; dropout a rate."""
     positive = {
         "data.src_vocab_size": config.data.src_vocab_size,
         "data.tgt_vocab_size": config.data.tgt_vocab_size,
@@ -52,6 +59,10 @@ def validate(config: Config) -> None:
         raise UserError(f"config key model.dropout must be in [0, 1), got {config.model.dropout}")
     if config.train.max_steps is not None and config.train.max_steps <= 0:
         raise UserError(f"config key train.max_steps must be positive, got {config.train.max_steps}")
+
+
+def _check_parallel(config: Config) -> None:
+    """Stages that can each hold a unit, a batch that splits into the micro-batches and replicas asked for."""
     units = config.model.num_layers + config.model.softmax_shards
     if config.parallel.stages > units:
         raise UserError(f"config key parallel.stages={config.parallel.stages} exceeds the {units} units "
@@ -69,6 +80,9 @@ def validate(config: Config) -> None:
                                                                                  config.model.softmax_shards):
         raise UserError(f"config key parallel.placement=colocated needs parallel.stages={config.parallel.stages} "
                         f"<= model.num_layers and model.softmax_shards (each stage holds a layer and a shard)")
+
+
+def _check_data(config: Config) -> None:
     bounds = config.data.bucket_boundaries
     if not bounds or any(b <= 0 for b in bounds) or sorted(set(bounds)) != bounds:
         raise UserError(f"config key data.bucket_boundaries must be increasing positive integers, got {bounds}")

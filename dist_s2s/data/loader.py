@@ -4,7 +4,7 @@ Paper §3.4: "we made sure that all sentences in a minibatch are roughly of the 
 Each epoch is planned up front from the length columns alone: within every length bucket the
 rows are shuffled (seeded by seed and epoch), sorted by (target, source) length inside pools
 of `pool_batches` batches, and cut into batches (target first: every target position costs a
-softmax row; on Multi30k this pads 2.8% of positions, sorting by total length 9.3%); then the
+softmax row; docs/data.md has the padding either order leaves on Multi30k); then the
 batch order is shuffled. The plan is a pure function of (seed, epoch), so the cursor
 `(epoch, next_batch)` is the whole state a resumed run needs.
 

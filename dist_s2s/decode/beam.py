@@ -67,6 +67,33 @@ def _select(states: list[State], rows: torch.Tensor) -> list[State]:
     return [[(h[:, rows], c[:, rows]) for h, c in state] for state in states]
 
 
+def _first_beams(sentences: int, beam: int, members: int, *, width: int, device: torch.device):
+    """Each sentence's beam before the first word: one live hypothesis (<s>, score 0), the others -inf; the scores,
+    each ensemble member's, the prefixes so far and the last tokens."""
+    scores = torch.full((sentences, beam), float("-inf"), device=device)
+    scores[:, 0] = 0.0
+    return (scores, torch.zeros(members, sentences, beam, device=device),
+            torch.full((sentences * beam, width), PAD_ID, dtype=torch.long, device=device),
+            torch.full((sentences * beam,), BOS_ID, dtype=torch.long, device=device))
+
+
+@dataclass
+class _Words:
+    """The target vocabulary's ids, and the words a hypothesis may never take (<pad>, <s>)."""
+
+    ids: torch.Tensor
+    banned: torch.Tensor
+
+    @classmethod
+    def of(cls, vocab: int, device: torch.device) -> _Words:
+        ids = torch.arange(vocab, device=device)
+        return cls(ids, (ids == PAD_ID) | (ids == BOS_ID))
+
+    def allowed(self, log_probs: torch.Tensor, *, at_limit: torch.Tensor) -> torch.Tensor:
+        """-inf for banned words, and for every word but </s> on rows at their length limit."""
+        return log_probs.masked_fill(self.banned | (at_limit[:, None] & (self.ids != EOS_ID)), float("-inf"))
+
+
 @torch.no_grad()
 def beam_search(ensemble: Ensemble, src: torch.Tensor, src_lengths: torch.Tensor, beam: int, *,
                 max_length_ratio: float = 2.0, nbest: int = 1, extra_words: int = 10,
@@ -81,32 +108,24 @@ def beam_search(ensemble: Ensemble, src: torch.Tensor, src_lengths: torch.Tensor
     """
     if not 1 <= nbest <= beam:
         raise ValueError(f"nbest must be between 1 and the beam size {beam}, got {nbest}")
-    sentences, members = src.shape[0], len(ensemble.models)
-    device = src.device
+    (sentences, members), device = (src.shape[0], len(ensemble.models)), src.device
     limits = [int(length * max_length_ratio) + extra_words for length in src_lengths.tolist()]
     longest = max(limits)
     max_words = torch.tensor(limits, device=device)
-    rows = torch.arange(sentences, device=device).repeat_interleave(beam)
-    states = _select(ensemble.encode(src, src_lengths), rows)
-    scores = torch.full((sentences, beam), float("-inf"), device=device)
-    scores[:, 0] = 0.0
-    member_scores = torch.zeros(members, sentences, beam, device=device)
-    prefixes = torch.full((sentences * beam, longest + 1), PAD_ID, dtype=torch.long, device=device)
-    tokens = torch.full((sentences * beam,), BOS_ID, dtype=torch.long, device=device)
+    states = _select(ensemble.encode(src, src_lengths), torch.arange(sentences, device=device).repeat_interleave(beam))
+    scores, member_scores, prefixes, tokens = _first_beams(sentences, beam, members, width=longest + 1, device=device)
     best = _Complete.empty(sentences, nbest, members=members, width=longest + 1, device=device)
     done = torch.zeros(sentences, dtype=torch.bool, device=device)
     best_possible = length_normalizer(max_words + 1, length_penalty)  # what a live score s can reach: s / this
     vocab = ensemble.models[0].tgt_vocab_size
-    vocabulary_ids = torch.arange(vocab, device=device)
-    banned = (vocabulary_ids == PAD_ID) | (vocabulary_ids == BOS_ID)
+    words = _Words.of(vocab, device)
     kept = min(2 * beam, beam * vocab)  # candidates a step keeps: enough for `beam` live ones after </s>
     positions = torch.arange(kept, device=device)
     first_rows = torch.arange(sentences, device=device)[:, None] * beam
 
     for length in range(longest + 1):
         log_probs, per_member, states = ensemble.step(tokens, states)
-        at_limit = (length >= max_words).repeat_interleave(beam)
-        log_probs = log_probs.masked_fill(banned | (at_limit[:, None] & (vocabulary_ids != EOS_ID)), float("-inf"))
+        log_probs = words.allowed(log_probs, at_limit=(length >= max_words).repeat_interleave(beam))
         candidates = (scores[:, :, None] + log_probs.view(sentences, beam, vocab)).view(sentences, -1)
         candidates.masked_fill_(done[:, None], float("-inf"))
         top_scores, top = candidates.topk(kept, dim=1)

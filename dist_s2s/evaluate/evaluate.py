@@ -69,23 +69,10 @@ def evaluate(config: Config, checkpoints: list[str], *, split: str | None = None
     perplexity = split_perplexity(translator, src_ids, rows.column("tgt_ids").to_pylist())
     hypotheses = [t.text for t in translations]
 
-    bleu, chrf = BLEU(), CHRF()
-    bleu_score, chrf_score = bleu.corpus_score(hypotheses, [references]), chrf.corpus_score(hypotheses, [references])
-    prepared = translator.prepared
-    tokenized_refs = [" ".join(tokenize(" ".join(r.split()), prepared.tgt_lang, prepared.lowercase))
-                      for r in references]
-    tokenized_bleu = BLEU(tokenize="none").corpus_score([" ".join(t.tokens) for t in translations], [tokenized_refs])
-    scores = {
-        "split": split, "beam": beam, "checkpoints": [str(c) for c in checkpoints], "sentences": len(hypotheses),
-        "filtered_from_split": manifest.filtered_rows(split),
-        "bleu": round(bleu_score.score, 2), "chrf": round(chrf_score.score, 2), "perplexity": round(perplexity, 3),
-        "length_ratio": round(bleu_score.sys_len / max(1, bleu_score.ref_len), 3),
-        "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
-        "tokenized_bleu": round(tokenized_bleu.score, 2),
-        "tokenized_bleu_note": "BLEU on Moses tokens (tokenize=none), the paper's multi-bleu convention; "
-                               "not comparable with sacreBLEU",
-        "sentences_per_sec": round(len(hypotheses) / max(seconds, 1e-9), 2),
-    }
+    scores = {"split": split, "beam": beam, "checkpoints": [str(c) for c in checkpoints], "sentences": len(hypotheses),
+              "filtered_from_split": manifest.filtered_rows(split),
+              **corpus_scores(translations, references, translator.prepared), "perplexity": round(perplexity, 3),
+              "sentences_per_sec": round(len(hypotheses) / max(seconds, 1e-9), 2)}
 
     report_dir = Path(config.train.run_dir) / "eval" / f"{split}-beam{beam}"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -95,19 +82,8 @@ def evaluate(config: Config, checkpoints: list[str], *, split: str | None = None
     scores["report_dir"] = str(report_dir)
     (report_dir / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
 
-    (report_dir / RUN_ID_FILE).unlink(missing_ok=True)  # every evaluation is its own MLflow run
-    tracker = Tracker(config, report_dir, run_name=f"evaluate {split} beam {beam}",
-                      store_dir=Path(config.train.run_dir))
-    tracker.log_params({"eval.checkpoints": json.dumps(scores["checkpoints"]),
-                        "sacrebleu.signature": scores["signature"]["bleu"]})
-    tracker.log_metrics({f"{split}/bleu": scores["bleu"], f"{split}/chrf": scores["chrf"],
-                         f"{split}/tokenized_bleu": scores["tokenized_bleu"], f"{split}/ppl": scores["perplexity"],
-                         **{f"phrases/{k}": v for k, v in scores["phrase_grouping"].items()}},
-                        step=0)
-    for path in [report_dir / "hypotheses.txt", report_dir / "scores.json", *plots]:
-        tracker.log_artifact(path, "eval")
-    tracker.finish()
-    scores["mlflow_run_id"] = tracker.run_id
+    scores["mlflow_run_id"] = _track(config, report_dir, scores, [report_dir / "hypotheses.txt",
+                                                                   report_dir / "scores.json", *plots])
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(scores, indent=2) + "\n")
@@ -115,6 +91,44 @@ def evaluate(config: Config, checkpoints: list[str], *, split: str | None = None
              split, beam, len(hypotheses), scores["sentences_per_sec"], scores["bleu"], scores["chrf"],
              scores["tokenized_bleu"])
     return scores
+
+
+def corpus_scores(translations, references: list[str], prepared) -> dict[str, Any]:
+    """sacreBLEU BLEU and chrF of the detokenized translations against the raw references, with signatures, and
+    BLEU on Moses tokens (the paper's multi-bleu convention; `force`: these are tokenized on purpose)."""
+    hypotheses = [t.text for t in translations]
+    bleu, chrf = BLEU(), CHRF()
+    bleu_score, chrf_score = bleu.corpus_score(hypotheses, [references]), chrf.corpus_score(hypotheses, [references])
+    tokenized_refs = [" ".join(tokenize(" ".join(r.split()), prepared.tgt_lang, prepared.lowercase))
+                      for r in references]
+    tokenized_bleu = BLEU(tokenize="none", force=True).corpus_score([" ".join(t.tokens) for t in translations],
+                                                                    [tokenized_refs])
+    return {
+        "bleu": round(bleu_score.score, 2), "chrf": round(chrf_score.score, 2),
+        "length_ratio": round(bleu_score.sys_len / max(1, bleu_score.ref_len), 3),
+        "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
+        "tokenized_bleu": round(tokenized_bleu.score, 2),
+        "tokenized_bleu_note": "BLEU on Moses tokens (tokenize=none), the paper's multi-bleu convention; "
+                               "not comparable with sacreBLEU",
+    }
+
+
+def _track(config: Config, report_dir: Path, scores: dict[str, Any], artifacts: list[Path]) -> str | None:
+    """The evaluation as an MLflow run of its own (MLflow refuses a second, different eval.split in one run)."""
+    split = scores["split"]
+    (report_dir / RUN_ID_FILE).unlink(missing_ok=True)
+    tracker = Tracker(config, report_dir, run_name=f"evaluate {split} beam {scores['beam']}",
+                      store_dir=Path(config.train.run_dir))
+    tracker.log_params({"eval.checkpoints": json.dumps(scores["checkpoints"]),
+                        "sacrebleu.signature": scores["signature"]["bleu"]})
+    tracker.log_metrics({f"{split}/bleu": scores["bleu"], f"{split}/chrf": scores["chrf"],
+                         f"{split}/tokenized_bleu": scores["tokenized_bleu"], f"{split}/ppl": scores["perplexity"],
+                         **{f"phrases/{k}": v for k, v in scores["phrase_grouping"].items()}},
+                        step=0)
+    for path in artifacts:
+        tracker.log_artifact(path, "eval")
+    tracker.finish()
+    return tracker.run_id
 
 
 def split_perplexity(translator: Translator, src_ids: list[list[int]], tgt_ids: list[list[int]]) -> float:

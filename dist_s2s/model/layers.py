@@ -46,9 +46,9 @@ def over_lengths(run, inputs: torch.Tensor, lengths: torch.Tensor | None, state)
     The steps are cut at every distinct length, and each span runs the whole batch through the fused
     kernel; a sentence that has ended keeps the state it ended with and outputs zeros (a length of 0,
     a time chunk past a sentence's end, keeps the state it came with). Never a `PackedSequence` or a
-    subset of rows: on CPU packed input falls back to the native kernel (whose backward measured 5×
-    slower), every new number of rows is a new oneDNN primitive to build (~1 ms each), and packing moves
-    index tensors between host and device, which a GPU waits for. The masks are built on the host.
+    subset of rows: on CPU packed input falls back to the slower native kernel, every new number of rows
+    is a new oneDNN primitive to build, and packing moves index tensors between host and device, which a
+    GPU waits for (docs/benchmarks.md). The masks are built on the host.
     """
     if lengths is None:
         return run(inputs, state)

@@ -42,7 +42,7 @@ class Seq2Seq(nn.Module):
     stack_layers: bool | None = None
     """Run each side's layers as one multi-layer LSTM call: None (auto) does on CUDA without dropout, where
     cuDNN overlaps the layers of a stack (a stack cannot drop out between its layers with our masks); on
-    CPU separate calls measured as fast (oneDNN runs a stack layer by layer). Same weights, same checkpoint,
+    CPU oneDNN runs a stack layer by layer, so separate calls cost the same. Same weights, same checkpoint,
     same results (tests)."""
 
     def _stacked(self, inputs: torch.Tensor, dropout: Dropout | None) -> bool:
@@ -116,7 +116,7 @@ class Seq2Seq(nn.Module):
 
         Every position goes through the softmax and padding's NLL is zeroed, instead of selecting the
         real positions by a boolean mask (whose size the host would have to wait for); a bucketed batch
-        pads ~3% of its positions."""
+        pads few positions (docs/data.md)."""
         hidden, _ = self.decode(batch.tgt_in, self.encode(batch.src, batch.src_lengths, dropout), dropout)
         nll = self.token_nll(hidden.flatten(0, 1), batch.tgt_out.flatten())
         return nll.sum(), (batch.tgt_out != PAD_ID).sum()

@@ -8,8 +8,8 @@ per shard, several shards on one stage) add up to the loss of one full softmax: 
 `shard_partial` computes a partial with a hand-written backward: one pass over the logits each way,
 d logit_j = g_sum · exp(logit_j - max) plus corrections at the argmax and the target. Left to autograd,
 the same math costs six passes over the [N, V] logits in the backward (the max's scatter, the
-subtraction's negation, the exponential's product, the upcasts under bf16) and was the largest share
-of a pipeline stage's step (docs/benchmarks.md). On a CPU it works through a block of rows at a time,
+subtraction's negation, the exponential's product, the upcasts under bf16; docs/benchmarks.md has what
+that cost). On a CPU it works through a block of rows at a time,
 so the fp32 temporaries stay in cache; on a GPU in one go.
 """
 
@@ -137,7 +137,7 @@ class SoftmaxShard(nn.Module):
         """Accumulate d weight = Σ d logitsᵀ · hidden and d bias = Σ d logits over (hidden, d logits) pieces,
         each product in d logits' dtype (as autocast's backward computes it), the sums in fp32. One
         product a piece, [hidden | 1]ᵀ · d logits: the bias rides as a column of ones, and this orientation
-        runs the CPU's fast bf16 kernel (2× the transposed one)."""
+        runs the CPU's faster bf16 kernel (docs/benchmarks.md)."""
         total = None
         for hidden, grad in pieces:
             inputs = torch.cat([hidden.detach().to(grad.dtype), hidden.new_ones(hidden.shape[0], 1, dtype=grad.dtype)],

@@ -25,12 +25,7 @@ def launched_as_ranks() -> bool:
 
 def join_process_group(config: Config) -> None:
     """gloo on CPU, NCCL on GPUs (DeepSpeed's accelerator picks); every wait bounded by parallel.timeout_s.
-
-    DeepSpeed's CPU shared-memory all-reduce is switched off: it serves only inference all-reduce
-    (unused here), yet each rank leaves a 69 MB /dev/shm segment named by master address, port
-    and rank that is never unlinked; a later job on the same port opens the stale segments and
-    can abort (SIGABRT seen here, deepspeed 0.19.8).
-    """
+    DeepSpeed's CPU shared-memory all-reduce is switched off (`deepspeed_hooks.without_shared_memory_op`)."""
     check_world_size(config, int(os.environ["WORLD_SIZE"]))  # before joining: a wrong count would wait, not fail
     nccl_errors_raise()
     device = rank_device()

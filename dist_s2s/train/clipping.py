@@ -15,7 +15,7 @@ def squared_norm(parameters: Iterable[torch.nn.Parameter]) -> torch.Tensor:
     """Σ ||grad||² over the parameters that have a gradient, in float64, on their device. Each parameter's
     norm is the same computation wherever the parameter lives (one device or any stage), and only the sum
     over parameters is grouped otherwise by a pipeline: that sum is float64, so its order costs nothing
-    visible. (Each norm in float64 as well cost 15 ms a step on a stage of the main job's model.)"""
+    visible (each norm in float64 as well would cost far more: docs/benchmarks.md)."""
     norms = [torch.linalg.vector_norm(p.grad.detach()) for p in parameters if p.grad is not None]
     if not norms:
         return torch.zeros((), dtype=torch.float64)

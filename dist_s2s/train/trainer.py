@@ -43,7 +43,7 @@ from dist_s2s.train.checkpoint import (
 )
 from dist_s2s.train.plots import loss_curve
 from dist_s2s.train.schedule import learning_rate
-from dist_s2s.train.step import StepResult, StepsFactory, single_device_steps
+from dist_s2s.train.step import StepResult, Steps, StepsFactory, single_device_steps
 from dist_s2s.train.tracking import QuietTracker, Tracker
 
 log = logging.getLogger(__name__)
@@ -97,12 +97,66 @@ class Window:
         self.grad_norm += result.grad_norm
 
 
+@dataclass
+class Run:
+    """What a training run holds from its set-up through its loop to its end."""
+
+    config: Config
+    manifest: Manifest
+    steps: Steps
+    loader: BatchLoader
+    valid: BatchLoader
+    checkpoints: CheckpointDir
+    tracker: Tracker | QuietTracker
+    feed: BatchFeed
+    step: int
+    total_steps: int
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.train.run_dir)
+
+
 def train(config: Config, make_steps: StepsFactory = single_device_steps, *,
           prepare_missing: bool = True) -> dict[str, Any] | None:
     """Train to train.max_steps or optim.epochs; a summary of the run (None on pipeline ranks but rank 0).
 
     `make_steps(config, model)` builds what runs the model, after the model has its initial or
     resumed weights; `prepare_missing` runs `prepare` when the data is missing (one process only)."""
+    run = _set_up(config, make_steps, prepare_missing)
+    summary: dict[str, Any] = {}
+    status = "FAILED"
+    previous_handler = _on_sigterm(_raise_terminated)
+    try:
+        _loop(run, summary)
+        status = "FINISHED"
+    except Terminated:
+        raise UserError(f"rank {os.environ.get('RANK', 0)} stopped by SIGTERM at step {run.step + 1} (a launcher ends "
+                        f"every rank when one dies; see the other ranks' logs). Resume with --train.resume=true "
+                        f"(latest checkpoint: {run.checkpoints.latest()})") from None
+    except RuntimeError as error:
+        if run.steps.lost_contact(error):
+            raise UserError(f"rank {os.environ.get('RANK')} lost contact with another rank at step {run.step + 1} "
+                            f"({str(error).splitlines()[0][:300]}): a rank died or hung for parallel.timeout_s="
+                            f"{config.parallel.timeout_s}; see its log. Resume with --train.resume=true "
+                            f"(latest checkpoint: {run.checkpoints.latest()})") from None
+        raise
+    finally:
+        # The launcher's SIGTERM often follows a peer's death within milliseconds: let it not cut the
+        # closing work (tracking, the error line) short; the launcher kills for good 30 s later.
+        _on_sigterm(signal.SIG_IGN)
+        try:
+            _finish(run, status)
+        finally:
+            _on_sigterm(previous_handler)
+    if not run.steps.is_main:
+        return None
+    return {**summary, "step": run.step, "checkpoint": str(run.checkpoints.latest()),
+            "mlflow_run_id": run.tracker.run_id, "tracking_uri": run.tracker.uri}
+
+
+def _set_up(config: Config, make_steps: StepsFactory, prepare_missing: bool) -> Run:
+    """The model with its initial or resumed weights, its steps, the data, tracking and the inputs logged."""
     run_dir = Path(config.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = ensure_prepared(config) if prepare_missing else prepared_manifest(config)
@@ -137,67 +191,51 @@ def train(config: Config, make_steps: StepsFactory = single_device_steps, *,
     total_steps = config.train.max_steps or math.ceil(config.optim.epochs * per_epoch)
     log.info("train: %s parameters, %d batches/epoch, %d steps (%.2f epochs), from step %d",
              f"{sum(p.numel() for p in model.parameters()):,}", per_epoch, total_steps, total_steps / per_epoch, step)
-
-    window = Window(started=time.perf_counter())
     feed = BatchFeed(loader, steps.device if steps.device.type == "cuda" else None)
-    summary: dict[str, Any] = {}
-    status = "FAILED"
-    previous_handler = _on_sigterm(_raise_terminated)
-    try:
-        with Progress("training", total_steps, unit="steps", done=step, show=steps.is_main, log_lines=False) as bar:
-            while step < total_steps:
-                fed = next(feed)
-                lr = learning_rate(config.optim, fed.epoch_before)
-                step += 1
-                window.add(steps.train_step(fed.batch, lr, step))
-                bar.advance()
-                if step % config.train.log_every == 0 or step == total_steps:
-                    summary.update(_log_window(window, step, epochs=fed.epoch_after, lr=lr, tracker=tracker))
-                    window = Window(started=time.perf_counter())
-                if step % config.train.valid_every == 0 or step == total_steps:
-                    validation_started = time.perf_counter()
-                    nll_sum, tokens = steps.validation_nll(valid)
-                    summary["valid/ppl"] = math.exp(nll_sum / tokens)
-                    tracker.log_metrics({"valid/ppl": summary["valid/ppl"]}, step)
-                    log.info("step %d | valid ppl %.2f", step, summary["valid/ppl"])
-                    window.started += time.perf_counter() - validation_started  # not training time
-                if step % config.train.checkpoint_every == 0 or step == total_steps:
-                    weights = steps.checkpoint_weights(checkpoints, step)
-                    if steps.is_main:
-                        _save(checkpoints, step, weights, cursor=fed.cursor, config=config, manifest=manifest,
-                              run_id=tracker.run_id)
-        status = "FINISHED"
-    except Terminated:
-        raise UserError(f"rank {os.environ.get('RANK', 0)} stopped by SIGTERM at step {step + 1} (a launcher ends "
-                        f"every rank when one dies; see the other ranks' logs). Resume with --train.resume=true "
-                        f"(latest checkpoint: {checkpoints.latest()})") from None
-    except RuntimeError as error:
-        if steps.lost_contact(error):
-            raise UserError(f"rank {os.environ.get('RANK')} lost contact with another rank at step {step + 1} "
-                            f"({str(error).splitlines()[0][:300]}): a rank died or hung for parallel.timeout_s="
-                            f"{config.parallel.timeout_s}; see its log. Resume with --train.resume=true "
-                            f"(latest checkpoint: {checkpoints.latest()})") from None
-        raise
-    finally:
-        # The launcher's SIGTERM often follows a peer's death within milliseconds: let it not cut the
-        # closing work (tracking, the error line) short; the launcher kills for good 30 s later.
-        _on_sigterm(signal.SIG_IGN)
-        try:
-            metrics_file = run_dir / "metrics.jsonl"
-            if steps.is_main and metrics_file.is_file() and metrics_file.stat().st_size:
-                tracker.log_artifact(loss_curve(metrics_file, run_dir / "loss_curve.png"), "plots")
-            if status == "FINISHED" and step > 0 and checkpoints.latest():
-                tracker.log_artifact(checkpoints.latest(), "checkpoints")
-            tracker.finish(status)
-            steps.close(finished=status == "FINISHED")
-            feed.close()
-        finally:
-            _on_sigterm(previous_handler)
-    if not steps.is_main:
-        return None
-    summary.update({"step": step, "checkpoint": str(checkpoints.latest()), "mlflow_run_id": tracker.run_id,
-                    "tracking_uri": tracker.uri})
-    return summary
+    return Run(config, manifest, steps, loader, valid, checkpoints, tracker, feed, step, total_steps)
+
+
+def _loop(run: Run, summary: dict[str, Any]) -> None:
+    """Steps to run.total_steps: a log line every train.log_every, validation every valid_every, a checkpoint
+    every checkpoint_every (and each at the last step)."""
+    config, steps, train_config = run.config, run.steps, run.config.train
+    window = Window(started=time.perf_counter())
+    with Progress("training", run.total_steps, unit="steps", done=run.step, show=steps.is_main,
+                  log_lines=False) as bar:
+        while run.step < run.total_steps:
+            fed = next(run.feed)
+            lr = learning_rate(config.optim, fed.epoch_before)
+            run.step += 1
+            step, last = run.step, run.step == run.total_steps
+            window.add(steps.train_step(fed.batch, lr, step))
+            bar.advance()
+            if step % train_config.log_every == 0 or last:
+                summary.update(_log_window(window, step, epochs=fed.epoch_after, lr=lr, tracker=run.tracker))
+                window = Window(started=time.perf_counter())
+            if step % train_config.valid_every == 0 or last:
+                validation_started = time.perf_counter()
+                nll_sum, tokens = steps.validation_nll(run.valid)
+                summary["valid/ppl"] = math.exp(nll_sum / tokens)
+                run.tracker.log_metrics({"valid/ppl": summary["valid/ppl"]}, step)
+                log.info("step %d | valid ppl %.2f", step, summary["valid/ppl"])
+                window.started += time.perf_counter() - validation_started  # not training time
+            if step % train_config.checkpoint_every == 0 or last:
+                weights = steps.checkpoint_weights(run.checkpoints, step)
+                if steps.is_main:
+                    _save(run.checkpoints, step, weights, cursor=fed.cursor, config=config, manifest=run.manifest,
+                          run_id=run.tracker.run_id)
+
+
+def _finish(run: Run, status: str) -> None:
+    """The loss curve and the last checkpoint to tracking, the run's status, the steps and the feed closed."""
+    metrics_file = run.run_dir / "metrics.jsonl"
+    if run.steps.is_main and metrics_file.is_file() and metrics_file.stat().st_size:
+        run.tracker.log_artifact(loss_curve(metrics_file, run.run_dir / "loss_curve.png"), "plots")
+    if status == "FINISHED" and run.step > 0 and run.checkpoints.latest():
+        run.tracker.log_artifact(run.checkpoints.latest(), "checkpoints")
+    run.tracker.finish(status)
+    run.steps.close(finished=status == "FINISHED")
+    run.feed.close()
 
 
 def restore_cuda_rng(states: list[torch.Tensor]) -> None:

@@ -34,8 +34,7 @@ subsequence of it, sends without waiting and receives what it has posted in the 
 process group a direction (`messages.py`: what NCCL needs), so no rank can wait on an
 operation that waits on it. The softmax of chunk d is placed one chunk
 behind the LSTM, right after the bottom stage's F(d + 1): the shard stages then work on chunk d while
-the layers above the bottom one catch up with chunk d + 1 (simulated on multi30k, 2 co-located stages:
-busy 0.88 of the step, against 0.85 with the softmax after the top layer's F(d + 1)).
+the layers above the bottom one catch up with chunk d + 1 (docs/benchmarks.md compares the placements).
 """
 
 from __future__ import annotations
