@@ -2,19 +2,51 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
-from dist_s2s.config import Config, load_config
+from dist_s2s.config import Config, ModelConfig, load_config
+from dist_s2s.data.batch import Batch
+from dist_s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.parallel.placement import placement
+from dist_s2s.parallel.wavefront.operations import StageOperations
+from dist_s2s.parallel.wavefront.program import step_program, time_chunks
+from dist_s2s.parallel.wavefront.transport import LocalTransport
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+SHARED_DATA = Path(os.environ.get("DIST_S2S_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
+"""The real corpora (../shared/data beside the repository; DIST_S2S_SHARED_DATA names another place)."""
+CORPORA_FIXTURES = {"prepared_tiny", "trained_tiny", "ray_local"}
+CORPORA_NAMES = ("SHARED_DATA", "tiny_config", "prepared", "corpus_args")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`corpora` on every test that reads the real corpora: through a fixture that prepares them, or by naming
+    them in its body or its module's helpers; skipped, with the reason, where they are missing."""
+    import inspect
+
+    missing = not (SHARED_DATA / "multi30k").is_dir()
+    skip = pytest.mark.skip(reason=f"needs the corpora in {SHARED_DATA} (../shared/data beside the repository, "
+                                   "or DIST_S2S_SHARED_DATA): see tests/README.md")
+    for item in items:
+        function = getattr(item, "function", None)
+        source = inspect.getsource(function) if function is not None else ""
+        if CORPORA_FIXTURES & set(item.fixturenames) or any(name in source for name in CORPORA_NAMES) \
+                or item.get_closest_marker("corpora"):
+            item.add_marker(pytest.mark.corpora)
+            if missing:
+                item.add_marker(skip)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -160,3 +192,111 @@ def listening_addresses(pid: int) -> set[str]:
             address = ipaddress.ip_address(connection.laddr.ip)
             addresses.add(str(getattr(address, "ipv4_mapped", None) or address))
     return addresses
+
+
+def batch_of(src_lengths: list[int], tgt_lengths: list[int], vocab: int = 40, seed: int = 0) -> Batch:
+    """A padded batch of random ids with these source lengths and target words (+ </s>)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = len(src_lengths)
+    src = torch.full((rows, max(src_lengths)), PAD_ID)
+    tgt_in, tgt_out = (torch.full((rows, max(tgt_lengths) + 1), PAD_ID) for _ in range(2))
+    for row, (s, t) in enumerate(zip(src_lengths, tgt_lengths)):
+        src[row, :s] = torch.randint(4, vocab, (s,), generator=generator)
+        words = torch.randint(4, vocab, (t,), generator=generator)
+        tgt_in[row, :t + 1] = torch.cat([torch.tensor([BOS_ID]), words])
+        tgt_out[row, :t + 1] = torch.cat([words, torch.tensor([EOS_ID])])
+    return Batch(src=src, src_lengths=torch.tensor(src_lengths), tgt_in=tgt_in, tgt_out=tgt_out,
+                 tgt_lengths=torch.tensor(tgt_lengths) + 1, lines=torch.zeros(rows, 2, dtype=torch.long),
+                 step_sentences=rows)
+
+
+def model_of(layers: int, shards: int) -> Seq2Seq:
+    torch.manual_seed(3)
+    config = ModelConfig(embedding_dim=8, hidden_size=12, num_layers=layers, softmax_shards=shards)
+    return Seq2Seq(config, 40, 40).double()
+
+
+def single_device_gradients(model: Seq2Seq, batch: Batch) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    nll, _ = model(batch)
+    (nll / batch.step_sentences).backward()
+    return float(nll.detach()), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def wavefront_gradients(model: Seq2Seq, batch: Batch, name: str, stages: int, chunk_steps: int, dropout=None):
+    """Every stage's operations run in this process, in the program's global order."""
+    layout = placement(name, len(model.encoder), len(model.softmax), stages)
+    chunks = time_chunks(batch.src.shape[1], batch.tgt_out.shape[1], chunk_steps)
+    transport = LocalTransport()
+    operations = [StageOperations(model, layout, stage, batch=batch, chunks=chunks,
+                                  loss_scale=1 / batch.step_sentences, transport=transport, dropout=dropout)
+                  for stage in range(stages)]
+    model.zero_grad(set_to_none=True)
+    for op in step_program(layout, chunks):
+        operations[op.stage].run(op)
+    nll = sum(float(o.nll) for o in operations)
+    return nll, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def small_model(shards=2, vocab=(37, 41), seed=0) -> Seq2Seq:
+    torch.manual_seed(seed)
+    config = ModelConfig(embedding_dim=8, hidden_size=12, num_layers=2, softmax_shards=shards, init_range=0.08)
+    return Seq2Seq(config, *vocab).double()
+
+
+def make_batch(sentences: list[tuple[list[int], list[int]]]) -> Batch:
+    """Pad (source ids, target words) pairs the way the loader does."""
+    width_src = max(len(s) for s, _ in sentences)
+    width_tgt = max(len(t) for _, t in sentences) + 1
+    src = torch.full((len(sentences), width_src), PAD_ID)
+    tgt_in = torch.full((len(sentences), width_tgt), PAD_ID)
+    tgt_out = torch.full((len(sentences), width_tgt), PAD_ID)
+    for row, (s, t) in enumerate(sentences):
+        src[row, :len(s)] = torch.tensor(s)
+        tgt_in[row, :len(t) + 1] = torch.tensor([BOS_ID, *t])
+        tgt_out[row, :len(t) + 1] = torch.tensor([*t, EOS_ID])
+    lines = torch.tensor([[0, row + 1] for row in range(len(sentences))])  # sentence i is line i + 1
+    return Batch(src=src, src_lengths=torch.tensor([len(s) for s, _ in sentences]), tgt_in=tgt_in, tgt_out=tgt_out,
+                 tgt_lengths=torch.tensor([len(t) + 1 for _, t in sentences]), lines=lines,
+                 step_sentences=len(sentences))
+
+
+def run_pipeline(prepared, tmp_path, processes: int, *overrides: str, steps: int = 4, env=None) -> list[dict]:
+    """`steps` pipeline steps beside the single-device trainer (pipeline_worker.py), every rank's
+    communication logged into tmp_path/comms; each rank's result."""
+    env = {**launcher_env(tmp_path), "DIST_S2S_COMM_LOG": str(tmp_path / "comms"), **(env or {})}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               str(REPO / "tests" / "pipeline_worker.py"), str(tmp_path), str(steps),
+               f"--data.out_dir={prepared.data.out_dir}", *overrides]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in range(processes)]
+
+
+def own_device_waits(rank: dict) -> list[int]:
+    """Per step after the first, the waits for the device (`sync_counter.py`) in dist-s2s's own code."""
+    return [sum(count for where, count in step.items() if " @ deepspeed/" not in where) for step in rank["where"]]
+
+
+def assert_lengths_varied(shapes: list[list[list[int]]], micro: int) -> None:
+    """The match above covers batches of several (source, target) widths, and micro-batches of
+    unequal widths within a step: a stage reading a stale or mis-shaped buffer could not match."""
+    assert len({tuple(map(tuple, step)) for step in shapes}) == len(shapes), "every step has its own widths"
+    if micro > 1:
+        assert any(len({tuple(part) for part in step}) > 1 for step in shapes), "micro-batch widths differ in a step"
+
+
+def assert_stage_parts_merge_into_the_single_device_weights(tmp_path, parts: list[dict], layers: int) -> None:
+    """The stages' parts, merged, are the single-device trainer's weights; they load under another shard count."""
+    import torch
+
+    from dist_s2s.config import ModelConfig
+    from dist_s2s.model.seq2seq import Seq2Seq
+    from dist_s2s.train.checkpoint import model_weights
+
+    sizes = dict(embedding_dim=16, hidden_size=16, num_layers=layers)
+    merged = model_weights(tmp_path / "pipeline.pt", {"model_parts": parts})
+    reference = torch.load(tmp_path / "reference.pt", weights_only=True)
+    assert merged.keys() == reference.keys()
+    assert all(torch.allclose(merged[k], reference[k], rtol=0, atol=1e-5) for k in merged)
+    Seq2Seq(ModelConfig(**sizes, softmax_shards=3), 500, 500).load_unsharded_state_dict(merged)

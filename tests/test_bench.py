@@ -12,7 +12,7 @@ from dist_s2s.cli import main
 from dist_s2s.errors import UserError
 
 
-@pytest.mark.integration
+@pytest.mark.launcher
 def test_bench_times_every_mode_on_the_tiny_config_and_writes_its_json(prepared_tiny, tmp_path, capsys):
     output = tmp_path / "bench.json"
     assert main(["bench", "--config", str(REPO / "configs" / "tiny.yaml"), f"--data.root={SHARED_DATA}",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_wavefront import batch_of, model_of, wavefront_gradients
+from conftest import batch_of, model_of, wavefront_gradients
 
 from dist_s2s.config import ModelConfig
 from dist_s2s.model.dropout import Dropout, input_site, row_keys, step_dropout

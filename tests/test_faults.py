@@ -26,7 +26,7 @@ from dist_s2s.train import checkpoint as checkpoint_module
 from dist_s2s.train.checkpoint import CheckpointDir, load_checkpoint
 from dist_s2s.train.trainer import train
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.launcher
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 # Wide enough that a checkpoint takes a while to write (~12 MB), so a kill can land inside the write.

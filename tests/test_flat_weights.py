@@ -9,7 +9,7 @@ buffer would show.
 from __future__ import annotations
 
 import torch
-from test_model import make_batch
+from conftest import make_batch
 
 from dist_s2s.config import ModelConfig
 from dist_s2s.model import flat_weights

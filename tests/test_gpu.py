@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from conftest import batch_of, make_batch, run_pipeline
 
 from dist_s2s.config import load_config
 from dist_s2s.model.layers import cudnn_has_bf16_rnn
@@ -24,7 +25,6 @@ def gpu_steps(*overrides: str) -> SingleDeviceSteps:
 
 
 def a_batch():
-    from test_wavefront import batch_of
 
     return batch_of([9, 7, 7, 3], [5, 8, 2, 6], vocab=200)
 
@@ -96,7 +96,6 @@ def test_a_beam_search_waits_for_the_device_once_a_step_and_once_for_its_results
                                       ("--parallel.schedule=1f1b", "--parallel.micro_batches=2")])
 def test_two_stages_on_two_gpus_over_nccl_match_one_in_fp32_and_meet_nccls_rules(prepared_tiny, tmp_path, schedule):
     from conftest import assert_runs_under_nccl_rules
-    from test_pipeline import run_pipeline
 
     ranks = run_pipeline(prepared_tiny, tmp_path, 2, "--parallel.stages=2", "--train.device=cuda", *schedule,
                          env={"DS_ACCELERATOR": "cuda"})
@@ -107,7 +106,6 @@ def test_two_stages_on_two_gpus_over_nccl_match_one_in_fp32_and_meet_nccls_rules
 
 
 def test_on_cuda_each_side_runs_as_one_stack_and_matches_the_layer_by_layer_model():
-    from test_model import make_batch
 
     from dist_s2s.config import ModelConfig
 

@@ -17,6 +17,7 @@ Budgets, stated:
 from __future__ import annotations
 
 import torch
+from conftest import batch_of
 from sync_counter import (
     BEAM_RESULT_READS,
     BEAM_STEP_BUDGET,
@@ -25,7 +26,6 @@ from sync_counter import (
     WAVEFRONT_STEP_BUDGET,
     SyncCounter,
 )
-from test_wavefront import batch_of
 
 from dist_s2s.config import ModelConfig, load_config
 from dist_s2s.decode import beam

@@ -4,38 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_batch, small_model
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from dist_s2s.config import ModelConfig
-from dist_s2s.data.batch import Batch
-from dist_s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from dist_s2s.data.vocab import PAD_ID
 from dist_s2s.model import softmax
 from dist_s2s.model.layers import LSTMLayer
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.model.softmax import SoftmaxShard, shard_bounds, shard_partial
-
-
-def small_model(shards=2, vocab=(37, 41), seed=0) -> Seq2Seq:
-    torch.manual_seed(seed)
-    config = ModelConfig(embedding_dim=8, hidden_size=12, num_layers=2, softmax_shards=shards, init_range=0.08)
-    return Seq2Seq(config, *vocab).double()
-
-
-def make_batch(sentences: list[tuple[list[int], list[int]]]) -> Batch:
-    """Pad (source ids, target words) pairs the way the loader does."""
-    width_src = max(len(s) for s, _ in sentences)
-    width_tgt = max(len(t) for _, t in sentences) + 1
-    src = torch.full((len(sentences), width_src), PAD_ID)
-    tgt_in = torch.full((len(sentences), width_tgt), PAD_ID)
-    tgt_out = torch.full((len(sentences), width_tgt), PAD_ID)
-    for row, (s, t) in enumerate(sentences):
-        src[row, :len(s)] = torch.tensor(s)
-        tgt_in[row, :len(t) + 1] = torch.tensor([BOS_ID, *t])
-        tgt_out[row, :len(t) + 1] = torch.tensor([*t, EOS_ID])
-    lines = torch.tensor([[0, row + 1] for row in range(len(sentences))])  # sentence i is line i + 1
-    return Batch(src=src, src_lengths=torch.tensor([len(s) for s, _ in sentences]), tgt_in=tgt_in, tgt_out=tgt_out,
-                 tgt_lengths=torch.tensor([len(t) + 1 for _, t in sentences]), lines=lines,
-                 step_sentences=len(sentences))
 
 
 @pytest.mark.parametrize("shards", [1, 2, 4])

@@ -7,22 +7,19 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, assert_runs_under_nccl_rules, free_port, launcher_env
+from conftest import (
+    REPO,
+    assert_lengths_varied,
+    assert_runs_under_nccl_rules,
+    assert_stage_parts_merge_into_the_single_device_weights,
+    free_port,
+    launcher_env,
+    own_device_waits,
+    run_pipeline,
+)
 from sync_counter import ONE_F_ONE_B_STAGE_BUDGET, WAVEFRONT_STEP_BUDGET
 
-pytestmark = pytest.mark.integration
-
-
-def run_pipeline(prepared, tmp_path, processes: int, *overrides: str, steps: int = 4, env=None) -> list[dict]:
-    """`steps` pipeline steps beside the single-device trainer (pipeline_worker.py), every rank's
-    communication logged into tmp_path/comms; each rank's result."""
-    env = {**launcher_env(tmp_path), "DIST_S2S_COMM_LOG": str(tmp_path / "comms"), **(env or {})}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               str(REPO / "tests" / "pipeline_worker.py"), str(tmp_path), str(steps),
-               f"--data.out_dir={prepared.data.out_dir}", *overrides]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in range(processes)]
+pytestmark = pytest.mark.launcher
 
 
 @pytest.mark.parametrize("stages, data, micro, layers, shards, dropout", [
@@ -36,16 +33,7 @@ def test_pipeline_parameters_and_losses_match_the_single_device_trainer(prepared
                          f"--parallel.data={data}", "--parallel.schedule=1f1b", f"--parallel.micro_batches={micro}",
                          f"--model.num_layers={layers}", f"--model.softmax_shards={shards}",
                          f"--model.dropout={dropout}", "--optim.max_grad_norm=1.0")
-    assert sorted({r["stage"] for r in ranks}) == list(range(stages))
-    for rank in ranks:
-        assert rank["max_difference"] < 1e-5, rank
-        assert rank["norms"] == pytest.approx(rank["reference_norms"], rel=1e-5), "clipping used the global norm"
-        assert min(rank["reference_norms"]) > 1.0, "clipping triggered at every step"
-    last = [r for r in ranks if r["stage"] == stages - 1][0]
-    assert last["losses"] == pytest.approx(last["reference_losses"], rel=1e-5)
-    assert_lengths_varied(ranks[0]["micro_batch_shapes"], micro)
-    assert_stage_parts_merge_into_the_single_device_weights(tmp_path, [r["part"] for r in ranks if r["part"]], layers)
-    assert_runs_under_nccl_rules(tmp_path / "comms")  # DeepSpeed's messaging, clipping all-reduce, loss counts
+    assert_matches_the_single_device_trainer(ranks, tmp_path, stages=stages, layers=layers, micro=micro)
     for rank in ranks:  # its lengths once a micro-batch (DeepSpeed's 1F1B messaging adds its own: docs/platform.md)
         assert max(own_device_waits(rank)) <= micro * ONE_F_ONE_B_STAGE_BUDGET, rank["where"]
 
@@ -63,18 +51,28 @@ def test_the_wavefront_matches_the_single_device_trainer(prepared_tiny, tmp_path
                          f"--parallel.placement={placement}", f"--parallel.chunk_steps={chunk_steps}",
                          f"--model.num_layers={layers}", f"--model.softmax_shards={shards}",
                          f"--model.dropout={dropout}", "--optim.max_grad_norm=1.0")
+    assert_matches_the_single_device_trainer(ranks, tmp_path, stages=stages, layers=layers, micro=1)
+    for rank in ranks:  # the real engine, DeepSpeed's optimizer step and the clipping all-reduce included
+        assert any(rank["chunk_boundary_inside_some_past_others"]), "a chunk ended inside some sentences only"
+        assert max(own_device_waits(rank)) <= WAVEFRONT_STEP_BUDGET and not any(rank["syncs"]), rank["where"]
+
+
+def assert_matches_the_single_device_trainer(ranks: list[dict], tmp_path, *, stages: int, layers: int,
+                                             micro: int) -> None:
+    """What both equality tables hold a pipeline to, rank by rank, against the single-device trainer stepping
+    beside it: every stage present; each stage's parameters (1e-5), the losses and the clipping norms (relative
+    1e-5), clipping having triggered; batches of varied widths; the stages' checkpoint parts merging into the
+    single-device weights; the run's communication completing under NCCL's rules (training, an evaluation
+    pass, chunk widths 1 and one a side under the wavefront)."""
     assert sorted({r["stage"] for r in ranks}) == list(range(stages))
     for rank in ranks:
         assert rank["max_difference"] < 1e-5, rank
         assert rank["losses"] == pytest.approx(rank["reference_losses"], rel=1e-5)
         assert rank["norms"] == pytest.approx(rank["reference_norms"], rel=1e-5), "clipping used the global norm"
         assert min(rank["reference_norms"]) > 1.0, "clipping triggered at every step"
-        assert any(rank["chunk_boundary_inside_some_past_others"]), "a chunk ended inside some sentences only"
-    assert_lengths_varied(ranks[0]["micro_batch_shapes"], 1)
+    assert_lengths_varied(ranks[0]["micro_batch_shapes"], micro)
     assert_stage_parts_merge_into_the_single_device_weights(tmp_path, [r["part"] for r in ranks if r["part"]], layers)
-    assert_runs_under_nccl_rules(tmp_path / "comms")  # training, evaluation, chunk widths 1 and one a side
-    for rank in ranks:  # the real engine, DeepSpeed's optimizer step and the clipping all-reduce included
-        assert max(own_device_waits(rank)) <= WAVEFRONT_STEP_BUDGET and not any(rank["syncs"]), rank["where"]
+    assert_runs_under_nccl_rules(tmp_path / "comms")
 
 
 def test_the_old_posting_order_is_rejected_by_the_nccl_rules(prepared_tiny, tmp_path):
@@ -92,35 +90,6 @@ def test_the_old_posting_order_is_rejected_by_the_nccl_rules(prepared_tiny, tmp_
         assert not verdict.ok
         assert "waits on rank 0" in str(verdict) and "waits on rank 1" in str(verdict), str(verdict)
         assert "recv from rank 1" in str(verdict) and "recv from rank 0" in str(verdict), str(verdict)
-
-
-def own_device_waits(rank: dict) -> list[int]:
-    """Per step after the first, the waits for the device (`sync_counter.py`) in dist-s2s's own code."""
-    return [sum(count for where, count in step.items() if " @ deepspeed/" not in where) for step in rank["where"]]
-
-
-def assert_lengths_varied(shapes: list[list[list[int]]], micro: int) -> None:
-    """The match above covers batches of several (source, target) widths, and micro-batches of
-    unequal widths within a step: a stage reading a stale or mis-shaped buffer could not match."""
-    assert len({tuple(map(tuple, step)) for step in shapes}) == len(shapes), "every step has its own widths"
-    if micro > 1:
-        assert any(len({tuple(part) for part in step}) > 1 for step in shapes), "micro-batch widths differ in a step"
-
-
-def assert_stage_parts_merge_into_the_single_device_weights(tmp_path, parts: list[dict], layers: int) -> None:
-    """The stages' parts, merged, are the single-device trainer's weights; they load under another shard count."""
-    import torch
-
-    from dist_s2s.config import ModelConfig
-    from dist_s2s.model.seq2seq import Seq2Seq
-    from dist_s2s.train.checkpoint import model_weights
-
-    sizes = dict(embedding_dim=16, hidden_size=16, num_layers=layers)
-    merged = model_weights(tmp_path / "pipeline.pt", {"model_parts": parts})
-    reference = torch.load(tmp_path / "reference.pt", weights_only=True)
-    assert merged.keys() == reference.keys()
-    assert all(torch.allclose(merged[k], reference[k], rtol=0, atol=1e-5) for k in merged)
-    Seq2Seq(ModelConfig(**sizes, softmax_shards=3), 500, 500).load_unsharded_state_dict(merged)
 
 
 def test_a_two_node_job_meeting_at_127_0_0_1_matches_the_single_device_trainer(prepared_tiny, tmp_path):

@@ -24,7 +24,7 @@ from dist_s2s.errors import UserError
 from dist_s2s.train.checkpoint import CheckpointDir, load_checkpoint, model_weights
 from dist_s2s.train.trainer import train
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.launcher
 
 CLIPPED = "--optim.max_grad_norm=1.0"
 

@@ -85,7 +85,7 @@ def test_a_bf16_checkpoint_holds_fp32_weights_and_resumes_bit_identical(prepared
     assert all(torch.equal(straight[k], weights[k]) for k in weights)
 
 
-@pytest.mark.integration
+@pytest.mark.launcher
 @pytest.mark.parametrize("schedule", [("--parallel.schedule=wavefront",),
                                       ("--parallel.schedule=1f1b", "--parallel.micro_batches=2")],
                          ids=["wavefront", "1f1b"])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SHARED_DATA, free_port, listening_addresses, wait_for_http
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.launcher
 
 
 def forget_cluster(port: str) -> None:

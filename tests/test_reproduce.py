@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import REPO, SHARED_DATA
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.launcher
 
 ROWS = {  # the study's row shapes, on tiny models; the reversed ones read the session's prepared data
     "reversed-1layer": "model: {num_layers: 1}\ndata: {out_dir: REVERSED}\n",

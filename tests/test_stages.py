@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from test_model import make_batch, small_model
+from conftest import make_batch, small_model
 
 from dist_s2s.errors import UserError
 from dist_s2s.parallel.one_f_one_b import unit_inputs

@@ -12,7 +12,7 @@ from conftest import REPO, SHARED_DATA, free_port, listening_addresses, start_ml
 
 from dist_s2s.train.trainer import train
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.launcher
 
 
 @pytest.fixture

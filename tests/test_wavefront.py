@@ -5,60 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import batch_of, model_of, single_device_gradients, wavefront_gradients
 
 from dist_s2s.bench.wavefront_sim import ProgramCosts, operation_costs, simulate_program
-from dist_s2s.config import ModelConfig
-from dist_s2s.data.batch import Batch
-from dist_s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
-from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.placement import placement
-from dist_s2s.parallel.wavefront.operations import StageOperations
 from dist_s2s.parallel.wavefront.program import step_program, time_chunks
-from dist_s2s.parallel.wavefront.transport import LocalTransport
-
-
-def batch_of(src_lengths: list[int], tgt_lengths: list[int], vocab: int = 40, seed: int = 0) -> Batch:
-    """A padded batch of random ids with these source lengths and target words (+ </s>)."""
-    generator = torch.Generator().manual_seed(seed)
-    rows = len(src_lengths)
-    src = torch.full((rows, max(src_lengths)), PAD_ID)
-    tgt_in, tgt_out = (torch.full((rows, max(tgt_lengths) + 1), PAD_ID) for _ in range(2))
-    for row, (s, t) in enumerate(zip(src_lengths, tgt_lengths)):
-        src[row, :s] = torch.randint(4, vocab, (s,), generator=generator)
-        words = torch.randint(4, vocab, (t,), generator=generator)
-        tgt_in[row, :t + 1] = torch.cat([torch.tensor([BOS_ID]), words])
-        tgt_out[row, :t + 1] = torch.cat([words, torch.tensor([EOS_ID])])
-    return Batch(src=src, src_lengths=torch.tensor(src_lengths), tgt_in=tgt_in, tgt_out=tgt_out,
-                 tgt_lengths=torch.tensor(tgt_lengths) + 1, lines=torch.zeros(rows, 2, dtype=torch.long),
-                 step_sentences=rows)
-
-
-def model_of(layers: int, shards: int) -> Seq2Seq:
-    torch.manual_seed(3)
-    config = ModelConfig(embedding_dim=8, hidden_size=12, num_layers=layers, softmax_shards=shards)
-    return Seq2Seq(config, 40, 40).double()
-
-
-def single_device_gradients(model: Seq2Seq, batch: Batch) -> tuple[float, dict[str, torch.Tensor]]:
-    model.zero_grad(set_to_none=True)
-    nll, _ = model(batch)
-    (nll / batch.step_sentences).backward()
-    return float(nll.detach()), {name: p.grad.clone() for name, p in model.named_parameters()}
-
-
-def wavefront_gradients(model: Seq2Seq, batch: Batch, name: str, stages: int, chunk_steps: int, dropout=None):
-    """Every stage's operations run in this process, in the program's global order."""
-    layout = placement(name, len(model.encoder), len(model.softmax), stages)
-    chunks = time_chunks(batch.src.shape[1], batch.tgt_out.shape[1], chunk_steps)
-    transport = LocalTransport()
-    operations = [StageOperations(model, layout, stage, batch=batch, chunks=chunks,
-                                  loss_scale=1 / batch.step_sentences, transport=transport, dropout=dropout)
-                  for stage in range(stages)]
-    model.zero_grad(set_to_none=True)
-    for op in step_program(layout, chunks):
-        operations[op.stage].run(op)
-    nll = sum(float(o.nll) for o in operations)
-    return nll, {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
 def test_chain_with_layers_plus_shards_stages_is_the_papers_layout():
