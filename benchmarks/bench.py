@@ -3,7 +3,7 @@
     DS_ACCELERATOR=cpu .venv/bin/python benchmarks/bench.py --config configs/multi30k-paper.yaml \\
         --parallel.micro_batches=4 --mode plain single single@1 pipeline:1 pipeline:2@1 \\
         --output benchmarks/results/bench-cpu-multi30k.json
-    .venv/bin/python benchmarks/readme_table.py      # then refresh the table in docs/benchmarks.md
+    .venv/bin/python benchmarks/results_tables.py    # then refresh the tables in README.md and docs/benchmarks.md
 """
 
 import sys

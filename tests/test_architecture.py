@@ -105,3 +105,36 @@ def test_both_step_providers_satisfy_the_steps_contract(provider):
         expected = list(inspect.signature(getattr(Steps, name)).parameters)
         assert list(inspect.signature(getattr(provider, name)).parameters) == expected, name
     assert {"replica", "is_main", "device"} <= set(Steps.__annotations__)
+
+
+def layout_lines() -> dict[str, str]:
+    """README's layout block: each `dist_s2s/` entry (`name/` or `name.py`) and its description."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    block = readme.split("```\ndist_s2s/", 1)[1].split("```", 1)[0]
+    entries: dict[str, str] = {}
+    current = None
+    for line in block.splitlines()[2:]:
+        if line.startswith("  ") and not line.startswith("    "):
+            current, _, text = line.strip().partition(" ")
+            entries[current] = text.strip()
+        elif line.startswith("    ") and current:
+            entries[current] += " " + line.strip()
+        else:
+            current = None
+    return entries
+
+
+def test_the_readmes_layout_names_every_module_and_only_modules_that_exist():
+    import re
+
+    entries = layout_lines()
+    listed_files = {name for name in entries if name.endswith(".py")}
+    assert listed_files | {"__main__.py"} == {p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
+    for package, text in ((n, t) for n, t in entries.items() if n.endswith("/")):
+        described = re.sub(r"\([^)]*\)", "", text).replace(" and ", ", ")
+        named = {item.strip().split()[0] for item in described.split(",") if item.strip()}
+        present = {p.stem for p in (PACKAGE / package).glob("*.py") if p.stem != "__init__"}
+        assert named == present, f"README's layout for dist_s2s/{package}: lists {sorted(named - present)} that do "\
+                                 f"not exist, leaves out {sorted(present - named)}"
+    packages = {f"{p.parent.relative_to(PACKAGE)}/" for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE}
+    assert packages == {n for n in entries if n.endswith("/")}

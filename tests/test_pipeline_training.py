@@ -192,15 +192,22 @@ def test_a_wavefront_checkpoint_resumes_under_1f1b_and_on_one_device(wavefront_r
     assert largest_difference(weights_at(one_device, 6), weights_at(reference, 6)) < 1e-5
 
 
+PAPER_LAYOUT = ("--model.num_layers=4", "--model.softmax_shards=4", "--train.max_steps=4")
+
+
+@pytest.fixture(scope="module")
+def paper_layout_on_one_device(prepared_tiny, tmp_path_factory) -> Path:
+    return single_device_run(prepared_tiny, tmp_path_factory.mktemp("paper-layout") / "run", *PAPER_LAYOUT)
+
+
 @pytest.mark.parametrize("schedule", [("--parallel.schedule=1f1b", "--parallel.micro_batches=4"),
                                       ("--parallel.schedule=wavefront", "--parallel.chunk_steps=3")],
                          ids=["1f1b", "wavefront"])
-def test_the_papers_eight_stage_layout_under_the_deepspeed_launcher_matches_one_device(prepared_tiny, tmp_path,
-                                                                                       schedule):
+def test_the_papers_eight_stage_layout_under_the_deepspeed_launcher_matches_one_device(
+        prepared_tiny, paper_layout_on_one_device, tmp_path, schedule):
     """4 LSTM layer stages + 4 softmax shard stages: `deepspeed --num_gpus 8` on gloo, either schedule
     (the suite's one run of the paper's 8-stage layout)."""
-    paper_layout = ("--model.num_layers=4", "--model.softmax_shards=4", "--train.max_steps=4")
-    single = single_device_run(prepared_tiny, tmp_path / "single" / "run", *paper_layout)
+    paper_layout, single = PAPER_LAYOUT, paper_layout_on_one_device
     run_dir = tmp_path / "pipeline"
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "8", "--master_port", str(free_port()),
                "--module", "dist_s2s", *train_arguments(prepared_tiny, run_dir, *paper_layout,
