@@ -55,8 +55,8 @@ def _one_device_vs_plain() -> list[str]:
     paper_recipe = load("bench-cpu-multi30k.json")
     single, plain = run_of(paper_recipe, "single@2"), run_of(paper_recipe, "plain@2")
     paper = load("bench-cpu-paper.json")
-    ratios = [s["words_per_sec"] / p["words_per_sec"] for s, p in
-              zip([r for r in paper["runs"] if r["mode"] == "single"], [r for r in paper["runs"] if r["mode"] == "plain"])]
+    singles, plains = ([r for r in paper["runs"] if r["mode"] == mode] for mode in ("single", "plain"))
+    ratios = [s["words_per_sec"] / p["words_per_sec"] for s, p in zip(singles, plains)]
     return [f"| one device vs plain PyTorch, 2 threads, the Multi30k model (paper recipe) | "
             f"{single['words_per_sec'] / plain['words_per_sec']:.2f}× words/s ({single['words_per_sec']:,.0f} vs "
             f"{plain['words_per_sec']:,.0f}) | [benchmarks](docs/benchmarks.md), `bench-cpu-multi30k.json` |",
@@ -91,7 +91,8 @@ def _bf16_and_projection() -> list[str]:
 
 def results_table() -> str:
     rows = ["| what | figure | from |", "|---|---|---|",
-            _bleu("bleu-multi30k-main.json", "main job", "multi30k.yaml", "dropout 0.2, bf16, 12 epochs, beam 12, α 0.6"),
+            _bleu("bleu-multi30k-main.json", "main job", "multi30k.yaml",
+                  "dropout 0.2, bf16, 12 epochs, beam 12, α 0.6"),
             _bleu("bleu-multi30k.json", "the paper's recipe", "multi30k-paper.yaml",  # multi30k.yaml when it ran
                   "fp32, no dropout, 7.5 epochs, beam 12"),
             *_one_device_vs_plain(), *_pipelines(), *_bf16_and_projection(),

@@ -238,9 +238,10 @@ def wavefront_gradients(model: Seq2Seq, batch: Batch, name: str, stages: int, ch
     return nll, {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-def small_model(shards=2, vocab=(37, 41), seed=0) -> Seq2Seq:
+def small_model(shards=2, vocab=(37, 41), seed=0, attention="none") -> Seq2Seq:
     torch.manual_seed(seed)
-    config = ModelConfig(embedding_dim=8, hidden_size=12, num_layers=2, softmax_shards=shards, init_range=0.08)
+    config = ModelConfig(embedding_dim=8, hidden_size=12, num_layers=2, softmax_shards=shards, init_range=0.08,
+                         attention=attention)
     return Seq2Seq(config, *vocab).double()
 
 

@@ -13,11 +13,11 @@ from dist_s2s.decode.beam import Ensemble, beam_search
 from dist_s2s.model.seq2seq import Seq2Seq
 
 
-def peaky_model(seed: int, tgt_vocab: int = 7) -> Seq2Seq:
+def peaky_model(seed: int, tgt_vocab: int = 7, attention: str = "none") -> Seq2Seq:
     """Random weights in [-1, 1]: next-word distributions far from uniform, so orders matter."""
     torch.manual_seed(seed)
-    return Seq2Seq(ModelConfig(embedding_dim=8, hidden_size=8, num_layers=2, softmax_shards=2, init_range=1.0),
-                   11, tgt_vocab).eval()
+    return Seq2Seq(ModelConfig(embedding_dim=8, hidden_size=8, num_layers=2, softmax_shards=2, init_range=1.0,
+                               attention=attention), 11, tgt_vocab).eval()
 
 
 SOURCES = torch.tensor([[5, 6, 7, 8], [9, 4, 10, 0], [6, 6, 0, 0]])
@@ -33,9 +33,9 @@ def sequence_log_prob(model: Seq2Seq, src: torch.Tensor, length: torch.Tensor, w
     return float(model.log_probs(hidden[0]).gather(1, tgt_out.T).sum())
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_a_beam_as_wide_as_the_search_space_finds_the_most_probable_sequences_exactly(seed):
-    model = peaky_model(seed, tgt_vocab=7)  # words the search may emit: <unk>, 4, 5, 6 and </s>
+@pytest.mark.parametrize("seed, attention", [(0, "none"), (1, "none"), (2, "none"), (0, "luong"), (1, "luong")])
+def test_a_beam_as_wide_as_the_search_space_finds_the_most_probable_sequences_exactly(seed, attention):
+    model = peaky_model(seed, tgt_vocab=7, attention=attention)  # words the search may emit: <unk>, 4, 5, 6 and </s>
     words = [UNK_ID, 4, 5, 6]
     max_words = 3
     space = [seq for n in range(max_words + 1) for seq in itertools.product(words, repeat=n)]
@@ -93,8 +93,9 @@ def test_a_beam_of_one_is_greedy_search():
         assert found[sentence][0].tokens == expected
 
 
-def test_decoding_a_batch_gives_each_sentence_what_decoding_it_alone_gives():
-    model = peaky_model(4, tgt_vocab=30)
+@pytest.mark.parametrize("attention", ["none", "luong"])
+def test_decoding_a_batch_gives_each_sentence_what_decoding_it_alone_gives(attention):
+    model = peaky_model(4, tgt_vocab=30, attention=attention)
     together = beam_search(Ensemble([model]), SOURCES, LENGTHS, beam=4, nbest=3)
     for sentence in range(len(SOURCES)):
         width = int(LENGTHS[sentence])

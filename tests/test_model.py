@@ -90,8 +90,9 @@ def _split_softmax(reference: Seq2Seq, target: Seq2Seq) -> dict[str, torch.Tenso
             for i, shard in enumerate(target.softmax) for name, tensor in (("weight", weight), ("bias", bias))}
 
 
-def test_padding_changes_neither_loss_nor_gradients():
-    model = small_model()
+@pytest.mark.parametrize("attention", ["none", "luong"])
+def test_padding_changes_neither_loss_nor_gradients(attention):
+    model = small_model(attention=attention)
     sentences = [([5, 6, 7, 8, 9], [10, 11]), ([12, 13], [14, 15, 16, 17, 18]), ([19], [20])]
     loss, words = model(make_batch(sentences))
     batched = torch.autograd.grad(loss, list(model.parameters()))
@@ -112,7 +113,7 @@ def test_the_encoder_final_state_ignores_padding():
     model = small_model()
     padded = model.encode(torch.tensor([[5, 6, 7, PAD_ID, PAD_ID]]), torch.tensor([3]))
     exact = model.encode(torch.tensor([[5, 6, 7]]), torch.tensor([3]))
-    for (h1, c1), (h2, c2) in zip(padded, exact):
+    for (h1, c1), (h2, c2) in zip(padded.layers, exact.layers):
         assert torch.equal(h1, h2) and torch.equal(c1, c2)
 
 
@@ -174,12 +175,12 @@ def test_a_batch_of_equal_lengths_never_packs():
     assert torch.equal(outputs, expected) and torch.equal(h, expected_h) and torch.equal(c, expected_c)
 
 
-@pytest.mark.parametrize("layers", [1, 3])
-def test_each_side_as_one_multi_layer_lstm_call_is_the_same_model(layers):
+@pytest.mark.parametrize("layers, attention", [(1, "none"), (3, "none"), (2, "luong")])
+def test_each_side_as_one_multi_layer_lstm_call_is_the_same_model(layers, attention):
     """`stack_layers` (the CUDA default): one kernel call a side on the layers' own weights gives the
     per-layer model's loss, final states and every gradient (float64; unequal lengths: the packed tail)."""
     torch.manual_seed(0)
-    config = ModelConfig(embedding_dim=8, hidden_size=12, num_layers=layers, softmax_shards=2)
+    config = ModelConfig(embedding_dim=8, hidden_size=12, num_layers=layers, softmax_shards=2, attention=attention)
     model = Seq2Seq(config, 37, 41).double()
     batch = make_batch([([5, 6, 7, 8, 9], [4, 5]), ([7, 8], [6, 7, 8, 9]), ([9], [5])])
     results = []
@@ -189,7 +190,7 @@ def test_each_side_as_one_multi_layer_lstm_call_is_the_same_model(layers):
         nll, _ = model(batch)
         nll.backward()
         states = model.encode(batch.src, batch.src_lengths)
-        results.append((nll.detach(), [t.detach() for s in states for t in s],
+        results.append((nll.detach(), [t.detach() for s in states.layers for t in s],
                         {n: p.grad.clone() for n, p in model.named_parameters()}))
     (nll, states, grads), (stacked_nll, stacked_states, stacked_grads) = results
     assert torch.allclose(nll, stacked_nll, rtol=1e-12)

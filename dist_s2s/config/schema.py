@@ -81,6 +81,9 @@ class ModelConfig:
     dropout: float = 0.0
     """Share of each LSTM layer's input and of the softmax's input dropped in training, never the
     recurrent connections (Zaremba et al. 2014); 0 is the paper's model."""
+    attention: Literal["none", "luong"] = "none"
+    """`luong`: global attention with the general score on the top decoder layer over the top encoder
+    layer's outputs (Luong et al. 2015), without input feeding; `none` is the paper's model."""
 
 
 @dataclass

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from dist_s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
-from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.model.seq2seq import DecoderState, Seq2Seq
 
-State = list[tuple[torch.Tensor, torch.Tensor]]
+State = DecoderState
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Ensemble:
 
 
 def _select(states: list[State], rows: torch.Tensor) -> list[State]:
-    return [[(h[:, rows], c[:, rows]) for h, c in state] for state in states]
+    return [state.select(rows) for state in states]
 
 
 def _first_beams(sentences: int, beam: int, members: int, *, width: int, device: torch.device):

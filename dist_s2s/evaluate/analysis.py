@@ -90,7 +90,7 @@ def sentence_vectors(translator: Translator, phrases: tuple[str, ...] = PHRASES)
         src = torch.tensor([ids], device=translator.device)
         lengths = torch.tensor([len(ids)])
         states = translator.ensemble.encode(src, lengths)
-        per_member = [torch.cat([h[0, 0] for h, _ in member]) for member in states]
+        per_member = [torch.cat([h[0, 0] for h, _ in member.layers]) for member in states]
         vectors.append(torch.stack(per_member).mean(0).cpu().numpy())
     return np.stack(vectors)
 

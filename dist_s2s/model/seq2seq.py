@@ -2,12 +2,15 @@
 
 Decoder layer k starts from the final (h, c) of encoder layer k (§3.2: "the LSTM's final
 hidden state ... initialises" the decoder); the output is a plain softmax over the target
-vocabulary, computed in vocabulary shards (§3.5). No attention, no input feeding. Optional
-dropout on each layer's input and the softmax's (`model.dropout`, `dropout.py`), as Zaremba et
-al. (2014) later trained this model.
+vocabulary, computed in vocabulary shards (§3.5). Optional dropout on each layer's input and the
+softmax's (`model.dropout`, `dropout.py`), as Zaremba et al. (2014) later trained this model, and
+optional global attention on the top layer (`model.attention`, `attention.py`; Luong et al. 2015),
+without input feeding.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,8 +18,9 @@ from torch import nn
 from dist_s2s.config import ModelConfig
 from dist_s2s.data.batch import Batch
 from dist_s2s.data.vocab import PAD_ID
+from dist_s2s.model.attention import GlobalAttention
 from dist_s2s.model.dropout import Dropout, input_site
-from dist_s2s.model.layers import LSTMLayer, fused, over_lengths, share_stack_buffer
+from dist_s2s.model.layers import LSTMLayer, fused, over_lengths, share_stack_buffer, to_device
 from dist_s2s.model.softmax import SoftmaxShard, masked_nll, merge_all, shard_bounds, shard_partial
 
 
@@ -32,6 +36,7 @@ class Seq2Seq(nn.Module):
         self.decoder = nn.ModuleList([LSTMLayer(width if k == 0 else size, size) for k in range(config.num_layers)])
         self.softmax = nn.ModuleList([SoftmaxShard(size, start, count)
                                       for start, count in shard_bounds(tgt_vocab_size, config.softmax_shards)])
+        self.attention = GlobalAttention(size) if config.attention == "luong" else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -65,32 +70,50 @@ class Seq2Seq(nn.Module):
             share_stack_buffer(list(self.decoder))
         return self
 
-    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor,
-               dropout: Dropout | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The final (h, c) of each encoder layer, the decoder's initial states."""
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor, dropout: Dropout | None = None) -> DecoderState:
+        """The decoder's initial state: each encoder layer's final (h, c), and with attention the top encoder
+        layer's outputs and which of them are real."""
         hidden, states = self.src_embed(src), []
         if self._stacked(hidden, dropout):
-            _, (h, c) = over_lengths(fused(list(self.encoder)), hidden, src_lengths, None)
-            return [(h[k:k + 1], c[k:k + 1]) for k in range(len(self.encoder))]
-        for k, layer in enumerate(self.encoder):
-            hidden, state = run_layer(layer, hidden, side="encoder", index=k, lengths=src_lengths, dropout=dropout)
-            states.append(state)
-        return states
+            hidden, (h, c) = over_lengths(fused(list(self.encoder)), hidden, src_lengths, None)
+            states = [(h[k:k + 1], c[k:k + 1]) for k in range(len(self.encoder))]
+        else:
+            for k, layer in enumerate(self.encoder):
+                hidden, state = run_layer(layer, hidden, side="encoder", index=k, lengths=src_lengths,
+                                          dropout=dropout)
+                states.append(state)
+        if self.attention is None:
+            return DecoderState(states)
+        return DecoderState(states, memory=hidden, mask=source_mask(src_lengths, hidden.shape[1], hidden.device))
 
-    def decode(self, tgt_in: torch.Tensor, states: list[tuple[torch.Tensor, torch.Tensor]],
-               dropout: Dropout | None = None):
-        """Top decoder layer's outputs [B, T, H] (with the softmax's input dropout applied) and each
-        layer's final state."""
+    def decode(self, tgt_in: torch.Tensor, state: DecoderState, dropout: Dropout | None = None
+               ) -> tuple[torch.Tensor, DecoderState]:
+        """What the softmax reads [B, T, H] (the top decoder layer's outputs, attended with attention, its
+        input dropout applied) and the state after the last step."""
         hidden = self.tgt_embed(tgt_in)
         if self._stacked(hidden, dropout):
-            initial = (torch.cat([h for h, _ in states]), torch.cat([c for _, c in states]))
+            initial = (torch.cat([h for h, _ in state.layers]), torch.cat([c for _, c in state.layers]))
             hidden, (h, c) = fused(list(self.decoder))(hidden, initial)
-            return hidden, [(h[k:k + 1], c[k:k + 1]) for k in range(len(self.decoder))]
-        finals = []
-        for k, (layer, state) in enumerate(zip(self.decoder, states)):
-            hidden, final = run_layer(layer, hidden, side="decoder", index=k, state=state, dropout=dropout)
-            finals.append(final)
-        return softmax_input(hidden, layers=len(self.decoder), dropout=dropout), finals
+            finals = [(h[k:k + 1], c[k:k + 1]) for k in range(len(self.decoder))]
+        else:
+            finals = []
+            for k, (layer, layer_state) in enumerate(zip(self.decoder, state.layers)):
+                hidden, final = run_layer(layer, hidden, side="decoder", index=k, state=layer_state, dropout=dropout)
+                finals.append(final)
+        if self.attention is not None:
+            hidden = attend(self.attention, hidden, state.memory, state.mask)
+        return softmax_input(hidden, layers=len(self.decoder), dropout=dropout), state.advanced(finals)
+
+    def attention_weights(self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor
+                          ) -> torch.Tensor:
+        """[B, T, S]: where each target position looked (teacher-forced on `tgt_in`), for the pictures of
+        `evaluate/attention.py`; source positions in the model's (reversed, where so prepared) order."""
+        if self.attention is None:
+            raise ValueError("a model without attention has no attention weights")
+        state, hidden = self.encode(src, src_lengths), self.tgt_embed(tgt_in)
+        for k, (layer, layer_state) in enumerate(zip(self.decoder, state.layers)):
+            hidden, _ = run_layer(layer, hidden, side="decoder", index=k, state=layer_state)
+        return self.attention(hidden, state.memory, state.mask)[1]
 
     def token_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """-log p(target) for each row of hidden [N, H], 0 where the target is padding.
@@ -146,6 +169,37 @@ def run_layer(layer: LSTMLayer, inputs: torch.Tensor, *, side: str, index: int, 
     if dropout is not None:
         inputs = dropout(inputs, input_site(side, index), start)
     return layer(inputs, lengths, state)
+
+
+def attend(attention: GlobalAttention, hidden: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The top decoder layer's outputs attended over the top encoder layer's (Luong's h̃)."""
+    return attention(hidden, memory, mask)[0]
+
+
+def source_mask(src_lengths: torch.Tensor, width: int, device: torch.device) -> torch.Tensor:
+    """[B, width] True at each sentence's real source positions, built on the host from the host lengths and
+    moved without blocking."""
+    return to_device(torch.arange(width)[None, :] < src_lengths[:, None], device)
+
+
+@dataclass
+class DecoderState:
+    """What the decoder continues from: each layer's (h, c) [1, B, H], and with attention the top encoder
+    layer's outputs [B, S, H] and which are real [B, S]."""
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    memory: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def advanced(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DecoderState:
+        """The same sentences after more steps."""
+        return DecoderState(layers, self.memory, self.mask)
+
+    def select(self, rows: torch.Tensor) -> DecoderState:
+        """The states of these rows (a beam's surviving hypotheses)."""
+        return DecoderState([(h[:, rows], c[:, rows]) for h, c in self.layers],
+                            None if self.memory is None else self.memory[rows],
+                            None if self.mask is None else self.mask[rows])
 
 
 def softmax_input(hidden: torch.Tensor, *, layers: int, dropout: Dropout | None = None, start: int = 0) -> torch.Tensor:

@@ -160,12 +160,16 @@ def load_weights(model: Seq2Seq, path: Path, weights: dict[str, torch.Tensor]) -
 
 
 def check_compatible(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Refuse a checkpoint trained with another vocabulary or model shape, naming the key."""
+    """Refuse a checkpoint trained with another vocabulary or model shape, naming the key (a checkpoint from
+    before a key existed holds that key's default)."""
     for key, value in current.items():
-        if saved.get(key) != value:
+        if saved.get(key, ABSENT_MEANS.get(key)) != value:
             raise UserError(f"checkpoint {path} does not fit this config: it was trained with "
-                            f"{key}={saved.get(key)!r}, "
-                            f"the config gives {key}={value!r}")
+                            f"{key}={saved.get(key, ABSENT_MEANS.get(key))!r}, the config gives {key}={value!r}")
+
+
+ABSENT_MEANS = {"model.attention": "none"}
+"""What a compatibility key a checkpoint does not hold stood for when it was written."""
 
 
 def vocabulary_compatibility(manifest: Manifest) -> dict[str, Any]:
@@ -180,5 +184,5 @@ def model_compatibility(model: ModelConfig, manifest: Manifest) -> dict[str, Any
     return {
         **vocabulary_compatibility(manifest),
         "model.embedding_dim": model.embedding_dim, "model.hidden_size": model.hidden_size,
-        "model.num_layers": model.num_layers,
+        "model.num_layers": model.num_layers, "model.attention": model.attention,
     }
