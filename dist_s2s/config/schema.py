@@ -64,6 +64,11 @@ class DataConfig:
     """Salt of the hash that assigns source sentences to splits of an unsplit corpus."""
     strict: bool = False
     """Fail on invalid UTF-8 or an empty side instead of dropping and counting the pair."""
+    vocabulary: Literal["words", "sentencepiece"] = "words"
+    """`words`: the src/tgt_vocab_size most frequent words, the rest <unk> (paper §3.1); `sentencepiece`: that
+    many subword pieces a side, learnt on the training split (Sennrich et al. 2016; Kudo & Richardson 2018)."""
+    sentencepiece_type: Literal["unigram", "bpe"] = "unigram"
+    """The SentencePiece model with data.vocabulary=sentencepiece: a unigram language model or BPE merges."""
 
 
 @dataclass

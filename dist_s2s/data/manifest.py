@@ -13,6 +13,7 @@ from typing import Any
 
 from dist_s2s.config import DataConfig, config_from_dict, config_hash
 from dist_s2s.data.shards import sha256_file, write_atomically
+from dist_s2s.data.subwords import CodecFiles
 from dist_s2s.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -38,6 +39,21 @@ class VocabFiles:
     src_sha256: str
     tgt_sha256: str
     specials: list[str]
+    kind: str = "words"
+    """`words`, or `sentencepiece` (then the models below turn Moses tokens into the vocabularies' pieces)."""
+    src_model: str | None = None
+    tgt_model: str | None = None
+    src_model_sha256: str | None = None
+    tgt_model_sha256: str | None = None
+
+    def codec_files(self, side: str) -> CodecFiles:
+        """`src` or `tgt`: where that side's codec lives and what its model must hash to."""
+        return CodecFiles(getattr(self, f"{side}_file"), getattr(self, f"{side}_model"),
+                          getattr(self, f"{side}_model_sha256"))
+
+    def files(self) -> list[str]:
+        """Every vocabulary and model file, relative to data.out_dir."""
+        return [name for name in (self.src_file, self.tgt_file, self.src_model, self.tgt_model) if name]
 
 
 @dataclass(frozen=True)

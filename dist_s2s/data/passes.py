@@ -19,7 +19,8 @@ from dist_s2s.data.clean import PairCleaner, TokenizedPair
 from dist_s2s.data.shards import SCHEMA, TOKENIZED_SCHEMA, bucket_of, read_table, write_atomically, write_table
 from dist_s2s.data.sources import InputPair, LineRange, read_lines
 from dist_s2s.data.splits import split_of
-from dist_s2s.data.vocab import BOS_ID, EOS_ID, UNK_ID, Vocab
+from dist_s2s.data.subwords import CodecFiles, load_codec
+from dist_s2s.data.vocab import BOS_ID, EOS_ID, UNK_ID
 
 RECEIPT = "receipt.json"
 COUNTS = "counts.arrow"
@@ -113,10 +114,11 @@ def read_counts(path: Path) -> tuple[Counter, Counter]:
     return sides
 
 
-def encode_shard(plan: ShardPlan, src_vocab_path: Path, tgt_vocab_path: Path, *, reverse_source: bool,
+def encode_shard(plan: ShardPlan, src_codec: CodecFiles, tgt_codec: CodecFiles, *, reverse_source: bool,
                  out_dir: Path) -> dict:
-    """Pass 2 for one shard: tokens → ids (source reversed, target wrapped in <s> … </s>)."""
-    src_vocab, tgt_vocab = Vocab.load(src_vocab_path), Vocab.load(tgt_vocab_path)
+    """Pass 2 for one shard: tokens → ids, words or subword pieces (source reversed, target wrapped in
+    <s> … </s>)."""
+    src_vocab, tgt_vocab = load_codec(out_dir, src_codec), load_codec(out_dir, tgt_codec)
     parts = [read_table(Path(path)).slice(start, stop - start) for path, start, stop in plan.slices]
     tokens = pa.concat_tables(parts).to_pydict()
     src_ids = [src_vocab.encode(words) for words in tokens["src_tokens"]]

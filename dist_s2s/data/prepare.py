@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow
 import ray
 import sacremoses
+import sentencepiece
 
 import dist_s2s
 from dist_s2s.config import Config, DataConfig
@@ -34,8 +35,9 @@ from dist_s2s.data.manifest import (
     write_manifest,
 )
 from dist_s2s.data.passes import COUNTS, RECEIPT, ShardPlan, encode_shard, read_counts, tokenize_chunk
-from dist_s2s.data.shards import sha256_file
+from dist_s2s.data.shards import read_table, sha256_file
 from dist_s2s.data.sources import FileScan, InputPair, check_aligned, chunks, input_pairs, scan_file
+from dist_s2s.data.subwords import CodecFiles, train_model, training_sentences
 from dist_s2s.data.vocab import SPECIALS, Vocab
 from dist_s2s.errors import UserError
 from dist_s2s.progress import Progress
@@ -144,6 +146,9 @@ def _pass_tokenize(pairs, scans, data: DataConfig, work_dir: Path) -> list[tuple
 
 
 def _build_vocabs(receipts, data: DataConfig, out_dir: Path) -> tuple[Vocab, Vocab]:
+    """The top-K word vocabularies (counted by the tokenize pass), or the SentencePiece models' pieces."""
+    if data.vocabulary == "sentencepiece":
+        return _train_subword_models(receipts, data, out_dir)
     src_counts, tgt_counts = Counter(), Counter()
     for chunk_dir, _ in receipts:
         src, tgt = read_counts(chunk_dir / COUNTS)
@@ -160,6 +165,22 @@ def _build_vocabs(receipts, data: DataConfig, out_dir: Path) -> tuple[Vocab, Voc
     log.info("prepare: vocab %s %d of %d distinct words, %s %d of %d", data.src_lang, len(src_vocab),
              len(src_counts) + len(SPECIALS), data.tgt_lang, len(tgt_vocab), len(tgt_counts) + len(SPECIALS))
     return src_vocab, tgt_vocab
+
+
+def _train_subword_models(receipts, data: DataConfig, out_dir: Path) -> tuple[Vocab, Vocab]:
+    """One SentencePiece model a side on the training split's Moses tokens, in input order (`subwords.py`)."""
+    train_pieces = [chunk_dir / piece["file"] for chunk_dir, receipt in receipts for piece in receipt["pieces"]
+                    if piece["split"] == data.train_split]
+    vocabs = []
+    for side, lang, size in (("src", data.src_lang, data.src_vocab_size), ("tgt", data.tgt_lang, data.tgt_vocab_size)):
+        tables = (read_table(path) for path in train_pieces)
+        vocab = train_model(training_sentences(tables, f"{side}_tokens"), size=size, kind=data.sentencepiece_type,
+                            model_path=out_dir / f"spm.{lang}.model")
+        vocab.save(out_dir / f"vocab.{lang}.txt")
+        vocabs.append(vocab)
+    log.info("prepare: SentencePiece %s models, %s %d pieces, %s %d", data.sentencepiece_type, data.src_lang,
+             len(vocabs[0]), data.tgt_lang, len(vocabs[1]))
+    return vocabs[0], vocabs[1]
 
 
 def _plan_shards(receipts, data: DataConfig) -> list[ShardPlan]:
@@ -197,12 +218,17 @@ def _plan(split: str, bucket: int, index: int, slices, *, data: DataConfig) -> S
 def _pass_encode(receipts, data: DataConfig, out_dir: Path) -> list[dict]:
     shutil.rmtree(out_dir / "shards", ignore_errors=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # the old manifest would describe deleted shards
-    src_vocab_path = out_dir / f"vocab.{data.src_lang}.txt"
-    tgt_vocab_path = out_dir / f"vocab.{data.tgt_lang}.txt"
-    refs = [_encode.remote(plan, src_vocab_path, tgt_vocab_path, reverse_source=data.reverse_source,
-                           out_dir=out_dir)
+    codecs = [_codec_files(data, out_dir, side) for side in ("src", "tgt")]
+    refs = [_encode.remote(plan, *codecs, reverse_source=data.reverse_source, out_dir=out_dir)
             for plan in _plan_shards(receipts, data)]
     return _gather(refs, "encode", unit="shards", pairs_of=lambda record: record["rows"])
+
+
+def _codec_files(data: DataConfig, out_dir: Path, side: str) -> CodecFiles:
+    lang = data.src_lang if side == "src" else data.tgt_lang
+    if data.vocabulary != "sentencepiece":
+        return CodecFiles(f"vocab.{lang}.txt")
+    return CodecFiles(f"vocab.{lang}.txt", f"spm.{lang}.model", sha256_file(out_dir / f"spm.{lang}.model"))
 
 
 def _manifest(pairs, scans, receipts, shard_records, *, src_vocab: Vocab, tgt_vocab: Vocab,
@@ -230,20 +256,15 @@ def _manifest(pairs, scans, receipts, shard_records, *, src_vocab: Vocab, tgt_vo
         config_hash=content_hash,
         config=config_values,
         versions={"dist_s2s": dist_s2s.__version__, "pyarrow": pyarrow.__version__,
-                  "sacremoses": sacremoses.__version__},
+                  "sacremoses": sacremoses.__version__,
+                  **({"sentencepiece": sentencepiece.__version__} if data.vocabulary == "sentencepiece" else {})},
         inputs=[
             {"corpus": pair.corpus, "split": pair.split or dict(pair.split_fractions),
              "files": [{"path": str(Path(pair.prefix + f".{lang}")), "lines": scan.lines, "bytes": scan.bytes,
                         "sha256": scan.sha256} for lang, scan in ((data.src_lang, src), (data.tgt_lang, tgt))]}
             for pair, (src, tgt) in zip(pairs, scans)
         ],
-        vocab=VocabFiles(
-            src_size=len(src_vocab), tgt_size=len(tgt_vocab),
-            src_file=f"vocab.{data.src_lang}.txt", tgt_file=f"vocab.{data.tgt_lang}.txt",
-            src_sha256=sha256_file(out_dir / f"vocab.{data.src_lang}.txt"),
-            tgt_sha256=sha256_file(out_dir / f"vocab.{data.tgt_lang}.txt"),
-            specials=list(SPECIALS),
-        ),
+        vocab=_vocab_files(data, out_dir, src_vocab=src_vocab, tgt_vocab=tgt_vocab),
         splits=splits,
         filtered={split: dict(sorted(filtered[split].items())) for split in sorted(rows_in)},
         normalized=dict(sorted(normalized.items())),
@@ -251,3 +272,11 @@ def _manifest(pairs, scans, receipts, shard_records, *, src_vocab: Vocab, tgt_vo
         shards=[ShardEntry(**{k: r[k] for k in ("split", "bucket", "path", "rows", "sha256", "src_words", "tgt_words")})
                 for r in shard_records],
     )
+
+
+def _vocab_files(data: DataConfig, out_dir: Path, *, src_vocab: Vocab, tgt_vocab: Vocab) -> VocabFiles:
+    src, tgt = (_codec_files(data, out_dir, side) for side in ("src", "tgt"))
+    return VocabFiles(src_size=len(src_vocab), tgt_size=len(tgt_vocab), src_file=src.vocab, tgt_file=tgt.vocab,
+                      src_sha256=sha256_file(out_dir / src.vocab), tgt_sha256=sha256_file(out_dir / tgt.vocab),
+                      specials=list(SPECIALS), kind=data.vocabulary, src_model=src.model, tgt_model=tgt.model,
+                      src_model_sha256=src.model_sha256, tgt_model_sha256=tgt.model_sha256)

@@ -21,6 +21,7 @@ import torch
 
 from dist_s2s.config import Config, config_from_dict
 from dist_s2s.data.manifest import Manifest, load_manifest
+from dist_s2s.data.subwords import load_codec
 from dist_s2s.data.tokenize import detokenize, tokenize
 from dist_s2s.data.vocab import PAD_ID, UNK, UNK_ID, Vocab
 from dist_s2s.decode.beam import Ensemble, Hypothesis, beam_search
@@ -62,8 +63,9 @@ class Translator:
         manifest = load_manifest(out_dir)
         self.config = config
         self.device = torch.device(device)
-        self.src_vocab = Vocab.load(out_dir / manifest.vocab.src_file)
-        self.tgt_vocab = Vocab.load(out_dir / manifest.vocab.tgt_file)
+        self.src_codec = load_codec(out_dir, manifest.vocab.codec_files("src"))
+        self.tgt_codec = load_codec(out_dir, manifest.vocab.codec_files("tgt"))
+        self.src_vocab_size = manifest.vocab.src_size
         self.ensemble = Ensemble([load_model(path, manifest, self.device) for path in checkpoints])
         self.prepared = manifest.data_config()  # the data config the vocabulary was built with
 
@@ -71,18 +73,23 @@ class Translator:
         """A raw source line → model input ids, exactly as `prepare` makes them."""
         text = " ".join(text.split())
         tokens = tokenize(text, self.prepared.src_lang, self.prepared.lowercase) if text else []
-        ids = self.src_vocab.encode(tokens)
+        ids = self.src_codec.encode(tokens)
         return ids[::-1] if self.prepared.reverse_source else ids
 
     def target_ids(self, text: str) -> list[int]:
-        """A target sentence (a hypothesis written by `translate`, say) → ids; a literal <unk> stays one word."""
+        """A target sentence (a hypothesis written by `translate`, say) → ids; with words, a literal <unk> stays
+        one word."""
+        if not isinstance(self.tgt_codec, Vocab):
+            text = " ".join(text.split())
+            tokens = tokenize(text, self.prepared.tgt_lang, self.prepared.lowercase) if text else []
+            return self.tgt_codec.encode(tokens)
         tokens = []
         for index, piece in enumerate(" ".join(text.split()).split(UNK)):
             if index:
                 tokens.append(UNK)
             if piece.strip():
                 tokens += tokenize(piece.strip(), self.prepared.tgt_lang, self.prepared.lowercase)
-        return self.tgt_vocab.encode(tokens)
+        return self.tgt_codec.encode(tokens)
 
     def translate(self, lines: list[str], beam: int, nbest: int = 1, *, progress: str = "translate"
                   ) -> list[list[Translation]]:
@@ -112,7 +119,7 @@ class Translator:
         return results
 
     def _text(self, hypothesis: Hypothesis) -> Translation:
-        tokens = self.tgt_vocab.decode(hypothesis.tokens)
+        tokens = self.tgt_codec.decode(hypothesis.tokens)
         return Translation(detokenize(tokens, self.prepared.tgt_lang), tokens, hypothesis.score,
                            hypothesis.model_scores)
 

@@ -143,7 +143,7 @@ def _analyses(translator: Translator, rows: pa.Table, src_ids: list[list[int]], 
               references: list[str], report_dir: Path, scores: dict[str, Any]) -> list[Path]:
     lengths = rows.column("src_len").to_pylist()
     by_length = analysis.binned_bleu(lengths, hypotheses, references, list(analysis.LENGTH_EDGES))
-    ranks = analysis.frequency_rank(src_ids, len(translator.src_vocab))
+    ranks = analysis.frequency_rank(src_ids, translator.src_vocab_size)
     by_rarity = analysis.binned_bleu(ranks, hypotheses, references, analysis.quantile_edges(ranks, 6)) \
         if len(ranks) >= 6 else []
     scores["bleu_by_length"], scores["bleu_by_rarity"] = by_length, by_rarity

@@ -183,8 +183,7 @@ def _set_up(config: Config, make_steps: StepsFactory, prepare_missing: bool) -> 
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     if step == 0:
         for path in (run_dir / "config.yaml", Path(config.data.out_dir) / MANIFEST,
-                     Path(config.data.out_dir) / manifest.vocab.src_file,
-                     Path(config.data.out_dir) / manifest.vocab.tgt_file):
+                     *(Path(config.data.out_dir) / name for name in manifest.vocab.files())):
             tracker.log_artifact(path, "inputs")
 
     per_epoch = loader.batches_per_epoch()
