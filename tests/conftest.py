@@ -210,9 +210,10 @@ def batch_of(src_lengths: list[int], tgt_lengths: list[int], vocab: int = 40, se
                  step_sentences=rows)
 
 
-def model_of(layers: int, shards: int) -> Seq2Seq:
+def model_of(layers: int, shards: int, attention: str = "none") -> Seq2Seq:
     torch.manual_seed(3)
-    config = ModelConfig(embedding_dim=8, hidden_size=12, num_layers=layers, softmax_shards=shards)
+    config = ModelConfig(embedding_dim=8, hidden_size=12, num_layers=layers, softmax_shards=shards,
+                         attention=attention)
     return Seq2Seq(config, 40, 40).double()
 
 
@@ -300,4 +301,5 @@ def assert_stage_parts_merge_into_the_single_device_weights(tmp_path, parts: lis
     reference = torch.load(tmp_path / "reference.pt", weights_only=True)
     assert merged.keys() == reference.keys()
     assert all(torch.allclose(merged[k], reference[k], rtol=0, atol=1e-5) for k in merged)
-    Seq2Seq(ModelConfig(**sizes, softmax_shards=3), 500, 500).load_unsharded_state_dict(merged)
+    attention = "luong" if any(key.startswith("attention.") for key in merged) else "none"
+    Seq2Seq(ModelConfig(**sizes, softmax_shards=3, attention=attention), 500, 500).load_unsharded_state_dict(merged)

@@ -81,15 +81,16 @@ def test_dropout_changes_the_training_loss_and_nothing_else_uses_it():
     assert torch.equal(model(batch)[0], plain), "without the step's dropout the model is deterministic"
 
 
-@pytest.mark.parametrize("name, layers, shards, stages, chunk_steps", [
-    ("chain", 2, 2, 4, 2),
-    ("colocated", 2, 2, 2, 3),
-    ("chain", 3, 2, 5, 1),
+@pytest.mark.parametrize("name, layers, shards, stages, chunk_steps, attention", [
+    ("chain", 2, 2, 4, 2, "none"),
+    ("colocated", 2, 2, 2, 3, "none"),
+    ("chain", 3, 2, 5, 1, "none"),
+    ("colocated", 2, 2, 2, 3, "luong"),  # the softmax's site is after the attention
 ])
 def test_the_wavefront_with_dropout_gives_the_single_device_loss_and_gradients(name, layers, shards, stages,
-                                                                              chunk_steps):
+                                                                              chunk_steps, attention):
     """float64, every stage in one process: chunks drop out what the whole batch drops out on one device."""
-    model = model_of(layers, shards)
+    model = model_of(layers, shards, attention)
     batch = batch_of([7, 5, 5, 2, 1], [3, 6, 1, 4, 2])
     batch.lines = lines(5)
     dropout = step_dropout(RATE, batch.lines, seed=4, step=9, device=torch.device("cpu"))
@@ -105,12 +106,12 @@ def test_the_wavefront_with_dropout_gives_the_single_device_loss_and_gradients(n
         assert torch.allclose(grads[key], expected[key], rtol=1e-9, atol=1e-12), key
 
 
-@pytest.mark.parametrize("micro_batches", [1, 2, 3])
-def test_the_1f1b_units_with_dropout_give_the_single_device_loss_and_gradients(micro_batches):
+@pytest.mark.parametrize("micro_batches, attention", [(1, "none"), (2, "none"), (3, "none"), (2, "luong")])
+def test_the_1f1b_units_with_dropout_give_the_single_device_loss_and_gradients(micro_batches, attention):
     """Micro-batches (interleaved rows, each trimmed to its longest) drop what the whole batch drops."""
     torch.manual_seed(0)
     model = Seq2Seq(ModelConfig(embedding_dim=8, hidden_size=12, num_layers=2, softmax_shards=2,
-                                dropout=RATE), 40, 40).double()
+                                dropout=RATE, attention=attention), 40, 40).double()
     batch = batch_of([7, 5, 5, 2, 1, 3], [3, 6, 1, 4, 2, 5])
     batch.lines = lines(6)
     nll, _ = model(batch, step_dropout(RATE, batch.lines, seed=2, step=5, device=torch.device("cpu")))

@@ -22,35 +22,37 @@ from sync_counter import ONE_F_ONE_B_STAGE_BUDGET, WAVEFRONT_STEP_BUDGET
 pytestmark = pytest.mark.launcher
 
 
-@pytest.mark.parametrize("stages, data, micro, layers, shards, dropout", [
-    (2, 1, 2, 2, 2, 0.3),  # dropout: interleaved micro-batch rows, each trimmed to its own longest, draw their masks
-    (4, 1, 1, 2, 2, 0.0),  # a softmax stage receives (float, int64, float, float, float): the dtype-aliasing case
-    (2, 2, 2, 2, 2, 0.0),  # 2 stages × 2 data replicas
+@pytest.mark.parametrize("stages, data, micro, layers, shards, dropout, attention", [
+    (2, 1, 2, 2, 2, 0.3, "luong"),  # dropout: interleaved micro-batch rows, each trimmed to its longest, draw
+    # their masks; the top stage attends over its micro-batch's own encoder outputs
+    (4, 1, 1, 2, 2, 0.0, "none"),  # a softmax stage receives (float, int64, float, float, float): dtype aliasing
+    (2, 2, 2, 2, 2, 0.0, "luong"),  # 2 stages × 2 data replicas
 ])  # the paper's 8-stage layout: test_pipeline_training.py, under the deepspeed launcher, both schedules
 def test_pipeline_parameters_and_losses_match_the_single_device_trainer(prepared_tiny, tmp_path, stages, data, micro,
-                                                                        layers, shards, dropout):
+                                                                        layers, shards, dropout, attention):
     ranks = run_pipeline(prepared_tiny, tmp_path, stages * data, f"--parallel.stages={stages}",
                          f"--parallel.data={data}", "--parallel.schedule=1f1b", f"--parallel.micro_batches={micro}",
                          f"--model.num_layers={layers}", f"--model.softmax_shards={shards}",
-                         f"--model.dropout={dropout}", "--optim.max_grad_norm=1.0")
+                         f"--model.dropout={dropout}", f"--model.attention={attention}", "--optim.max_grad_norm=1.0")
     assert_matches_the_single_device_trainer(ranks, tmp_path, stages=stages, layers=layers, micro=micro)
     for rank in ranks:  # its lengths once a micro-batch (DeepSpeed's 1F1B messaging adds its own: docs/platform.md)
         assert max(own_device_waits(rank)) <= micro * ONE_F_ONE_B_STAGE_BUDGET, rank["where"]
 
 
-@pytest.mark.parametrize("stages, data, placement, layers, shards, chunk_steps, dropout", [
-    (2, 1, "chain", 2, 2, 4, 0.0),      # [both LSTM layers | both softmax shards]
-    (2, 1, "colocated", 2, 2, 3, 0.3),  # each stage: one layer pair and half the vocabulary; its chunks' masks
-    (4, 1, "chain", 2, 2, 5, 0.0),      # one unit a stage: the softmax shards in parallel on stages 2 and 3
-    (2, 2, "colocated", 2, 2, 3, 0.3),  # 2 replicas × 2 stages: each replica holds other rows of the batch
+@pytest.mark.parametrize("stages, data, placement, layers, shards, chunk_steps, dropout, attention", [
+    (2, 1, "chain", 2, 2, 4, 0.0, "none"),      # [both LSTM layers | both softmax shards]
+    (2, 1, "colocated", 2, 2, 3, 0.3, "luong"),  # each stage: one layer pair and half the vocabulary; its chunks'
+    # masks; the top stage attends over the encoder chunks it kept
+    (4, 1, "chain", 2, 2, 5, 0.0, "luong"),     # one unit a stage: the softmax shards in parallel on stages 2 and 3
+    (2, 2, "colocated", 2, 2, 3, 0.3, "none"),  # 2 replicas × 2 stages: each replica holds other rows of the batch
 ])  # the paper's 8-stage layout: test_pipeline_training.py, under the deepspeed launcher, both schedules
 def test_the_wavefront_matches_the_single_device_trainer(prepared_tiny, tmp_path, stages, data, placement, layers,
-                                                         shards, chunk_steps, dropout):
+                                                         shards, chunk_steps, dropout, attention):
     ranks = run_pipeline(prepared_tiny, tmp_path, stages * data, f"--parallel.stages={stages}",
                          f"--parallel.data={data}", "--parallel.schedule=wavefront",
                          f"--parallel.placement={placement}", f"--parallel.chunk_steps={chunk_steps}",
                          f"--model.num_layers={layers}", f"--model.softmax_shards={shards}",
-                         f"--model.dropout={dropout}", "--optim.max_grad_norm=1.0")
+                         f"--model.dropout={dropout}", f"--model.attention={attention}", "--optim.max_grad_norm=1.0")
     assert_matches_the_single_device_trainer(ranks, tmp_path, stages=stages, layers=layers, micro=1)
     for rank in ranks:  # the real engine, DeepSpeed's optimizer step and the clipping all-reduce included
         assert any(rank["chunk_boundary_inside_some_past_others"]), "a chunk ended inside some sentences only"

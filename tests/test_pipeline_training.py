@@ -192,7 +192,7 @@ def test_a_wavefront_checkpoint_resumes_under_1f1b_and_on_one_device(wavefront_r
     assert largest_difference(weights_at(one_device, 6), weights_at(reference, 6)) < 1e-5
 
 
-PAPER_LAYOUT = ("--model.num_layers=4", "--model.softmax_shards=4", "--train.max_steps=4")
+PAPER_LAYOUT = ("--model.num_layers=4", "--model.softmax_shards=4", "--model.attention=luong", "--train.max_steps=4")
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +206,7 @@ def paper_layout_on_one_device(prepared_tiny, tmp_path_factory) -> Path:
 def test_the_papers_eight_stage_layout_under_the_deepspeed_launcher_matches_one_device(
         prepared_tiny, paper_layout_on_one_device, tmp_path, schedule):
     """4 LSTM layer stages + 4 softmax shard stages: `deepspeed --num_gpus 8` on gloo, either schedule
-    (the suite's one run of the paper's 8-stage layout)."""
+    (the suite's one run of the paper's 8-stage layout; the top layer's stage attends)."""
     paper_layout, single = PAPER_LAYOUT, paper_layout_on_one_device
     run_dir = tmp_path / "pipeline"
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "8", "--master_port", str(free_port()),

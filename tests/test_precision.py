@@ -59,6 +59,20 @@ def bf16_run(prepared_tiny, tmp_path_factory) -> Path:
     return single_run(prepared_tiny, tmp_path_factory.mktemp("bf16"), "bf16", "--train.precision=bf16")
 
 
+ATTENTION = "--model.attention=luong"
+
+
+@pytest.fixture(scope="module")
+def fp32_attention_run(prepared_tiny, tmp_path_factory) -> Path:
+    return single_run(prepared_tiny, tmp_path_factory.mktemp("fp32-attention"), "fp32", ATTENTION)
+
+
+@pytest.fixture(scope="module")
+def bf16_attention_run(prepared_tiny, tmp_path_factory) -> Path:
+    return single_run(prepared_tiny, tmp_path_factory.mktemp("bf16-attention"), "bf16", "--train.precision=bf16",
+                      ATTENTION)
+
+
 def test_bf16_on_one_device_tracks_fp32_over_20_steps(fp32_run, bf16_run):
     assert_tracks(metrics(bf16_run), metrics(fp32_run))
     assert metrics(bf16_run)[0]["train/loss"] != metrics(fp32_run)[0]["train/loss"], "bf16 really ran"
@@ -87,10 +101,14 @@ def test_a_bf16_checkpoint_holds_fp32_weights_and_resumes_bit_identical(prepared
 
 @pytest.mark.launcher
 @pytest.mark.parametrize("schedule", [("--parallel.schedule=wavefront",),
-                                      ("--parallel.schedule=1f1b", "--parallel.micro_batches=2")],
-                         ids=["wavefront", "1f1b"])
-def test_a_bf16_two_stage_pipeline_tracks_fp32_and_agrees_with_bf16_on_one_device(prepared_tiny, fp32_run, bf16_run,
-                                                                                  tmp_path, schedule):
+                                      ("--parallel.schedule=1f1b", "--parallel.micro_batches=2"),
+                                      ("--parallel.schedule=wavefront", ATTENTION)],
+                         ids=["wavefront", "1f1b", "wavefront-attention"])
+def test_a_bf16_two_stage_pipeline_tracks_fp32_and_agrees_with_bf16_on_one_device(prepared_tiny, request, tmp_path,
+                                                                                  schedule):
+    attention = ATTENTION in schedule
+    fp32_run = request.getfixturevalue("fp32_attention_run" if attention else "fp32_run")
+    bf16_run = request.getfixturevalue("bf16_attention_run" if attention else "bf16_run")
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dist_s2s",
                "train", "--config", str(REPO / "configs" / "tiny.yaml"), f"--data.root={SHARED_DATA}",

@@ -13,13 +13,15 @@ from dist_s2s.parallel.one_f_one_b import unit_inputs
 from dist_s2s.parallel.stages import pipeline_units, stage_boundaries
 
 
-@pytest.mark.parametrize("layers, shards", [(1, 1), (2, 3), (4, 4)])
-def test_the_units_run_in_sequence_give_the_models_loss_and_gradients(layers, shards):
+@pytest.mark.parametrize("layers, shards, attention", [(1, 1, "none"), (2, 3, "none"), (4, 4, "none"),
+                                                       (1, 1, "luong"), (2, 3, "luong")])
+def test_the_units_run_in_sequence_give_the_models_loss_and_gradients(layers, shards, attention):
     torch.manual_seed(0)
     from dist_s2s.config import ModelConfig
     from dist_s2s.model.seq2seq import Seq2Seq
 
-    model = Seq2Seq(ModelConfig(embedding_dim=8, hidden_size=12, num_layers=layers, softmax_shards=shards), 37, 41)
+    model = Seq2Seq(ModelConfig(embedding_dim=8, hidden_size=12, num_layers=layers, softmax_shards=shards,
+                                attention=attention), 37, 41)
     batch = make_batch([([5, 6, 7, 8], [9, 10]), ([11, 12], [13, 14, 15, 16, 17]), ([18], [19])])
     hidden, _ = model.decode(batch.tgt_in, model.encode(batch.src, batch.src_lengths))
     real = batch.tgt_out.flatten() != 0  # every position folded, padding's NLL zeroed

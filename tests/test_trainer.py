@@ -74,17 +74,16 @@ def test_the_run_is_in_mlflow_with_params_metrics_and_artifacts(trained):
             "checkpoints/step-00000040.pt"} <= artifacts
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(prepared_tiny, tmp_path, dropout):
+@pytest.mark.parametrize("model", [("--model.dropout=0.0",), ("--model.dropout=0.3", "--model.attention=luong")],
+                         ids=["paper", "dropout-attention"])
+def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(prepared_tiny, tmp_path, model):
     """With dropout too: a step's masks come from (seed, step, sentence, position), not a generator's stream."""
     straight = tmp_path / "straight"
-    train(config_for(prepared_tiny, straight, "--train.max_steps=12", "--train.checkpoint_every=100",
-                     f"--model.dropout={dropout}"))
+    train(config_for(prepared_tiny, straight, "--train.max_steps=12", "--train.checkpoint_every=100", *model))
     stopped = tmp_path / "stopped"
-    train(config_for(prepared_tiny, stopped, "--train.max_steps=5", "--train.checkpoint_every=100",
-                     f"--model.dropout={dropout}"))
+    train(config_for(prepared_tiny, stopped, "--train.max_steps=5", "--train.checkpoint_every=100", *model))
     train(config_for(prepared_tiny, stopped, "--train.max_steps=12", "--train.checkpoint_every=100",
-                     "--train.resume=true", f"--model.dropout={dropout}"))
+                     "--train.resume=true", *model))
     expected, resumed = final_weights(straight), final_weights(stopped)
     assert expected.keys() == resumed.keys()
     assert all(torch.equal(expected[k], resumed[k]) for k in expected)
@@ -120,6 +119,9 @@ def test_a_checkpoint_from_another_model_shape_names_the_mismatch(trained, prepa
     with pytest.raises(UserError, match="trained with model.hidden_size=16, the config gives model.hidden_size=24"):
         train(config_for(prepared_tiny, run_dir, "--train.max_steps=50", "--train.resume=true",
                          "--model.hidden_size=24"))
+    with pytest.raises(UserError, match="with model.attention='none', the config gives model.attention='luong'"):
+        train(config_for(prepared_tiny, run_dir, "--train.max_steps=50", "--train.resume=true",
+                         "--model.attention=luong"))
 
 
 def test_an_unreachable_tracking_server_does_not_stop_training(prepared_tiny, tmp_path, caplog):

@@ -54,17 +54,23 @@ def test_the_softmax_of_a_chunk_runs_in_the_forward_sweep_one_chunk_behind():
     assert kinds.index(("L", 2)) > kinds.index(("F", 3)), "chunk 2's loss waits for chunk 3's forward"
 
 
-@pytest.mark.parametrize("name, layers, shards, stages, chunk_steps", [
-    ("chain", 2, 2, 2, 2),
-    ("chain", 4, 4, 8, 3),
-    ("colocated", 2, 2, 2, 1),
-    ("colocated", 4, 4, 2, 4),
-    ("chain", 2, 3, 1, 100),  # one chunk, one stage
+@pytest.mark.parametrize("name, layers, shards, stages, chunk_steps, attention", [
+    ("chain", 2, 2, 2, 2, "none"),
+    ("chain", 4, 4, 8, 3, "none"),
+    ("colocated", 2, 2, 2, 1, "none"),
+    ("colocated", 4, 4, 2, 4, "none"),
+    ("chain", 2, 3, 1, 100, "none"),  # one chunk, one stage
+    ("chain", 2, 2, 2, 2, "luong"),  # the top stage attends over the encoder chunks it kept
+    ("chain", 4, 4, 8, 3, "luong"),
+    ("colocated", 2, 2, 2, 1, "luong"),
+    ("colocated", 4, 4, 2, 4, "luong"),
 ])
-def test_chunked_backpropagation_through_time_is_the_full_gradient(name, layers, shards, stages, chunk_steps):
-    """float64: the chunks, the carried state and its gradient, the shards' partial log-sum-exps add up to
-    exactly the single-device loss and gradient; chunk boundaries fall inside some sentences and past others."""
-    model = model_of(layers, shards)
+def test_chunked_backpropagation_through_time_is_the_full_gradient(name, layers, shards, stages, chunk_steps,
+                                                                   attention):
+    """float64: the chunks, the carried state and its gradient, the shards' partial log-sum-exps (and the top
+    stage's attention over every encoder chunk, its gradient sent back into each) add up to exactly the
+    single-device loss and gradient; chunk boundaries fall inside some sentences and past others."""
+    model = model_of(layers, shards, attention)
     batch = batch_of([7, 5, 5, 2, 1], [3, 6, 1, 4, 2])
     expected_nll, expected = single_device_gradients(model, batch)
     nll, grads = wavefront_gradients(model, batch, name, stages, chunk_steps)

@@ -50,6 +50,8 @@ class PaperShape:
     batch: int = 128
     src_words: int = 30
     tgt_words: int = 30
+    attention: bool = False
+    """Luong's global attention on the top decoder layer (`model.attention: luong`)."""
 
     @property
     def words(self) -> int:
@@ -85,6 +87,14 @@ def softmax_s(shape: PaperShape, tokens: int, c: GpuConstants, *, backward: bool
                kernels=2 * gemms, c=c)
 
 
+def attention_s(shape: PaperShape, tokens: int, c: GpuConstants, *, backward: bool) -> float:
+    """The top stage's attention for `tokens` target positions over `shape.src_words` source positions: the
+    query (H²), scores and context (2 S·H) and h̃ (2H·H) a position, twice that backward."""
+    factor = 2 if backward else 1
+    flops = factor * 2 * tokens * (3 * shape.hidden * shape.hidden + 2 * shape.src_words * shape.hidden)
+    return _op(flops, 4 * tokens * (shape.src_words + 3 * shape.hidden), rate=c.gemm_flops, kernels=4 * factor, c=c)
+
+
 def message_s(bytes_: float, c: GpuConstants) -> float:
     return c.message_s + bytes_ / c.link_bytes
 
@@ -106,7 +116,10 @@ def _tokens(chunk: TimeChunk, shape: PaperShape) -> int:
 def _wavefront_op_s(op: Operation, shape: PaperShape, placement: Placement, c: GpuConstants) -> float:
     layers = len(placement.hops[op.hop][1]) if op.hop >= 0 else 0
     if op.kind in ("F", "B"):
-        return layers * lstm_chunk_s(shape, shape.batch, op.chunk.width, c, backward=op.kind == "B")
+        seconds = layers * lstm_chunk_s(shape, shape.batch, op.chunk.width, c, backward=op.kind == "B")
+        if shape.attention and op.chunk.decoder and op.stage == placement.top_stage and op.hop >= 0:
+            seconds += attention_s(shape, _tokens(op.chunk, shape), c, backward=op.kind == "B")
+        return seconds
     if op.kind in ("P", "Q"):
         held = len(placement.shards[op.stage])
         return softmax_s(shape, _tokens(op.chunk, shape), c, backward=op.kind == "Q", shards=held)
@@ -132,7 +145,9 @@ def one_gpu_s(shape: PaperShape, c: GpuConstants) -> float:
     tokens = shape.batch * (shape.tgt_words + 1)
     softmax = (softmax_s(shape, tokens, c, backward=False, shards=shape.shards)
                + softmax_s(shape, tokens, c, backward=True, shards=shape.shards))
-    return lstm + softmax + 4 * 3 * shape.parameters / c.memory_bytes
+    attention = (attention_s(shape, tokens, c, backward=False) + attention_s(shape, tokens, c, backward=True)
+                 if shape.attention else 0.0)
+    return lstm + softmax + attention + 4 * 3 * shape.parameters / c.memory_bytes
 
 
 def one_f_one_b_s(shape: PaperShape, micro_batches: int, c: GpuConstants) -> float:
@@ -144,6 +159,9 @@ def one_f_one_b_s(shape: PaperShape, micro_batches: int, c: GpuConstants) -> flo
         softmax_s(shape, tokens, c, backward=False)] * shape.shards
     backward = [lstm_chunk_s(shape, batch, steps, c, backward=True)] * shape.layers + [
         softmax_s(shape, tokens, c, backward=True)] * shape.shards
+    if shape.attention:  # on the top LSTM stage
+        forward[shape.layers - 1] += attention_s(shape, tokens, c, backward=False)
+        backward[shape.layers - 1] += attention_s(shape, tokens, c, backward=True)
     sends = [4 * batch * steps * shape.hidden] * (shape.layers + shape.shards - 1)
     costs = StageCosts(forward, backward, sends, optimizer_s=4 * 3 * shape.parameters / c.memory_bytes)
     return simulate(costs, micro_batches, c.link_bytes, c.message_s)["step_s"]

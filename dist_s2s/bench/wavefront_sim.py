@@ -72,6 +72,8 @@ def operation_costs(model: Seq2Seq, placement: Placement, batch: Batch, chunk_st
 def stage_parameters(model: Seq2Seq, placement: Placement, stage: int) -> list[torch.nn.Parameter]:
     modules = [module for layer in placement.layers[stage] for module in (model.encoder[layer], model.decoder[layer])]
     modules += [model.softmax[shard] for shard in placement.shards[stage]]
+    if model.attention is not None and stage == placement.top_stage:
+        modules.append(model.attention)
     if 0 in placement.layers[stage]:
         modules += [model.src_embed, model.tgt_embed]
     return [p for module in modules for p in module.parameters()]

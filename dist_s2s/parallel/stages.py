@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from dist_s2s.errors import UserError
+from dist_s2s.model.attention import GlobalAttention
 from dist_s2s.model.dropout import Dropout
 from dist_s2s.model.layers import LSTMLayer
-from dist_s2s.model.seq2seq import Seq2Seq, run_layer, softmax_input
+from dist_s2s.model.seq2seq import Seq2Seq, attend, run_layer, softmax_input, source_mask
 from dist_s2s.model.softmax import SoftmaxPartial, SoftmaxShard, masked_nll
 
 
@@ -61,18 +62,23 @@ class LSTMLayerStage(nn.Module):
     only, its softmax-input dropout applied."""
 
     def __init__(self, encoder_layer: LSTMLayer, decoder_layer: LSTMLayer, *, layer: int, top: bool,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, attention: GlobalAttention | None = None):
         super().__init__()
         self.encoder_layer, self.decoder_layer, self.layer, self.top = encoder_layer, decoder_layer, layer, top
         self.dropout = dropout
+        self.attention = attention
+        """The top pair's: the model's global attention over this pair's encoder outputs, where it has one."""
 
     def forward(self, inputs):
         src_x, src_lengths, tgt_x, tgt_out, keys = inputs
         dropout = Dropout(self.dropout, keys) if self.training and self.dropout > 0 else None
-        src_h, state = run_layer(self.encoder_layer, src_x, side="encoder", index=self.layer,
-                                 lengths=HOST_LENGTHS.of(src_lengths), dropout=dropout)
+        lengths = HOST_LENGTHS.of(src_lengths)
+        src_h, state = run_layer(self.encoder_layer, src_x, side="encoder", index=self.layer, lengths=lengths,
+                                 dropout=dropout)
         tgt_h, _ = run_layer(self.decoder_layer, tgt_x, side="decoder", index=self.layer, state=state, dropout=dropout)
-        if self.top:  # nothing reads the top encoder outputs: they would get no gradient
+        if self.top:  # the top encoder outputs stay here: only this pair's attention reads them
+            if self.attention is not None:
+                tgt_h = attend(self.attention, tgt_h, src_h, source_mask(lengths, src_h.shape[1], src_h.device))
             return softmax_input(tgt_h, layers=self.layer + 1, dropout=dropout).contiguous(), tgt_out
         return src_h.contiguous(), src_lengths, tgt_h.contiguous(), tgt_out, keys
 
@@ -111,7 +117,8 @@ def pipeline_units(model: Seq2Seq) -> list[nn.Module]:
     return [
         EmbeddingStage(model.src_embed, model.tgt_embed),
         *[LSTMLayerStage(model.encoder[k], model.decoder[k], layer=k, top=k == layers - 1,
-                         dropout=model.config.dropout) for k in range(layers)],
+                         dropout=model.config.dropout, attention=model.attention if k == layers - 1 else None)
+          for k in range(layers)],
         *[SoftmaxShardStage(model.softmax[s], first=s == 0, last=s == shards - 1) for s in range(shards)],
     ]
 

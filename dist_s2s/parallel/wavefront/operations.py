@@ -19,7 +19,7 @@ import torch
 from dist_s2s.data.batch import Batch
 from dist_s2s.model.dropout import Dropout
 from dist_s2s.model.layers import at_least_fp32, to_device
-from dist_s2s.model.seq2seq import Seq2Seq, run_layer, softmax_input
+from dist_s2s.model.seq2seq import Seq2Seq, attend, run_layer, softmax_input, source_mask
 from dist_s2s.model.softmax import SoftmaxPartial, merge_all
 from dist_s2s.parallel.placement import Placement
 from dist_s2s.parallel.wavefront.program import Message, Operation, TimeChunk
@@ -74,6 +74,11 @@ class StageOperations:
         """Per shard, (hidden, d logits) of each decoder chunk: what W turns into its weight gradients."""
         self.embedded: dict[bool, list[tuple[torch.Tensor, torch.Tensor]]] = {False: [], True: []}
         """Per side (decoder or not), each chunk's (ids, embeddings): E back-propagates them at once."""
+        self.memory_pieces: list[torch.Tensor] = []
+        """With attention, on the top stage: each encoder chunk's top-layer outputs, in order."""
+        self.memory: torch.Tensor | None = None
+        """Their concatenation [B, S, H], a leaf the decoder chunks attend over: its gradient, summed over the
+        decoder chunks' backward passes, goes back into each encoder chunk's backward."""
 
     def run(self, op: Operation) -> None:
         """Forward passes run in train.precision; the backward ones follow their dtypes, outside autocast
@@ -117,16 +122,31 @@ class StageOperations:
             state_out[layer] = state
             self.carried[layer] = tuple(t.detach().requires_grad_(torch.is_grad_enabled()) for t in state)
         top = op.hop == len(self.placement.hops) - 1
+        attention = self.model.attention if top else None
+        record = {"inputs": inputs, "state_in": state_in, "state_out": state_out}
+        if attention is not None and not chunk.decoder:
+            record["memory_piece"] = hidden
+            self.memory_pieces.append(hidden)
+        if attention is not None and chunk.decoder:
+            hidden = attend(attention, hidden, *self._memory())
         if chunk.decoder and top:  # the softmax's input, in the LSTM's dtype
             hidden = softmax_input(hidden, layers=len(self.model.decoder), dropout=self.dropout, start=chunk.start)
         hidden = at_least_fp32(hidden)  # what leaves a stage is fp32 (the bf16 LSTM's output upcast)
-        record = {"inputs": inputs, "state_in": state_in, "state_out": state_out, "outputs": hidden}
+        record["outputs"] = hidden
         if chunk.decoder and top:
             record["outputs"] = hidden = hidden.flatten(0, 1).index_select(0, self._real_positions(chunk))
         for message in op.sends:
             self.transport.send(message, hidden)
         if torch.is_grad_enabled():
             self.records[(chunk.index, op.hop)] = record
+
+    def _memory(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top encoder layer's outputs over the whole source (made once, after the encoder's last chunk) and
+        which positions are real."""
+        if self.memory is None:
+            self.memory = torch.cat(self.memory_pieces, dim=1).detach().requires_grad_(torch.is_grad_enabled())
+            self.memory_pieces.clear()
+        return self.memory, source_mask(self.batch.src_lengths, self.memory.shape[1], self.memory.device)
 
     def _targets(self, chunk: TimeChunk) -> torch.Tensor:
         return self.batch.tgt_out[:, chunk.start:chunk.stop].reshape(-1).index_select(0, self._real_positions(chunk))
@@ -193,6 +213,9 @@ class StageOperations:
             received = [self._receive(message) for message in op.receives]
             tensors.append(record["outputs"])
             grads.append(received[0] if len(received) == 1 else torch.stack(received).sum(dim=0))
+        if "memory_piece" in record and self.memory.grad is not None:  # what the decoder's attention sent back
+            tensors.append(record["memory_piece"])
+            grads.append(self.memory.grad[:, chunk.start:chunk.stop])
         for layer, state in record["state_out"].items():
             carried = self.state_grads.pop((chunk.index, layer), None)
             if carried is not None:
