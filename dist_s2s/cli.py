@@ -41,19 +41,20 @@ def _train(config: Config, args: argparse.Namespace) -> None:
     """One process trains the whole model (preparing missing data first); under a launcher each process
     is one pipeline stage of one replica. Then, with eval.after_training, rank 0 scores the result."""
     keep_local_ray_on_loopback(config)  # train prepares missing data in-process
-    from dist_s2s.parallel.process_group import join_process_group, launched_as_ranks
+    from dist_s2s.parallel.process_group import join_process_group, launched_as_ranks, restart_attempt
     from dist_s2s.train.trainer import train
 
+    attempt = restart_attempt()  # torchrun restarted its workers: continue from the latest checkpoint
     if launched_as_ranks():
         from dist_s2s.parallel.schedules import pipeline_steps
 
         join_process_group(config)
-        summary = train(config, pipeline_steps, prepare_missing=False)
+        summary = train(config, pipeline_steps, prepare_missing=False, attempt=attempt)
     else:
         from dist_s2s.train.step import require_one_process
 
         require_one_process(config)  # before preparing any data
-        summary = train(config)
+        summary = train(config, attempt=attempt)
     if summary is None:  # a pipeline rank other than 0: rank 0 reports
         return
     print(f"trained to step {summary['step']}: valid ppl {summary.get('valid/ppl', float('nan')):.2f}; "
@@ -73,8 +74,12 @@ def _download(config: Config, args: argparse.Namespace) -> None:
 def _translate(config: Config, args: argparse.Namespace) -> None:
     from dist_s2s.decode.translator import translate_command
 
-    translate_command(config, args.checkpoint, beam=args.beam or config.eval.beam_size, nbest=args.nbest,
-                      input_path=args.input, output_path=args.output, stdin=sys.stdin, stdout=sys.stdout)
+    done = translate_command(config, args.checkpoint, beam=args.beam or config.eval.beam_size, nbest=args.nbest,
+                             input_path=args.input, output_path=args.output, stdin=sys.stdin, stdout=sys.stdout)
+    if config.eval.attention_plots:
+        from dist_s2s.evaluate.attention import track_attention_plots
+
+        track_attention_plots(config, done["translator"], done["sources"], done["translations"])
 
 
 def _rescore(config: Config, args: argparse.Namespace) -> None:
@@ -240,6 +245,22 @@ class _CurrentStderr(logging.StreamHandler):
         pass
 
 
+def check_outputs(command: str, config: Config, args: argparse.Namespace) -> None:
+    """Every place `command` will write, writable before it starts (a one-line error naming it otherwise)."""
+    from dist_s2s.outputs import writable_dir, writable_file
+
+    directories = {"prepare": [(config.data.out_dir, "data.out_dir")],
+                   "train": [(config.train.run_dir, "train.run_dir")],
+                   "evaluate": [(config.train.run_dir, "train.run_dir (the evaluation's report and MLflow run)")],
+                   "download": [(config.data.root, "data.root")]}.get(command, [])
+    if command == "translate" and config.eval.attention_plots:
+        directories.append((config.train.run_dir, "train.run_dir (the attention pictures)"))
+    for path, what in directories:
+        writable_dir(path, what)
+    if command in ("translate", "evaluate", "rescore", "bench", "convert"):
+        writable_file(getattr(args, "output", None), "--output")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_CurrentStderr()])
@@ -248,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(options)
         config = load_config(args.config, overrides)
         args.overrides = overrides
+        check_outputs(args.command, config, args)  # before any work
         COMMANDS[args.command][1](config, args)
     except UserError as error:
         print(f"dist-s2s: error: {error}", file=sys.stderr)

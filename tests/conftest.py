@@ -27,7 +27,7 @@ from dist_s2s.parallel.wavefront.transport import LocalTransport
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DIST_S2S_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
 """The real corpora (../shared/data beside the repository; DIST_S2S_SHARED_DATA names another place)."""
-CORPORA_FIXTURES = {"prepared_tiny", "trained_tiny", "ray_local"}
+CORPORA_FIXTURES = {"prepared_tiny", "prepared_tiny_subwords", "trained_tiny", "ray_local"}
 CORPORA_NAMES = ("SHARED_DATA", "tiny_config", "prepared", "corpus_args")
 
 
@@ -61,13 +61,19 @@ def tiny_config(tmp_path: Path, *overrides: str) -> Config:
     ])
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """One in-process Ray for the whole session: starting it costs seconds."""
+def start_local_ray():
+    """This session's in-process Ray (what `ray_local` holds); a test that stopped it starts it again."""
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2,
              logging_level="WARNING")
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One in-process Ray for the whole session: starting it costs seconds."""
+    ray = start_local_ray()
     yield ray
     ray.shutdown()
 
@@ -78,6 +84,16 @@ def prepared_tiny(ray_local, tmp_path_factory) -> Config:
     from dist_s2s.data.prepare import prepare
 
     config = tiny_config(tmp_path_factory.mktemp("tiny"))
+    prepare(config)
+    return config
+
+
+@pytest.fixture(scope="session")
+def prepared_tiny_subwords(ray_local, tmp_path_factory) -> Config:
+    """The tiny config prepared once with SentencePiece vocabularies (data.vocabulary=sentencepiece)."""
+    from dist_s2s.data.prepare import prepare
+
+    config = tiny_config(tmp_path_factory.mktemp("tiny-subwords"), "--data.vocabulary=sentencepiece")
     prepare(config)
     return config
 

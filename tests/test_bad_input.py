@@ -188,6 +188,30 @@ CASES = [
     Case("evaluate", "a split that was not prepared",
          lambda w: ["evaluate", *w.args, "--checkpoint", w.checkpoint, "--split", "test2099"],
          Error(r"split 'test2099' is not prepared")),
+    # An output that cannot be written: refused before any work (translate used to translate everything first).
+    Case("translate", "an unwritable output",
+         lambda w: w.translate("--input", w.file("src.en", "A dog .\n"), "--output", "/proc/nope/out.txt"),
+         Error(r"--output /proc/nope/out\.txt: its directory /proc/nope cannot be written")),
+    Case("evaluate", "an unwritable output",
+         lambda w: ["evaluate", *w.args, "--checkpoint", w.checkpoint, "--output", "/proc/nope/scores.json"],
+         Error(r"--output /proc/nope/scores\.json: its directory /proc/nope cannot be written")),
+    Case("evaluate", "an unwritable run directory",
+         lambda w: ["evaluate", *w.args, "--checkpoint", w.checkpoint, "--train.run_dir=/proc/nope/run"],
+         Error(r"train\.run_dir \(the evaluation's report and MLflow run\) /proc/nope/run cannot be written")),
+    Case("rescore", "an output that is a directory",
+         lambda w: ["rescore", *w.args, "--checkpoint", w.checkpoint, "--input", w.file("src.en", "A dog .\n"),
+                    "--nbest", w.file("ok.nbest", "0 ||| Un chien . ||| LSTM0= -1.0 ||| -1.0\n"), "--output",
+                    str(w.tmp)],
+         Error(r"--output .* is a directory, not a file")),
+    Case("bench", "an unwritable output",
+         lambda w: ["bench", *w.args, "--mode", "single", "--output", "/proc/nope/bench.json"],
+         Error(r"--output /proc/nope/bench\.json: its directory /proc/nope cannot be written")),
+    Case("prepare", "an unwritable data.out_dir",
+         lambda w: [*w.corpus("a b\n", "c d\n")[:-1], "--data.out_dir=/proc/nope/data"],
+         Error(r"data\.out_dir /proc/nope/data cannot be written")),
+    Case("train", "an unwritable train.run_dir",
+         lambda w: ["train", *w.args, "--train.run_dir=/proc/nope/run"],
+         Error(r"train\.run_dir /proc/nope/run cannot be written")),
 ]
 
 
@@ -216,3 +240,18 @@ def test_the_matrix_covers_every_command_and_at_least_15_cases():
     assert len(CASES) >= 15
     assert {case.command for case in CASES} >= {"prepare", "train", "translate", "evaluate", "rescore", "config"}
 
+
+
+def test_a_sentencepiece_model_that_does_not_match_its_manifest_is_one_line(prepared_tiny_subwords, trained_tiny,
+                                                                          tmp_path, capsys):
+    """The prepared subword data copied, its target model replaced by the source's: translate refuses it."""
+    out_dir = tmp_path / "data"
+    shutil.copytree(prepared_tiny_subwords.data.out_dir, out_dir)
+    shutil.copy(out_dir / "spm.en.model", out_dir / "spm.fr.model")
+    args, checkpoint, _ = trained_tiny
+    code = main(["translate", "--config", TINY, f"--data.out_dir={out_dir}", "--checkpoint", checkpoint,
+                 "--input", "/dev/null"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert re.search(r"^dist-s2s: error: SentencePiece model .*spm\.fr\.model does not match its manifest "
+                     r"\(sha256 differs\)", err.strip().splitlines()[-1]), err[-2000:]

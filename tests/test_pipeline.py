@@ -39,16 +39,17 @@ def test_pipeline_parameters_and_losses_match_the_single_device_trainer(prepared
         assert max(own_device_waits(rank)) <= micro * ONE_F_ONE_B_STAGE_BUDGET, rank["where"]
 
 
-@pytest.mark.parametrize("stages, data, placement, layers, shards, chunk_steps, dropout, attention", [
-    (2, 1, "chain", 2, 2, 4, 0.0, "none"),      # [both LSTM layers | both softmax shards]
-    (2, 1, "colocated", 2, 2, 3, 0.3, "luong"),  # each stage: one layer pair and half the vocabulary; its chunks'
-    # masks; the top stage attends over the encoder chunks it kept
-    (4, 1, "chain", 2, 2, 5, 0.0, "luong"),     # one unit a stage: the softmax shards in parallel on stages 2 and 3
-    (2, 2, "colocated", 2, 2, 3, 0.3, "none"),  # 2 replicas × 2 stages: each replica holds other rows of the batch
+@pytest.mark.parametrize("stages, data, placement, layers, shards, chunk_steps, dropout, attention, prepared", [
+    (2, 1, "chain", 2, 2, 4, 0.0, "none", "prepared_tiny_subwords"),  # [both LSTM layers | both softmax shards],
+    # on SentencePiece pieces
+    (2, 1, "colocated", 2, 2, 3, 0.3, "luong", "prepared_tiny"),  # each stage: one layer pair and half the
+    # vocabulary; its chunks' masks; the top stage attends over the encoder chunks it kept
+    (4, 1, "chain", 2, 2, 5, 0.0, "luong", "prepared_tiny"),  # one unit a stage: the shards in parallel on stages 2, 3
+    (2, 2, "colocated", 2, 2, 3, 0.3, "none", "prepared_tiny"),  # 2 replicas × 2 stages: other rows of the batch each
 ])  # the paper's 8-stage layout: test_pipeline_training.py, under the deepspeed launcher, both schedules
-def test_the_wavefront_matches_the_single_device_trainer(prepared_tiny, tmp_path, stages, data, placement, layers,
-                                                         shards, chunk_steps, dropout, attention):
-    ranks = run_pipeline(prepared_tiny, tmp_path, stages * data, f"--parallel.stages={stages}",
+def test_the_wavefront_matches_the_single_device_trainer(request, tmp_path, stages, data, placement, layers,
+                                                         shards, chunk_steps, dropout, attention, prepared):
+    ranks = run_pipeline(request.getfixturevalue(prepared), tmp_path, stages * data, f"--parallel.stages={stages}",
                          f"--parallel.data={data}", "--parallel.schedule=wavefront",
                          f"--parallel.placement={placement}", f"--parallel.chunk_steps={chunk_steps}",
                          f"--model.num_layers={layers}", f"--model.softmax_shards={shards}",

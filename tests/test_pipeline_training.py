@@ -269,16 +269,18 @@ def start_two_nodes(prepared, tmp_path: Path, *overrides: str) -> list[subproces
         start_new_session=True) for rank in range(2)]
 
 
-def worker_of(agent: subprocess.Popen) -> int:
+def worker_of(agent: subprocess.Popen, rank: int = 0) -> int:
+    """The pid of the worker of this local rank that torchrun (`agent`) started."""
     import psutil
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         workers = [p for p in psutil.Process(agent.pid).children(recursive=True) if "dist_s2s" in " ".join(p.cmdline())]
-        if workers:
-            return workers[0].pid
+        ranked = [p for p in workers if p.environ().get("LOCAL_RANK") == str(rank)]
+        if ranked:
+            return ranked[0].pid
         time.sleep(0.5)
-    raise AssertionError("torchrun started no worker")
+    raise AssertionError(f"torchrun started no worker of local rank {rank}")
 
 
 def wait_until_training(run_dir: Path, nodes: list[subprocess.Popen]) -> None:
@@ -286,19 +288,6 @@ def wait_until_training(run_dir: Path, nodes: list[subprocess.Popen]) -> None:
     while not ((run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 3):
         assert time.monotonic() < deadline and all(n.poll() is None for n in nodes), "training never started"
         time.sleep(0.5)
-
-
-def assert_resuming_ends_bit_identical_to_an_uninterrupted_run(prepared, tmp_path: Path) -> None:
-    """Relaunch the killed job with --train.resume=true to 3 steps past its last checkpoint: the
-    weights equal a run that was never interrupted (same batches, same RNG: no example lost or repeated)."""
-    run_dir = tmp_path / "run"
-    last = int(CheckpointDir(run_dir / "checkpoints", 3).latest().stem.split("-")[1])
-    layout = ("--parallel.stages=2", "--train.valid_every=100000", f"--train.max_steps={last + 3}")
-    output = succeeded(torchrun(prepared, tmp_path, 2, run_dir, *layout, "--train.resume=true"))
-    assert f"resuming from {CheckpointDir(run_dir / 'checkpoints', 3).path_of(last)}" in output
-    succeeded(torchrun(prepared, tmp_path, 2, tmp_path / "straight", *layout))
-    resumed, straight = weights_at(run_dir, last + 3), weights_at(tmp_path / "straight", last + 3)
-    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
 
 
 @pytest.mark.parametrize("fault, signal_number, seconds", [
@@ -319,8 +308,6 @@ def test_a_rank_that_dies_or_hangs_makes_the_other_exit_with_a_clear_error(prepa
         assert nodes[0].returncode != 0
         assert "dist-s2s: error: rank 0 lost contact with another rank at step" in output, output[-3000:]
         assert "Resume with --train.resume=true" in output
-        if fault == "killed":
-            assert_resuming_ends_bit_identical_to_an_uninterrupted_run(prepared_tiny, tmp_path)
     finally:  # torchrun puts its workers in their own process group: a stopped one must be killed by pid
         if victim is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -329,6 +316,54 @@ def test_a_rank_that_dies_or_hangs_makes_the_other_exit_with_a_clear_error(prepa
             if node.poll() is None:
                 os.killpg(node.pid, signal.SIGKILL)
                 node.wait()
+
+
+RESTARTED = ("--train.max_steps=160", "--train.checkpoint_every=40", "--train.valid_every=100000",
+             "--train.log_every=20")
+
+
+def restartable(prepared, tmp_path: Path, run_dir: Path, processes: int, *overrides: str) -> list[str]:
+    """torchrun with one restart allowed, meeting at a c10d rendezvous on 127.0.0.1 (elastic: --nnodes=1:1)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes=1:1", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--max-restarts=1", f"--nproc_per_node={processes}",
+            "-m", "dist_s2s", *train_arguments(prepared, run_dir, *overrides, *RESTARTED)]
+
+
+@pytest.mark.parametrize("processes, layout", [(2, ("--parallel.stages=2",)), (1, ())],
+                         ids=["wavefront-2-stages", "one-device"])
+def test_a_rank_killed_under_torchrun_max_restarts_is_restarted_and_the_job_ends_bit_identical(
+        prepared_tiny, tmp_path, processes, layout):
+    """SIGKILL a worker mid-run: torchrun restarts the job's workers, which resume from the latest checkpoint by
+    themselves, say so (attempt, checkpoint, steps repeated) in the log and in MLflow, and end at the weights of
+    a run never interrupted (max abs difference 0.0)."""
+    import mlflow
+
+    run_dir = tmp_path / "run"
+    job = subprocess.Popen(restartable(prepared_tiny, tmp_path, run_dir, processes, *layout), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, env=launcher_env(tmp_path), cwd=tmp_path,
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run_dir / "last_step").is_file() and int((run_dir / "last_step").read_text() or 0) >= 50):
+            assert time.monotonic() < deadline and job.poll() is None, "training never got past step 50"
+            time.sleep(0.1)
+        os.kill(worker_of(job, rank=processes - 1), signal.SIGKILL)
+        output = job.communicate(timeout=300)[0]
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, output[-4000:]
+    restart = re.search(r"train: restart 1 \(torchrun restarted the job's workers\): resumed from "
+                        r"step-00000040\.pt at step 40; the failed attempt had finished step (\d+), so (\d+) steps "
+                        r"run again \(at most train\.checkpoint_every=40\)", output)
+    assert restart, output[-4000:]
+    assert int(restart.group(2)) == int(restart.group(1)) - 40 <= 40
+    straight = tmp_path / "straight"
+    succeeded(subprocess.run(restartable(prepared_tiny, tmp_path, straight, processes, *layout), capture_output=True,
+                             text=True, timeout=300, env=launcher_env(tmp_path), cwd=tmp_path))
+    assert largest_difference(weights_at(run_dir, 160), weights_at(straight, 160)) == 0.0
+    run = mlflow.MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}").get_run((run_dir / "mlflow_run_id").read_text())
+    assert run.data.tags["restarts"] == "1" and run.data.metrics["train/restart"] == 1
 
 
 def single_node_job(prepared, tmp_path: Path, launcher: str) -> subprocess.Popen:

@@ -88,3 +88,37 @@ def test_prepare_runs_as_a_ray_job_and_writes_the_manifest(local_head, tmp_path)
     assert manifest["splits"]["train"]["rows_in"] == 29_000
     assert {"shards", "vocab", "filtered"} <= set(manifest)
 
+
+
+def readme_recipe() -> str:
+    """cluster/README.md's one-machine commands, as a reader would paste them."""
+    text = (REPO / "cluster" / "README.md").read_text()
+    block = text.split("## One machine", 1)[1].split("```\n", 2)[1]
+    return block
+
+
+def test_the_cluster_readmes_one_machine_recipe_runs_as_written(ray_local, tmp_path):
+    """The recipe's lines, unchanged, in a shell whose working directory looks like a checkout beside
+    ../shared/data (links to the real ones) and whose home holds the generated token. `ray stop` ends every
+    Ray on the machine, this session's in-process one too: it is stopped first and started again after."""
+    from conftest import start_local_ray
+
+    work = tmp_path / "checkout"
+    work.mkdir()
+    for name in (".venv", "cluster", "configs", "dist_s2s"):
+        (work / name).symlink_to(REPO / name)
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(SHARED_DATA)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(tmp_path / "home"), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    ray_local.shutdown()
+    try:
+        result = subprocess.run(["bash", "-e", "-c", readme_recipe()], cwd=work, env=env, capture_output=True,
+                                text=True, timeout=600)
+    finally:
+        subprocess.run([str(REPO / ".venv" / "bin" / "ray"), "stop", "--force"], capture_output=True, env=env)
+        start_local_ray()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "succeeded" in result.stdout
+    manifest = json.loads((work / "runs" / "data" / "multi30k" / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["rows_in"] == 29_000

@@ -204,3 +204,35 @@ def test_evaluate_reports_the_split_perplexity_the_trainer_would_compute(trained
         totals = [model(batch) for batch in loader]
     expected = math.exp(sum(float(nll) for nll, _ in totals) / sum(int(n) for _, n in totals))
     assert json.loads(output.read_text())["perplexity"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_a_subword_model_with_attention_trains_translates_evaluates_and_draws_its_attention(prepared_tiny_subwords,
+                                                                                            tmp_path):
+    """data.vocabulary=sentencepiece and model.attention=luong end to end on the tiny config: the output is
+    detokenized text (no piece marks), BLEU is scored on it, and the attention pictures land in MLflow."""
+    import mlflow
+
+    data = prepared_tiny_subwords.data
+    args = ["--config", TINY, f"--data.root={data.root}", f"--data.out_dir={data.out_dir}",
+            "--data.vocabulary=sentencepiece", "--model.attention=luong", f"--train.run_dir={tmp_path / 'run'}",
+            "--eval.attention_plots=2", "--eval.beam_size=2"]
+    assert main(["train", *args, "--train.max_steps=30"]) == 0
+    checkpoint = str(sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))[-1])
+    output = tmp_path / "scores.json"
+    assert main(["evaluate", *args, "--checkpoint", checkpoint, "--output", str(output)]) == 0
+    scores = json.loads(output.read_text())
+    assert 0 <= scores["bleu"] <= 100 and scores["sentences"] == 1000
+    hypotheses = (Path(scores["report_dir"]) / "hypotheses.txt").read_text(encoding="utf-8")
+    assert "▁" not in hypotheses and hypotheses.strip()
+    pictures = sorted((Path(scores["report_dir"]) / "attention").glob("*.png"))
+    assert len(pictures) == 2 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pictures)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+    logged = [a.path for a in client.list_artifacts(scores["mlflow_run_id"], "eval")]
+    assert sum(path.endswith(".png") and "attention" in path for path in logged) == 2
+
+    source = tmp_path / "src.en"
+    source.write_text("A man is riding a bike .\nTwo dogs play in the snow .\n")
+    assert main(["translate", *args, "--checkpoint", checkpoint, "--input", str(source),
+                 "--output", str(tmp_path / "hyp.fr")]) == 0
+    assert len((tmp_path / "hyp.fr").read_text().splitlines()) == 2
+    assert len(list((tmp_path / "run" / "translate-attention").glob("*.png"))) == 2

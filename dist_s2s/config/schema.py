@@ -171,6 +171,9 @@ class EvalConfig:
     """Sentences decoded together."""
     after_training: bool = False
     """When training ends, evaluate the final checkpoint on eval.split at eval.beam_size (rank 0)."""
+    attention_plots: int = 0
+    """With model.attention, `evaluate` and `translate` draw the attention of this many sentences (PNG,
+    logged to MLflow)."""
 
 
 @dataclass

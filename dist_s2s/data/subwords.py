@@ -35,6 +35,8 @@ class Codec(Protocol):
 
     def decode(self, ids: list[int]) -> list[str]: ...
 
+    def pieces(self, ids: list[int]) -> list[str]: ...
+
 
 @dataclass(frozen=True)
 class CodecFiles:
@@ -61,6 +63,10 @@ class SubwordCodec:
 
     def decode(self, ids: list[int]) -> list[str]:
         return self.processor.decode(list(ids)).split()
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        """Each id's piece (▁ starts a word)."""
+        return [self.processor.id_to_piece(i) for i in ids]
 
 
 def load_codec(out_dir: Path, files: CodecFiles) -> Codec:

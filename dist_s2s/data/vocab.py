@@ -42,6 +42,10 @@ class Vocab:
     def decode(self, ids: list[int]) -> list[str]:
         return [self.tokens[i] for i in ids]
 
+    def pieces(self, ids: list[int]) -> list[str]:
+        """Each id's token (a word here: `subwords.SubwordCodec` gives subword pieces)."""
+        return self.decode(ids)
+
     def save(self, path: Path) -> None:
         """One `token<TAB>count` line per id, in id order."""
         lines = "".join(f"{token}\t{count}\n" for token, count in zip(self.tokens, self.counts))

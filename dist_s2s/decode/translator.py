@@ -53,8 +53,11 @@ def load_model(path: Path, manifest: Manifest, device: torch.device) -> Seq2Seq:
 class Translation:
     text: str
     tokens: list[str]
+    """Moses tokens (what tokenized BLEU scores)."""
     score: float
     model_scores: list[float] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    """The target ids the model produced, without <s> and </s> (words or subword pieces)."""
 
 
 class Translator:
@@ -75,6 +78,10 @@ class Translator:
         tokens = tokenize(text, self.prepared.src_lang, self.prepared.lowercase) if text else []
         ids = self.src_codec.encode(tokens)
         return ids[::-1] if self.prepared.reverse_source else ids
+
+    def source_words(self, ids: list[int]) -> list[str]:
+        """Model input ids back to the source's Moses tokens (in reading order)."""
+        return self.src_codec.decode(ids[::-1] if self.prepared.reverse_source else ids)
 
     def target_ids(self, text: str) -> list[int]:
         """A target sentence (a hypothesis written by `translate`, say) → ids; with words, a literal <unk> stays
@@ -121,7 +128,7 @@ class Translator:
     def _text(self, hypothesis: Hypothesis) -> Translation:
         tokens = self.tgt_codec.decode(hypothesis.tokens)
         return Translation(detokenize(tokens, self.prepared.tgt_lang), tokens, hypothesis.score,
-                           hypothesis.model_scores)
+                           hypothesis.model_scores, hypothesis.tokens)
 
     def unknown_share(self, lines: list[str]) -> float:
         ids = [i for line in lines for i in self.source_ids(line)]
@@ -162,6 +169,8 @@ def write_lines(lines: list[str], path: Path | str | None, stream) -> None:
 
 def translate_command(config: Config, checkpoints: list[str], *, beam: int, nbest: int, input_path: str | None,
                       output_path: str | None, stdin, stdout) -> dict:
+    """Translate the input's lines into the output; what was translated, with the translator and the results
+    (the command line draws their attention from them)."""
     lines = read_lines(input_path, stdin)
     translator = Translator(config, [Path(c) for c in checkpoints], pick_device(config.train.device))
     results = translator.translate(lines, beam, nbest)
@@ -173,4 +182,5 @@ def translate_command(config: Config, checkpoints: list[str], *, beam: int, nbes
     empty = sum(1 for line in lines if not line.strip())
     log.info("translate: %d lines (%d empty → empty output), beam %d, %d model(s), %.1f%% source words <unk>",
              len(lines), empty, beam, len(translator.ensemble.models), 100 * translator.unknown_share(lines))
-    return {"lines": len(lines), "empty": empty}
+    return {"lines": len(lines), "empty": empty, "translator": translator,
+            "sources": [translator.source_ids(line) for line in lines], "translations": [r[0] for r in results]}

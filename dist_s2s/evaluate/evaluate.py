@@ -31,6 +31,7 @@ from dist_s2s.decode.translator import Translator
 from dist_s2s.device import pick_device
 from dist_s2s.errors import UserError
 from dist_s2s.evaluate import analysis
+from dist_s2s.evaluate.attention import attention_plots
 from dist_s2s.train.tracking import RUN_ID_FILE, Tracker
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ def evaluate(config: Config, checkpoints: list[str], *, split: str | None = None
     (report_dir / "hypotheses.txt").write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
     plots = _analyses(translator, rows, src_ids, hypotheses=hypotheses, references=references,
                       report_dir=report_dir, scores=scores)
+    plots += attention_plots(translator, src_ids, translations, count=config.eval.attention_plots,
+                             out_dir=report_dir / "attention")
     scores["report_dir"] = str(report_dir)
     (report_dir / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
 
@@ -141,7 +144,7 @@ def split_perplexity(translator: Translator, src_ids: list[list[int]], tgt_ids: 
 
 def _analyses(translator: Translator, rows: pa.Table, src_ids: list[list[int]], *, hypotheses: list[str],
               references: list[str], report_dir: Path, scores: dict[str, Any]) -> list[Path]:
-    lengths = rows.column("src_len").to_pylist()
+    lengths = [len(translator.source_words(ids)) for ids in src_ids]  # words, whatever the vocabulary
     by_length = analysis.binned_bleu(lengths, hypotheses, references, list(analysis.LENGTH_EDGES))
     ranks = analysis.frequency_rank(src_ids, translator.src_vocab_size)
     by_rarity = analysis.binned_bleu(ranks, hypotheses, references, analysis.quantile_edges(ranks, 6)) \

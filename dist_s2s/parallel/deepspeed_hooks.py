@@ -18,6 +18,7 @@ import importlib
 import math
 import time
 import types
+from datetime import timedelta
 from types import MethodType
 
 from torch import nn
@@ -77,6 +78,8 @@ def placed_pipeline_class():
 
 def patch_engine(engine, config: Config) -> None:
     """Global-norm clipping and dtype-keyed receive buffers on this engine instance (the module docstring)."""
+    engine.wait_timeout = timedelta(seconds=config.parallel.timeout_s)
+    """Groups DeepSpeed forms wait 30 minutes by default (torch's for new groups); our waits, parallel.timeout_s."""
     engine.max_grad_norm = config.optim.max_grad_norm
     engine.last_grad_norm = float("nan")
     engine.clip_fp32_gradients = types.MethodType(_clip_by_global_norm, engine)
@@ -89,7 +92,11 @@ def _clip_by_global_norm(engine) -> None:
     # Tied copies on later stages carry ds_pipe_replicated=True (every parameter has the attribute).
     parameters = [p for p in engine.module.parameters() if not getattr(p, "ds_pipe_replicated", False)]
     squared = squared_norm(parameters).to(engine.device)
-    dist.all_reduce(squared, group=engine.grid.get_pipe_parallel_group())
+    done = dist.all_reduce(squared, group=engine.grid.get_pipe_parallel_group(), async_op=True)
+    if engine.device.type == "cpu" and engine.wait_timeout is not None:  # gloo: a hung stage ends the wait
+        done.wait(timeout=engine.wait_timeout)
+    else:  # NCCL's watchdog keeps the deadline; a timed wait would block the host
+        done.wait()
     norm = squared.sqrt()
     rescale(parameters, norm, engine.max_grad_norm)
     engine.last_grad_norm = norm  # on the device: the loop reads it once a log line

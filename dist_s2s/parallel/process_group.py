@@ -19,8 +19,14 @@ from dist_s2s.parallel.deepspeed_hooks import without_shared_memory_op
 
 
 def launched_as_ranks() -> bool:
-    """Started by torchrun or the deepspeed launcher (they set WORLD_SIZE), not as a plain process."""
-    return "WORLD_SIZE" in os.environ
+    """Started by torchrun or the deepspeed launcher as one of several processes (they set WORLD_SIZE); one
+    process under a launcher trains on its own, as a plain process does."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def restart_attempt() -> int:
+    """Which attempt of the job this is: 0 at first, n after torchrun restarted its workers n times."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
 def join_process_group(config: Config) -> None:
@@ -35,9 +41,28 @@ def join_process_group(config: Config) -> None:
 
     without_shared_memory_op()
     deepspeed_logger.setLevel(logging.WARNING)
-    deepspeed.init_distributed(timeout=timedelta(seconds=config.parallel.timeout_s), verbose=False)
+    timeout = timedelta(seconds=config.parallel.timeout_s)
+    _init_default_group(device, timeout)
+    deepspeed.init_distributed(timeout=timeout, verbose=False)  # takes the group formed here
     if torch.distributed.get_rank() != 0:  # one console: rank 0's
         logging.getLogger("dist_s2s").setLevel(logging.WARNING)
+
+
+def _init_default_group(device: torch.device, timeout: timedelta) -> None:
+    """The default process group, its keys in a namespace of this attempt's own.
+
+    torchrun hands restarted workers the same store, still holding the first attempt's keys (each rank's
+    address among them): a restarted rank read its peer's old address and failed with "Gloo connectFullMesh
+    failed … Connection refused" (or waited on keys that were already there). Each attempt now starts from
+    empty keys; DeepSpeed, finding the group formed, uses it as its own would be formed (on CUDA bound to the
+    rank's GPU, as DeepSpeed binds it)."""
+    from deepspeed.accelerator import get_accelerator
+
+    store, rank, world_size = next(torch.distributed.rendezvous("env://", timeout=timeout))
+    store = torch.distributed.PrefixStore(f"dist-s2s/attempt-{restart_attempt()}", store)
+    bound = {"device_id": device} if device.type == "cuda" and world_size > 1 else {}
+    torch.distributed.init_process_group(get_accelerator().communication_backend_name(), store=store, rank=rank,
+                                         world_size=world_size, timeout=timeout, **bound)
 
 
 def rank_device() -> torch.device:

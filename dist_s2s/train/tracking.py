@@ -143,6 +143,11 @@ class Tracker:
         if self.client is not None:
             self._guard(self.client.log_artifact, self.run_id, str(path), folder)
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.client is not None:
+            for key, value in tags.items():
+                self._guard(self.client.set_tag, self.run_id, key, value)
+
     def finish(self, status: str = "FINISHED") -> None:
         if self.client is not None:
             self._guard(self.client.set_terminated, self.run_id, status)
@@ -163,6 +168,9 @@ class QuietTracker:
         pass
 
     def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
         pass
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:

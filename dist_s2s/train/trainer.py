@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,12 +118,18 @@ class Run:
 
 
 def train(config: Config, make_steps: StepsFactory = single_device_steps, *,
-          prepare_missing: bool = True) -> dict[str, Any] | None:
+          prepare_missing: bool = True, attempt: int = 0) -> dict[str, Any] | None:
     """Train to train.max_steps or optim.epochs; a summary of the run (None on pipeline ranks but rank 0).
 
     `make_steps(config, model)` builds what runs the model, after the model has its initial or
-    resumed weights; `prepare_missing` runs `prepare` when the data is missing (one process only)."""
+    resumed weights; `prepare_missing` runs `prepare` when the data is missing (one process only);
+    `attempt` > 0: a launcher restarted this job (torchrun's TORCHELASTIC_RESTART_COUNT), which then
+    resumes from its latest checkpoint as with train.resume."""
+    if attempt > 0:
+        config = replace(config, train=replace(config.train, resume=True))
     run = _set_up(config, make_steps, prepare_missing)
+    if attempt > 0:
+        _report_restart(run, attempt)
     summary: dict[str, Any] = {}
     status = "FAILED"
     previous_handler = _on_sigterm(_raise_terminated)
@@ -207,6 +213,8 @@ def _loop(run: Run, summary: dict[str, Any]) -> None:
             run.step += 1
             step, last = run.step, run.step == run.total_steps
             window.add(steps.train_step(fed.batch, lr, step))
+            if steps.is_main:
+                _note_step(run.run_dir, step)
             bar.advance()
             if step % train_config.log_every == 0 or last:
                 summary.update(_log_window(window, step, epochs=fed.epoch_after, lr=lr, tracker=run.tracker))
@@ -223,6 +231,31 @@ def _loop(run: Run, summary: dict[str, Any]) -> None:
                 if steps.is_main:
                     _save(run.checkpoints, step, weights, cursor=fed.cursor, config=config, manifest=run.manifest,
                           run_id=run.tracker.run_id)
+
+
+PROGRESS_FILE = "last_step"
+"""The last step rank 0 finished, written after each: what a restarted attempt repeats is counted from it."""
+
+
+def _note_step(run_dir: Path, step: int) -> None:
+    (run_dir / PROGRESS_FILE).write_text(f"{step}\n")
+
+
+def _report_restart(run: Run, attempt: int) -> None:
+    """One line (and an MLflow tag and metric) for a restarted attempt: where it resumed, what it repeats."""
+    noted = run.run_dir / PROGRESS_FILE
+    reached = int(noted.read_text()) if noted.is_file() else run.step
+    repeated = max(0, reached - run.step)
+    checkpoint = run.checkpoints.latest()
+    if not run.steps.is_main:
+        return
+    log.warning("train: restart %d (torchrun restarted the job's workers): resumed from %s at step %d; the "
+                "failed attempt had finished step %d, so %d steps run again (at most train.checkpoint_every=%d); "
+                "the data cursor and RNG come from the checkpoint, so no example is skipped or counted twice",
+                attempt, checkpoint.name if checkpoint else "no checkpoint (from the start)", run.step, reached,
+                repeated, run.config.train.checkpoint_every)
+    run.tracker.set_tags({"restarts": str(attempt)})
+    run.tracker.log_metrics({"train/restart": attempt, "train/steps_repeated": repeated}, run.step)
 
 
 def _finish(run: Run, status: str) -> None:

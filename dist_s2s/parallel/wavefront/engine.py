@@ -80,10 +80,11 @@ class WavefrontEngine(PipelineEngine):
         self.timeline: list[dict] | None = None
         """When a list, each instruction appends {kind, chunk, start, compute_s, wait_s}."""
         replica = self.grid.data_parallel_id
+        timeout = timedelta(seconds=timeout_s) if timeout_s else None
         groups = direction_groups(placement, self.grid.data_parallel_size,
-                                  lambda stage, data: self.grid.stage_to_global(stage, data=data), replica)
-        self.messages = StageMessages(self.stage_id, groups, self.grid.stage_to_global, self.device,
-                                      timeout=timedelta(seconds=timeout_s) if timeout_s else None)
+                                  lambda stage, data: self.grid.stage_to_global(stage, data=data), replica,
+                                  timeout=timeout)
+        self.messages = StageMessages(self.stage_id, groups, self.grid.stage_to_global, self.device, timeout=timeout)
 
     # --- the step -------------------------------------------------------------------------------------
     def train_wavefront(self, batch: Batch, scale: float, step: int = 0) -> torch.Tensor:

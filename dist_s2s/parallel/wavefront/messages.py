@@ -32,13 +32,13 @@ def talking_pairs(placement: Placement) -> list[tuple[int, int]]:
 
 
 def direction_groups(placement: Placement, replicas: int, rank_of: Callable[[int, int], int],
-                     replica: int) -> dict[tuple[int, int], dist.ProcessGroup]:
+                     replica: int, *, timeout: timedelta | None = None) -> dict[tuple[int, int], dist.ProcessGroup]:
     """This replica's process group for each talking pair. Every rank creates every replica's groups, in
     the same order (`new_group` is collective over the whole world), and keeps its own replica's."""
     mine = {}
     for data in range(replicas):
         for src, dst in talking_pairs(placement):
-            group = dist.new_group([rank_of(src, data), rank_of(dst, data)])
+            group = dist.new_group([rank_of(src, data), rank_of(dst, data)], timeout=timeout)
             if data == replica:
                 mine[(src, dst)] = group
     return mine
