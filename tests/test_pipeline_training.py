@@ -362,7 +362,8 @@ def test_a_rank_killed_under_torchrun_max_restarts_is_restarted_and_the_job_ends
     succeeded(subprocess.run(restartable(prepared_tiny, tmp_path, straight, processes, *layout), capture_output=True,
                              text=True, timeout=300, env=launcher_env(tmp_path), cwd=tmp_path))
     assert largest_difference(weights_at(run_dir, 160), weights_at(straight, 160)) == 0.0
-    run = mlflow.MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}").get_run((run_dir / "mlflow_run_id").read_text())
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    run = mlflow.MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}").get_run(run_id)
     assert run.data.tags["restarts"] == "1" and run.data.metrics["train/restart"] == 1
 
 
