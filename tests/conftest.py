@@ -304,18 +304,27 @@ def assert_lengths_varied(shapes: list[list[list[int]]], micro: int) -> None:
         assert any(len({tuple(part) for part in step}) > 1 for step in shapes), "micro-batch widths differ in a step"
 
 
-def assert_stage_parts_merge_into_the_single_device_weights(tmp_path, parts: list[dict], layers: int) -> None:
-    """The stages' parts, merged, are the single-device trainer's weights; they load under another shard count."""
+def assert_stage_parts_merge_into_the_single_device_weights(tmp_path, parts: list[dict], layers: int,
+                                                            tolerance: float = 1e-5) -> None:
+    """The stages' parts, merged, are the single-device trainer's weights and optimizer state; the weights load
+    under another shard count."""
     import torch
 
     from dist_s2s.config import ModelConfig
     from dist_s2s.model.seq2seq import Seq2Seq
-    from dist_s2s.train.checkpoint import model_weights
+    from dist_s2s.train.checkpoint import read_model
 
     sizes = dict(embedding_dim=16, hidden_size=16, num_layers=layers)
-    merged = model_weights(tmp_path / "pipeline.pt", {"model_parts": parts})
+    merged, optimizer = read_model(tmp_path / "pipeline.pt", {"model_parts": parts})
     reference = torch.load(tmp_path / "reference.pt", weights_only=True)
     assert merged.keys() == reference.keys()
-    assert all(torch.allclose(merged[k], reference[k], rtol=0, atol=1e-5) for k in merged)
+    assert all(torch.allclose(merged[k], reference[k], rtol=0, atol=tolerance) for k in merged)
+    expected = torch.load(tmp_path / "reference-optimizer.pt", weights_only=True)
+    assert (optimizer or {"kind": "sgd", "step": None})["kind"] == expected["kind"]
+    for moment in ("exp_avg", "exp_avg_sq"):
+        if moment in expected:
+            assert optimizer[moment].keys() == merged.keys() and optimizer["step"] == expected["step"]
+            assert all(torch.allclose(optimizer[moment][k], expected[moment][k], rtol=1e-4, atol=1e-9)
+                       for k in merged), moment
     attention = "luong" if any(key.startswith("attention.") for key in merged) else "none"
     Seq2Seq(ModelConfig(**sizes, softmax_shards=3, attention=attention), 500, 500).load_unsharded_state_dict(merged)

@@ -21,6 +21,7 @@ from dist_s2s.model.dropout import step_dropout
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.wavefront.messages import StageMessages
 from dist_s2s.train.clipping import clip_gradients
+from dist_s2s.train.optimizer import build_optimizer, optimizer_state, unsharded
 
 
 def step_engine(engine, config, batch, step: int):
@@ -54,7 +55,7 @@ def main() -> None:
     pipeline_batches = iter(BatchLoader(config.data.out_dir, "train", config.train.batch_size, seed=config.train.seed,
                                         replica=replica, replicas=config.parallel.data))
     reference_batches = iter(BatchLoader(config.data.out_dir, "train", config.train.batch_size, seed=config.train.seed))
-    optimizer = torch.optim.SGD(reference.parameters(), lr=config.optim.lr)
+    optimizer = build_optimizer(reference.parameters(), config.optim)
     losses, reference_losses, norms, reference_norms, shapes, splits, syncs, where = [], [], [], [], [], [], [], []
     micro = config.parallel.micro_batches
     counter = SyncCounter(device=[*model.parameters()])
@@ -92,9 +93,11 @@ def main() -> None:
 
     part = None
     if replica == 0:
-        part = write_part(out_dir / "pipeline.pt", f"stage-{engine.stage_id}", stage_state(engine, model))
+        part = write_part(out_dir / "pipeline.pt", f"stage-{engine.stage_id}", stage_state(engine, model),
+                          optimizer_state(engine.optimizer, model))
     if rank == 0:
         torch.save(reference.unsharded_state_dict(), out_dir / "reference.pt")
+        torch.save(unsharded(optimizer_state(optimizer, reference)), out_dir / "reference-optimizer.pt")
     (out_dir / f"rank-{rank}.json").write_text(json.dumps({
         "stage": engine.stage_id, "local": local, "part": part, "max_difference": difference,
         "micro_batch_shapes": shapes, "losses": losses, "reference_losses": reference_losses, "norms": norms,

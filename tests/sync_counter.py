@@ -3,8 +3,9 @@
 On a CPU every tensor is on the host, so nothing ever waits. `SyncCounter` (a `TorchFunctionMode`: every
 tensor function called inside it passes through) tracks where each tensor *would* live in a CUDA run:
 - on the device: the tensors it is given as `device` (parameters, what DeepSpeed moves), what a creation
-  op makes with an explicit `device=`, what `.to(device, non_blocking=True)` moves there, and whatever is
-  computed from a device tensor;
+  op makes with an explicit `device=` other than the literal string "cpu" (code that names the host so,
+  like torch.optim's step counts, means the host on every machine), what `.to(device, non_blocking=True)`
+  moves there, and whatever is computed from a device tensor;
 - on the host: everything else (a batch's lengths, indices built from them, Python numbers made tensors).
 
 Counted, each a wait on a GPU:
@@ -98,7 +99,7 @@ class SyncCounter(TorchFunctionMode):
                 self._count("blocking host → device copy")
             return self._place(self._apart(result, args[0]), on_device=True)
         if not device_inputs:
-            created_there = name in CREATION and kwargs.get("device") is not None
+            created_there = name in CREATION and kwargs.get("device") not in (None, "cpu")
             return self._place(result, on_device=created_there) if created_there else result
         if name in READS:
             self._count(name)

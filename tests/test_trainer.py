@@ -74,10 +74,12 @@ def test_the_run_is_in_mlflow_with_params_metrics_and_artifacts(trained):
             "checkpoints/step-00000040.pt"} <= artifacts
 
 
-@pytest.mark.parametrize("model", [("--model.dropout=0.0",), ("--model.dropout=0.3", "--model.attention=luong")],
-                         ids=["paper", "dropout-attention"])
+@pytest.mark.parametrize("model", [("--model.dropout=0.0",), ("--model.dropout=0.3", "--model.attention=luong"),
+                                   ("--optim.optimizer=adam", "--optim.lr=0.003")],
+                         ids=["paper", "dropout-attention", "adam"])
 def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(prepared_tiny, tmp_path, model):
-    """With dropout too: a step's masks come from (seed, step, sentence, position), not a generator's stream."""
+    """With dropout too: a step's masks come from (seed, step, sentence, position), not a generator's stream.
+    With Adam: its moments and step count come back from the checkpoint."""
     straight = tmp_path / "straight"
     train(config_for(prepared_tiny, straight, "--train.max_steps=12", "--train.checkpoint_every=100", *model))
     stopped = tmp_path / "stopped"
@@ -91,6 +93,35 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(prepared_tiny,
     b = load_checkpoint(CheckpointDir(stopped / "checkpoints", 3).latest())
     assert a["loader"] == b["loader"], "the data cursor agrees too"
     assert [m["step"] for m in metrics(stopped) if "train/loss" in m] == [2, 4, 5, 6, 8, 10, 12]
+
+
+def test_adam_resumes_from_its_checkpointed_moments_not_from_fresh_ones(prepared_tiny, tmp_path):
+    adam = ("--optim.optimizer=adam", "--optim.lr=0.003", "--train.checkpoint_every=100")
+    stopped = tmp_path / "stopped"
+    train(config_for(prepared_tiny, stopped, "--train.max_steps=5", *adam))
+    saved = load_checkpoint(CheckpointDir(stopped / "checkpoints", 3).latest())
+    assert saved["optimizer"]["kind"] == "adam" and saved["optimizer"]["step"] == 5
+    assert saved["optimizer"]["exp_avg"].keys() == saved["model"].keys()  # unsharded names, like the weights
+    assert all(saved["optimizer"]["exp_avg_sq"][k].shape == saved["model"][k].shape for k in saved["model"])
+    forgetful = tmp_path / "forgetful"  # the same checkpoint with the moments dropped
+    directory = CheckpointDir(forgetful / "checkpoints", 3)
+    directory.save(5, {**{k: v for k, v in saved.items() if k not in ("format", "step")},
+                       "optimizer": {"kind": "adam", "step": None}})
+    for run_dir in (stopped, forgetful):
+        train(config_for(prepared_tiny, run_dir, "--train.max_steps=8", "--train.resume=true", *adam))
+    remembered, forgot = final_weights(stopped), final_weights(forgetful)
+    assert not all(torch.equal(remembered[k], forgot[k]) for k in remembered)
+
+
+def test_a_checkpoint_resumes_only_with_the_optimizer_it_was_trained_with(trained, prepared_tiny, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained[0], run_dir)
+    with pytest.raises(UserError, match=r"step-00000040\.pt was trained with optim.optimizer=sgd, the config gives "
+                                        "optim.optimizer=adam"):
+        train(config_for(prepared_tiny, run_dir, "--train.max_steps=50", "--train.resume=true",
+                         "--optim.optimizer=adam"))
 
 
 def test_a_run_directory_with_checkpoints_needs_resume(trained, prepared_tiny):

@@ -93,8 +93,11 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    """`sgd`: plain SGD, no momentum (paper §3.4); `adam`: Adam (Kingma & Ba 2015) on the same clipped
+    gradient and rate schedule, its moments checkpointed with the weights."""
     lr: float = 0.7
-    """SGD learning rate, no momentum (paper §3.4)."""
+    """Initial learning rate (paper §3.4: 0.7 for SGD; Adam wants about 0.001)."""
     max_grad_norm: float = 5.0
     """Rescale the gradient to this L2 norm when larger (paper §3.4)."""
     decay_start_epoch: float = 5.0
@@ -103,6 +106,12 @@ class OptimConfig:
     """Halve the rate every this many epochs after decay_start_epoch (paper §3.4: 0.5)."""
     epochs: float = 7.5
     """Training length in epochs (paper §3.4: 7.5)."""
+    adam_beta1: float = 0.9
+    """Adam: decay of the gradient's running mean."""
+    adam_beta2: float = 0.999
+    """Adam: decay of the squared gradient's running mean."""
+    adam_eps: float = 1e-8
+    """Adam: added to the root of the squared-gradient mean."""
 
 
 @dataclass

@@ -55,6 +55,11 @@ def _check_ranges(config: Config) -> None:
                        "eval.length_penalty": config.eval.length_penalty}.items():
         if value < 0:
             raise UserError(f"config key {key} must be >= 0, got {value}")
+    for key in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(config.optim, key) < 1:
+            raise UserError(f"config key optim.{key} must be in [0, 1), got {getattr(config.optim, key)}")
+    if config.optim.adam_eps <= 0:
+        raise UserError(f"config key optim.adam_eps must be positive, got {config.optim.adam_eps}")
     if not 0 <= config.model.dropout < 1:
         raise UserError(f"config key model.dropout must be in [0, 1), got {config.model.dropout}")
     if config.train.max_steps is not None and config.train.max_steps <= 0:

@@ -150,13 +150,18 @@ class Seq2Seq(nn.Module):
         return merge_softmax_shards({k: v.detach().clone() for k, v in self.state_dict().items()})
 
     def load_unsharded_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Inverse of `unsharded_state_dict`, cutting the softmax into this model's shards."""
+        """Inverse of `unsharded_state_dict`."""
+        self.load_state_dict(self.shard_softmax(state))
+
+    def shard_softmax(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Tensors under unsharded names (weights, or anything kept per parameter) under this model's names:
+        `softmax.weight` and `softmax.bias` cut into its shards."""
         state = dict(state)
         weight, bias = state.pop("softmax.weight"), state.pop("softmax.bias")
         for index, shard in enumerate(self.softmax):
             state[f"softmax.{index}.weight"] = weight[shard.start:shard.start + shard.size]
             state[f"softmax.{index}.bias"] = bias[shard.start:shard.start + shard.size]
-        self.load_state_dict(state)
+        return state
 
 
 def run_layer(layer: LSTMLayer, inputs: torch.Tensor, *, side: str, index: int, lengths: torch.Tensor | None = None,

@@ -19,7 +19,7 @@ from dist_s2s.data.batch import Batch
 from dist_s2s.model.dropout import row_keys
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.deepspeed_hooks import patch_engine, time_each_instruction
-from dist_s2s.parallel.pipeline_steps import PipelineSteps, deepspeed_config, pipeline_module, sgd
+from dist_s2s.parallel.pipeline_steps import PipelineSteps, deepspeed_config, pipeline_module, stage_optimizer
 from dist_s2s.parallel.stages import pipeline_units, stage_boundaries
 from dist_s2s.train.precision import autocast as precision_autocast
 from dist_s2s.train.precision import configure as configure_precision
@@ -70,7 +70,8 @@ def build_engine(config: Config, model: Seq2Seq):
         units = [AutocastUnit(unit, config.train.precision) for unit in units]
     parts = stage_boundaries(config.model.num_layers, config.model.softmax_shards, config.parallel.stages)
     module = pipeline_module(config, units, parts)
-    engine, *_ = deepspeed.initialize(model=module, optimizer=sgd(module, config), config=deepspeed_config(config))
+    engine, *_ = deepspeed.initialize(model=module, optimizer=stage_optimizer(module, config),
+                                      config=deepspeed_config(config))
     configure_precision(config.train.precision)
     patch_engine(engine, config)
     return engine

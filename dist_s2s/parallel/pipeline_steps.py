@@ -13,6 +13,8 @@ part of the weights beside it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -24,6 +26,7 @@ from dist_s2s.parallel.process_group import lost_contact
 from dist_s2s.parallel.stage_checkpoint import stage_state
 from dist_s2s.parallel.stages import scaled_nll
 from dist_s2s.train.checkpoint import CheckpointDir
+from dist_s2s.train.optimizer import build_optimizer, load_optimizer_state, optimizer_state
 from dist_s2s.train.precision import LSTMDtypeReport
 
 
@@ -54,15 +57,21 @@ class PipelineSteps:
         tokens, words, sentences = counts.tolist()
         return tokens, words, sentences
 
+    def load_optimizer_state(self, state: dict | None, path: Path) -> None:
+        """Every replica's stage takes its parameters' share (replicas step alike, so they keep the same)."""
+        load_optimizer_state(self.engine.optimizer, self.model, state, path)
+
     def lost_contact(self, error: BaseException) -> bool:
         return lost_contact(error)
 
-    def checkpoint_weights(self, checkpoints: CheckpointDir, step: int) -> dict | None:
-        """Each stage of replica 0 writes its part; rank 0 gets the list for the checkpoint file."""
+    def checkpoint_state(self, checkpoints: CheckpointDir, step: int) -> dict | None:
+        """Each stage of replica 0 writes its part (its weights and optimizer state); rank 0 gets the list for the
+        checkpoint file."""
         entry = None
         if self.replica == 0:
-            entry = {"stage": self.stage, **checkpoints.save_part(step, f"stage-{self.stage}",
-                                                                  stage_state(self.engine, self.model))}
+            part = checkpoints.save_part(step, f"stage-{self.stage}", stage_state(self.engine, self.model),
+                                         optimizer_state(self.engine.optimizer, self.model))
+            entry = {"stage": self.stage, **part}
         entries = [None] * torch.distributed.get_world_size() if self.is_main else None
         torch.distributed.gather_object(entry, entries, dst=0)
         if not self.is_main:
@@ -98,6 +107,7 @@ def pipeline_module(config: Config, units: list[nn.Module], parts: list[int]):
                                    partition_method="uniform", dynamic_shape=True)
 
 
-def sgd(module: nn.Module, config: Config) -> torch.optim.Optimizer:
-    """Plain SGD (§3.4), whatever the schedule."""
-    return torch.optim.SGD(module.parameters(), lr=config.optim.lr, momentum=0.0)
+def stage_optimizer(module: nn.Module, config: Config) -> torch.optim.Optimizer:
+    """`optim.optimizer` over this rank's stage, whatever the schedule: SGD and Adam work parameter by parameter,
+    so the stages' optimizers together step as the one-device optimizer does."""
+    return build_optimizer(module.parameters(), config.optim)

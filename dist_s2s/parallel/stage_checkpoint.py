@@ -19,7 +19,8 @@ from dist_s2s.config import config_from_dict
 from dist_s2s.errors import UserError
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.stages import pipeline_units, stage_boundaries
-from dist_s2s.train.checkpoint import FORMAT, load_checkpoint, load_weights, model_weights, write_file, write_part
+from dist_s2s.train.checkpoint import FORMAT, load_checkpoint, load_weights, read_model, write_file, write_part
+from dist_s2s.train.optimizer import MOMENTS
 
 
 def by_model_name(model: Seq2Seq, parameters) -> dict[str, torch.Tensor]:
@@ -41,21 +42,36 @@ def stage_weights(model: Seq2Seq, stages: int) -> list[dict[str, torch.Tensor]]:
             for s in range(stages)]
 
 
+def stage_optimizer_states(model: Seq2Seq, source: Path, optimizer: dict | None, stages: int) -> list[dict | None]:
+    """An unsharded optimizer state (`train.optimizer`) split as `stages` stages hold it: each moment is loaded
+    into `model` as if weights and cut by `stage_weights`."""
+    if optimizer is None or optimizer["step"] is None:
+        return [optimizer] * stages
+    split = {}
+    for moment in MOMENTS[optimizer["kind"]]:
+        load_weights(model, source, optimizer[moment])
+        split[moment] = stage_weights(model, stages)
+    return [{**optimizer, **{moment: split[moment][s] for moment in split}} for s in range(stages)]
+
+
 def convert(source: Path, output: Path, stages: int | None = None) -> Path:
     """Rewrite a checkpoint (either format) as one single-device file, or as `stages` stage parts
-    beside `output`. Everything but the weights (step, data cursor, RNG, config) is kept."""
+    beside `output`. Everything but the layout (step, data cursor, RNG, config, the optimizer's state) is
+    kept."""
     if stages is not None and stages < 1:
         raise UserError(f"--stages must be at least 1, got {stages}")
     state = load_checkpoint(source)
-    weights = model_weights(source, state)
-    rest = {k: v for k, v in state.items() if k not in ("format", "model", "model_parts")}
+    weights, optimizer = read_model(source, state)
+    rest = {k: v for k, v in state.items() if k not in ("format", "model", "model_parts", "optimizer")}
     output.parent.mkdir(parents=True, exist_ok=True)
     if stages is None:
-        write_file(output, {"format": FORMAT, **rest, "model": weights})
+        write_file(output, {"format": FORMAT, **rest, "model": weights,
+                            **({"optimizer": optimizer} if optimizer else {})})
         return output
     saved = config_from_dict(state["config"])
     model = Seq2Seq(saved.model, state["compat"]["vocab.src_size"], state["compat"]["vocab.tgt_size"])
+    moments = stage_optimizer_states(model, source, optimizer, stages)
     load_weights(model, source, weights)
-    parts = [write_part(output, f"stage-{s}", w) for s, w in enumerate(stage_weights(model, stages))]
+    parts = [write_part(output, f"stage-{s}", w, moments[s]) for s, w in enumerate(stage_weights(model, stages))]
     write_file(output, {"format": FORMAT, **rest, "model_parts": parts})
     return output

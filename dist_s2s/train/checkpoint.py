@@ -24,6 +24,7 @@ from dist_s2s.data.manifest import Manifest
 from dist_s2s.data.shards import sha256_file, write_atomically
 from dist_s2s.errors import UserError
 from dist_s2s.model.seq2seq import Seq2Seq, merge_softmax_shards
+from dist_s2s.train.optimizer import unsharded
 
 FORMAT = "dist-s2s/checkpoint/v1"
 PART_FORMAT = "dist-s2s/checkpoint-part/v1"
@@ -51,10 +52,13 @@ def write_file(path: Path, payload: dict[str, Any]) -> str:
     return digest
 
 
-def write_part(main: Path, name: str, weights: dict[str, torch.Tensor]) -> dict[str, str]:
-    """One stage's weights beside the checkpoint file `main` will be; the entry `main` lists it by."""
+def write_part(main: Path, name: str, weights: dict[str, torch.Tensor],
+               optimizer: dict[str, Any] | None = None) -> dict[str, str]:
+    """One stage's weights (and its optimizer state, `train.optimizer.optimizer_state`) beside the checkpoint
+    file `main` will be; the entry `main` lists it by."""
     path = main.with_name(f"{main.stem}.{name}.pt")
-    return {"file": path.name, "sha256": write_file(path, {"format": PART_FORMAT, "weights": weights})}
+    payload = {"format": PART_FORMAT, "weights": weights, **({"optimizer": optimizer} if optimizer else {})}
+    return {"file": path.name, "sha256": write_file(path, payload)}
 
 
 class CheckpointDir:
@@ -78,10 +82,11 @@ class CheckpointDir:
     def path_of(self, step: int) -> Path:
         return self.directory / f"step-{step:08d}.pt"
 
-    def save_part(self, step: int, name: str, weights: dict[str, torch.Tensor]) -> dict[str, str]:
+    def save_part(self, step: int, name: str, weights: dict[str, torch.Tensor],
+                  optimizer: dict[str, Any] | None = None) -> dict[str, str]:
         """A pipeline stage's share of step's checkpoint, written before `save` lists the step."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        return write_part(self.path_of(step), name, weights)
+        return write_part(self.path_of(step), name, weights, optimizer)
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
         """Write step's checkpoint, then list it, then drop the oldest (and their parts) beyond `keep`."""
@@ -131,19 +136,37 @@ def load_checkpoint(path: Path, expected_sha256: str | None = None, kind: str = 
 
 def model_weights(path: Path, state: dict[str, Any]) -> dict[str, torch.Tensor]:
     """A checkpoint's weights in the unsharded single-device format, its stage parts merged if it has them."""
+    return read_model(path, state)[0]
+
+
+def read_model(path: Path, state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """A checkpoint's weights and optimizer state (None when it holds none), both under the unsharded
+    single-device names, its stage parts merged if it has them."""
     if "model" in state:
-        return state["model"]
-    merged: dict[str, torch.Tensor] = {}
+        return state["model"], state.get("optimizer")
+    weights: dict[str, torch.Tensor] = {}
+    optimizer: dict[str, Any] | None = None
     for part in state["model_parts"]:
-        weights = load_checkpoint(Path(path).parent / part["file"], part["sha256"], kind=PART_FORMAT)["weights"]
-        twice = sorted(set(merged) & set(weights))
+        payload = load_checkpoint(Path(path).parent / part["file"], part["sha256"], kind=PART_FORMAT)
+        twice = sorted(set(weights) & set(payload["weights"]))
         if twice:
             raise UserError(f"checkpoint part {part['file']} holds {twice[0]}, already held by an earlier part")
-        merged.update(weights)
+        weights.update(payload["weights"])
+        if "optimizer" in payload:
+            optimizer = _merge_optimizer_parts(optimizer, payload["optimizer"])
     try:
-        return merge_softmax_shards(merged)
+        return merge_softmax_shards(weights), unsharded(optimizer)
     except KeyError as missing:
         raise UserError(f"checkpoint {path} has no {missing.args[0]}: a stage part is lost?") from None
+
+
+def _merge_optimizer_parts(merged: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
+    if merged is None:
+        return {key: dict(value) if isinstance(value, dict) else value for key, value in part.items()}
+    for key, value in part.items():
+        if isinstance(value, dict):
+            merged[key].update(value)
+    return merged
 
 
 def load_weights(model: Seq2Seq, path: Path, weights: dict[str, torch.Tensor]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -23,6 +24,7 @@ from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.train import precision
 from dist_s2s.train.checkpoint import CheckpointDir
 from dist_s2s.train.clipping import clip_gradients
+from dist_s2s.train.optimizer import build_optimizer, load_optimizer_state, optimizer_state, unsharded
 
 
 @dataclass
@@ -57,8 +59,13 @@ class Steps(Protocol):
         """Summed NLL and target tokens (</s> included) over a split, without changing the weights."""
         ...
 
-    def checkpoint_weights(self, checkpoints: CheckpointDir, step: int) -> dict[str, Any] | None:
-        """The weights entry of the checkpoint at `step` (None on processes that do not write it)."""
+    def checkpoint_state(self, checkpoints: CheckpointDir, step: int) -> dict[str, Any] | None:
+        """The weights and optimizer state entries of the checkpoint at `step` (None on processes that do not
+        write it)."""
+        ...
+
+    def load_optimizer_state(self, state: dict[str, Any] | None, path: Path) -> None:
+        """Resume the optimizer from a checkpoint's (`path`) state, under the unsharded names."""
         ...
 
     def lost_contact(self, error: BaseException) -> bool:
@@ -76,7 +83,7 @@ StepsFactory = Callable[[Config, Seq2Seq], Steps]
 
 class SingleDeviceSteps:
     """The whole model in this process: batch → summed NLL / sentences → backward → rescale to
-    norm 5 when larger → plain SGD at the scheduled rate."""
+    norm 5 when larger → an SGD (or Adam) step at the scheduled rate."""
 
     replica, replicas, is_main = 0, 1, True
 
@@ -84,7 +91,7 @@ class SingleDeviceSteps:
         self.model, self.device = model.to(device), device
         self.parameters = list(model.parameters())
         self.max_grad_norm = config.optim.max_grad_norm
-        self.optimizer = torch.optim.SGD(self.parameters, lr=config.optim.lr, momentum=0.0)
+        self.optimizer = build_optimizer(self.parameters, config.optim)
         self.precision = config.train.precision
         self.dropout, self.seed = config.model.dropout, config.train.seed
         precision.configure(self.precision)
@@ -117,8 +124,12 @@ class SingleDeviceSteps:
         self.model.train()
         return total, tokens
 
-    def checkpoint_weights(self, checkpoints: CheckpointDir, step: int) -> dict[str, Any]:
-        return {"model": self.model.unsharded_state_dict()}
+    def checkpoint_state(self, checkpoints: CheckpointDir, step: int) -> dict[str, Any]:
+        return {"model": self.model.unsharded_state_dict(),
+                "optimizer": unsharded(optimizer_state(self.optimizer, self.model))}
+
+    def load_optimizer_state(self, state: dict[str, Any] | None, path: Path) -> None:
+        load_optimizer_state(self.optimizer, self.model, state, path)
 
     def lost_contact(self, error: BaseException) -> bool:
         return False  # no other process to lose

@@ -39,7 +39,7 @@ from dist_s2s.train.checkpoint import (
     load_checkpoint,
     load_weights,
     model_compatibility,
-    model_weights,
+    read_model,
 )
 from dist_s2s.train.plots import loss_curve
 from dist_s2s.train.schedule import learning_rate
@@ -178,6 +178,7 @@ def _set_up(config: Config, make_steps: StepsFactory, prepare_missing: bool) -> 
                         replica=steps.replica, replicas=config.parallel.data)
     step = 0
     if resumed is not None:
+        steps.load_optimizer_state(resumed["optimizer"], checkpoints.latest())
         loader.load_state_dict(resumed["loader"])
         torch.set_rng_state(resumed["rng"]["torch"])
         restore_cuda_rng(resumed["rng"].get("cuda") or [])
@@ -227,7 +228,7 @@ def _loop(run: Run, summary: dict[str, Any]) -> None:
                 log.info("step %d | valid ppl %.2f", step, summary["valid/ppl"])
                 window.started += time.perf_counter() - validation_started  # not training time
             if step % train_config.checkpoint_every == 0 or last:
-                weights = steps.checkpoint_weights(run.checkpoints, step)
+                weights = steps.checkpoint_state(run.checkpoints, step)
                 if steps.is_main:
                     _save(run.checkpoints, step, weights, cursor=fed.cursor, config=config, manifest=run.manifest,
                           run_id=run.tracker.run_id)
@@ -307,7 +308,8 @@ def _log_window(window: Window, step: int, *, epochs: float, lr: float, tracker)
 
 
 def _resume(config: Config, checkpoints: CheckpointDir, model: Seq2Seq, manifest: Manifest) -> dict[str, Any] | None:
-    """Load the latest checkpoint's weights into `model` when resuming; its state (step, cursor, RNG)."""
+    """Load the latest checkpoint's weights into `model` when resuming; its state (step, cursor, RNG, the
+    optimizer's state under the unsharded names, for the steps once built)."""
     latest = checkpoints.latest()
     if latest is None:
         if config.train.resume:
@@ -320,7 +322,8 @@ def _resume(config: Config, checkpoints: CheckpointDir, model: Seq2Seq, manifest
         log.warning("train: removed %s, a checkpoint write that an earlier run did not finish", name)
     state = load_checkpoint(latest, checkpoints.expected_sha256(latest))
     check_compatible(latest, state["compat"], model_compatibility(config.model, manifest))
-    load_weights(model, latest, model_weights(latest, state))  # plain SGD keeps no optimizer state
+    weights, state["optimizer"] = read_model(latest, state)
+    load_weights(model, latest, weights)
     log.info("train: resuming from %s", latest)
     return state
 

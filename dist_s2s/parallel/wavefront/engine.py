@@ -29,7 +29,7 @@ from dist_s2s.data.batch import Batch
 from dist_s2s.model.dropout import Dropout, step_dropout
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.deepspeed_hooks import patch_engine
-from dist_s2s.parallel.pipeline_steps import deepspeed_config, pipeline_module, sgd
+from dist_s2s.parallel.pipeline_steps import deepspeed_config, pipeline_module, stage_optimizer
 from dist_s2s.parallel.placement import Placement, placement
 from dist_s2s.parallel.stages import pipeline_units
 from dist_s2s.parallel.wavefront.messages import StageMessages, direction_groups
@@ -57,7 +57,7 @@ def build_engine(config: Config, model: Seq2Seq) -> WavefrontEngine:
     units = pipeline_units(model)
     module = pipeline_module(config, [units[index] for index in order], parts)
     # deepspeed.initialize picks PipelineEngine for a PipelineModule; its pipeline branch is this call.
-    engine = WavefrontEngine(args=None, model=module, optimizer=sgd(module, config), model_parameters=None,
+    engine = WavefrontEngine(args=None, model=module, optimizer=stage_optimizer(module, config), model_parameters=None,
                              training_data=None, lr_scheduler=None, mpu=module.mpu(), dist_init_required=None,
                              collate_fn=None, config=deepspeed_config(config),
                              config_class=DeepSpeedConfig(deepspeed_config(config), module.mpu()),
