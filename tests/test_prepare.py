@@ -72,15 +72,20 @@ def test_train_rows_carry_no_raw_text(prepared_tiny):
     assert read_table(out_dir / shard.path, ["src_text"]).column(0).null_count == shard.rows
 
 
-def test_same_inputs_and_config_give_byte_identical_output_whatever_the_chunking(ray_local, prepared_tiny, tmp_path):
-    again = tiny_config(tmp_path, "--data.chunk_lines=3333")
+@pytest.mark.parametrize("prepared, vocabulary", [("prepared_tiny", "words"),
+                                                 ("prepared_tiny_subwords", "sentencepiece")])
+def test_same_inputs_and_config_give_byte_identical_output_whatever_the_chunking(request, tmp_path, prepared,
+                                                                                vocabulary):
+    """Shards, manifest, vocabularies and (with subwords) the SentencePiece models, byte for byte."""
+    again = tiny_config(tmp_path, "--data.chunk_lines=3333", f"--data.vocabulary={vocabulary}")
     prepare(again)
-    first, second = Path(prepared_tiny.data.out_dir), Path(again.data.out_dir)
-    assert (first / "manifest.json").read_bytes() == (second / "manifest.json").read_bytes()
-    for shard in load_manifest(first).shards:
-        assert (first / shard.path).read_bytes() == (second / shard.path).read_bytes()
-    for vocab in ("vocab.en.txt", "vocab.fr.txt"):
-        assert (first / vocab).read_bytes() == (second / vocab).read_bytes()
+    first, second = Path(request.getfixturevalue(prepared).data.out_dir), Path(again.data.out_dir)
+    files = sorted(path.relative_to(first) for path in first.rglob("*") if path.is_file())
+    assert files == sorted(path.relative_to(second) for path in second.rglob("*") if path.is_file())
+    assert {"manifest.json", "vocab.en.txt", "vocab.fr.txt"} <= {str(path) for path in files}
+    assert any(path.suffix == ".model" for path in files) == (vocabulary == "sentencepiece")
+    for path in files:
+        assert (first / path).read_bytes() == (second / path).read_bytes(), path
     assert not (second / ".work").exists(), "intermediate files are removed after success"
 
 
