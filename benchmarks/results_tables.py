@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/results_tables.py
 
-Rewrites README.md's results table (between the results markers) and docs/benchmarks.md's table of every
-bench run (between the bench-table markers). Every figure comes from a file that records its commit and
+Rewrites README.md's results table (between the results markers), and in docs/benchmarks.md the table of
+every bench run (bench-table markers) and the 8-GPU projection's sensitivity table (projection markers).
+Every figure comes from a file that records its commit and
 resolved config; a row whose file is missing says so instead of keeping an old number.
 """
 
@@ -38,6 +39,30 @@ def bench_table() -> str:
             lines.append(f"| {config} | {device} | {run['label']}{flag} | {run['threads_per_rank']} | "
                          f"{run['micro_batches']} | {run['words_per_sec']:,.0f} | {ratio} | {100 * run['mfu']:.1f}% | "
                          f"{run['peak_mem_mb']:,.0f} | {result['commit']} |")
+    return "\n".join(lines)
+
+
+SENSITIVITY_NAMES = {"gemm_flops": "large-GEMM rate", "lstm_flops": "LSTM step rate",
+                     "memory_bytes": "memory bandwidth", "link_bytes": "link bandwidth",
+                     "launch_s": "launch latency", "message_s": "message latency"}
+
+
+def projection_table() -> str:
+    """The paper's model, without and with attention, one row a halved or doubled constant."""
+    plain, attention = load("projection-h100-paper.json"), load("projection-h100-paper-attention.json")
+    lines = ["| constant | × | one GPU | 1F1B M=4 | 1F1B M=8 | wavefront | wavefront ÷ one GPU | with attention: "
+             "one GPU | wavefront | ÷ |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row, with_attention in zip(plain["sensitivity"], attention["sensitivity"]):
+        assert (row["constant"], row["factor"]) == (with_attention["constant"], with_attention["factor"])
+        stated = row["constant"] == "(as stated)"
+        bold = "**" if stated else ""
+        wave, ratio = f"{bold}{row['wavefront']:,.0f}{bold}", f"{bold}{row['wavefront'] / row['one_gpu']:.2f}×{bold}"
+        lines.append(f"| {SENSITIVITY_NAMES.get(row['constant'], row['constant'])} | {row['factor']:g} | "
+                     f"{row['one_gpu']:,.0f} | {row['1f1b_m4']:,.0f} | {row['1f1b_m8']:,.0f} | {wave} | {ratio} | "
+                     f"{with_attention['one_gpu']:,.0f} | {with_attention['wavefront']:,.0f} | "
+                     f"{with_attention['wavefront'] / with_attention['one_gpu']:.2f}× |")
+    lines.append(f"\nFrom `projection-h100-paper.json` (commit {plain['commit']}) and "
+                 f"`projection-h100-paper-attention.json` (commit {attention['commit']}).")
     return "\n".join(lines)
 
 
@@ -112,6 +137,8 @@ def rewrite(path: Path, start: str, end: str, table: str) -> None:
 
 def main() -> None:
     rewrite(REPO / "docs" / "benchmarks.md", "<!-- bench-table:start -->", "<!-- bench-table:end -->", bench_table())
+    rewrite(REPO / "docs" / "benchmarks.md", "<!-- projection:start -->", "<!-- projection:end -->",
+            projection_table())
     rewrite(REPO / "README.md", "<!-- results:start -->", "<!-- results:end -->", results_table())
 
 
