@@ -366,8 +366,11 @@ def restartable(prepared, tmp_path: Path, run_dir: Path, processes: int, *overri
             "-m", "dist_s2s", *train_arguments(prepared, run_dir, *overrides, *RESTARTED)]
 
 
-@pytest.mark.parametrize("processes, layout", [(2, ("--parallel.stages=2",)), (1, ())],
-                         ids=["wavefront-2-stages", "one-device"])
+@pytest.mark.parametrize("processes, layout", [
+    (2, ("--parallel.stages=2",)),
+    (4, ("--parallel.stages=2", "--parallel.data=2", "--parallel.schedule=1f1b", "--parallel.micro_batches=2")),
+    (1, ()),
+], ids=["wavefront-2-stages", "1f1b-2-stages-x-2-replicas", "one-device"])
 def test_a_rank_killed_under_torchrun_max_restarts_is_restarted_and_the_job_ends_bit_identical(
         prepared_tiny, tmp_path, processes, layout):
     """SIGKILL a worker mid-run: torchrun restarts the job's workers, which resume from the latest checkpoint by
