@@ -11,6 +11,7 @@ from dist_s2s.config import CorpusConfig, DataConfig
 from dist_s2s.data.passes import ShardPlan, encode_shard, read_counts, tokenize_chunk
 from dist_s2s.data.shards import read_table
 from dist_s2s.data.sources import chunks, input_pairs, scan_file
+from dist_s2s.data.subwords import CodecFiles
 from dist_s2s.data.vocab import BOS_ID, EOS_ID, UNK_ID, Vocab
 
 
@@ -45,7 +46,7 @@ def test_encoding_reverses_the_source_and_wraps_the_target(tmp_path):
     Vocab.build(Counter({"x": 1, "y": 1}), 6).save(tmp_path / "tgt.txt")
     piece = str(tmp_path / "work" / receipt["pieces"][0]["file"])
     record = encode_shard(ShardPlan("train", 1, "shards/s.arrow", ((piece, 0, 1),), keep_text=False),
-                          tmp_path / "src.txt", tmp_path / "tgt.txt", reverse_source=True, out_dir=tmp_path)
+                          CodecFiles("src.txt"), CodecFiles("tgt.txt"), reverse_source=True, out_dir=tmp_path)
     row = read_table(tmp_path / "shards" / "s.arrow").to_pylist()[0]
     assert row["src_ids"] == [UNK_ID, 5, 4], "c b a: c is not in the 2-word vocabulary"
     assert row["tgt_ids"] == [BOS_ID, 4, 5, EOS_ID]

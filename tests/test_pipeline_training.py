@@ -355,7 +355,7 @@ def test_a_rank_that_dies_or_hangs_makes_the_other_exit_with_a_clear_error(prepa
                 node.wait()
 
 
-RESTARTED = ("--train.max_steps=160", "--train.checkpoint_every=40", "--train.valid_every=100000",
+RESTARTED = ("--train.max_steps=100", "--train.checkpoint_every=40", "--train.valid_every=100000",
              "--train.log_every=20")
 
 
@@ -401,7 +401,7 @@ def test_a_rank_killed_under_torchrun_max_restarts_is_restarted_and_the_job_ends
     straight = tmp_path / "straight"
     succeeded(subprocess.run(restartable(prepared_tiny, tmp_path, straight, processes, *layout), capture_output=True,
                              text=True, timeout=300, env=launcher_env(tmp_path), cwd=tmp_path))
-    assert largest_difference(weights_at(run_dir, 160), weights_at(straight, 160)) == 0.0
+    assert largest_difference(weights_at(run_dir, 100), weights_at(straight, 100)) == 0.0
     run_id = (run_dir / "mlflow_run_id").read_text().strip()
     run = mlflow.MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}").get_run(run_id)
     assert run.data.tags["restarts"] == "1" and run.data.metrics["train/restart"] == 1
