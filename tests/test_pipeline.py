@@ -8,6 +8,8 @@ import sys
 
 import pytest
 from conftest import (
+    ADAM,
+    ADAM_STEP_TOLERANCE,
     REPO,
     assert_lengths_varied,
     assert_runs_under_nccl_rules,
@@ -22,11 +24,8 @@ from sync_counter import ONE_F_ONE_B_STAGE_BUDGET, WAVEFRONT_STEP_BUDGET
 pytestmark = pytest.mark.launcher
 
 
-OPTIMIZERS = {"sgd": ("--optim.optimizer=sgd",), "adam": ("--optim.optimizer=adam", "--optim.lr=0.003")}
-PARAMETER_TOLERANCE = {"sgd": 1e-5, "adam": 0.01 * 0.003}
-"""Adam divides each gradient element by its running RMS, so where an element's contributions nearly cancel
-the float32 summation order of a pipeline (relative 1e-3 there) moves its update by that fraction of a step,
-whatever the gradient's size: the bound is 1% of one step (lr). SGD's updates scale with the gradient."""
+OPTIMIZERS = {"sgd": ("--optim.optimizer=sgd",), "adam": ADAM}
+PARAMETER_TOLERANCE = {"sgd": 1e-5, "adam": ADAM_STEP_TOLERANCE}
 
 
 @pytest.mark.parametrize("stages, data, micro, layers, shards, dropout, attention, optimizer", [

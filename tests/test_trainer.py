@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port, tiny_config
+from conftest import ADAM, free_port, tiny_config
 
 from dist_s2s.errors import UserError
 from dist_s2s.train.checkpoint import CheckpointDir, load_checkpoint
@@ -75,7 +75,7 @@ def test_the_run_is_in_mlflow_with_params_metrics_and_artifacts(trained):
 
 
 @pytest.mark.parametrize("model", [("--model.dropout=0.0",), ("--model.dropout=0.3", "--model.attention=luong"),
-                                   ("--optim.optimizer=adam", "--optim.lr=0.003")],
+                                   ADAM],
                          ids=["paper", "dropout-attention", "adam"])
 def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(prepared_tiny, tmp_path, model):
     """With dropout too: a step's masks come from (seed, step, sentence, position), not a generator's stream.
@@ -96,7 +96,7 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(prepared_tiny,
 
 
 def test_adam_resumes_from_its_checkpointed_moments_not_from_fresh_ones(prepared_tiny, tmp_path):
-    adam = ("--optim.optimizer=adam", "--optim.lr=0.003", "--train.checkpoint_every=100")
+    adam = (*ADAM, "--train.checkpoint_every=100")
     stopped = tmp_path / "stopped"
     train(config_for(prepared_tiny, stopped, "--train.max_steps=5", *adam))
     saved = load_checkpoint(CheckpointDir(stopped / "checkpoints", 3).latest())
