@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from report import save_figure  # noqa: E402  (study/ beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -54,11 +55,7 @@ def plot(split: str, out: Path) -> Path:
     axes.set_title(f"Multi30k {split}: BLEU by source length, the same budget")
     axes.grid(alpha=0.3)
     axes.legend()
-    figure.tight_layout()
-    path = out / f"attention_{split}_bleu_by_length.png"
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, out / f"attention_{split}_bleu_by_length.png")
 
 
 def main() -> None:
