@@ -88,9 +88,7 @@ def bleu_table() -> str:
             lines.append(f"| {config} | {recipe} | `{name}` missing | | | | | |")
             continue
         result = load(name)
-        chosen = [r for r in result["results"] if r["beam"] == 12
-                  and r.get("length_penalty") in (None, result["resolved_config"]["eval"]["length_penalty"])]
-        split = {r["split"]: r for r in chosen}
+        split = chosen_by_split(result)
         valid = split.get("valid", {})
         cells = [f"{split[s]['bleu']:.2f} / {split[s]['chrf']:.2f}" for s in ("test2016", "test2017")]
         ppl = f"{valid['perplexity']:.2f}" if valid.get("perplexity") else ""
@@ -100,10 +98,16 @@ def bleu_table() -> str:
     return "\n".join(lines)
 
 
+def chosen_by_split(result: dict) -> dict[str, dict]:
+    """A BLEU file's evaluation of each split at the settings chosen on valid: beam 12, the config's length
+    penalty (or none recorded)."""
+    length_penalty = result["resolved_config"]["eval"]["length_penalty"]
+    return {r["split"]: r for r in result["results"] if r.get("beam") == 12
+            and r.get("chosen_on", "valid") == "valid" and r.get("length_penalty") in (None, length_penalty)}
+
+
 def _bleu(name: str, label: str, config: str, recipe: str) -> str:
-    result = load(name)
-    tests = {r["split"]: r for r in result["results"] if r["split"] in ("test2016", "test2017")
-             and r.get("chosen_on", "valid") == "valid" and r.get("beam") == 12}
+    tests = chosen_by_split(load(name))
     t16, t17 = tests["test2016"], tests["test2017"]
     return (f"| {label} (`{config}`: {recipe}), test2016 / test2017 | BLEU {t16['bleu']:.2f} / "
             f"{t17['bleu']:.2f}, chrF {t16['chrf']:.2f} / {t17['chrf']:.2f} | [evaluation](docs/evaluation.md), "
