@@ -1,5 +1,3 @@
-import sys
+from dist_s2s.cli import run
 
-from dist_s2s.cli import main
-
-sys.exit(main())
+run()
