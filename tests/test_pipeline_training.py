@@ -232,7 +232,8 @@ def test_adam_moments_travel_with_a_wavefront_checkpoint_through_convert_and_on_
     assert largest_difference(weights_at(one_device, 6), weights_at(reference, 6)) < ADAM_STEP_TOLERANCE
 
 
-PAPER_LAYOUT = ("--model.num_layers=4", "--model.softmax_shards=4", "--model.attention=luong", "--train.max_steps=4")
+PAPER_LAYOUT = ("--model.num_layers=4", "--model.softmax_shards=4", "--model.attention=luong", "--train.max_steps=4",
+                "--train.valid_every=4")  # one validation, at the end: 8 stages validate slowly on 2 cores
 
 
 @pytest.fixture(scope="module")
