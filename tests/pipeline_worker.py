@@ -83,10 +83,10 @@ def main() -> None:
         reference_norms.append(float(clip_gradients(list(reference.parameters()), config.optim.max_grad_norm)))
         optimizer.step()
         reference_losses.append(float(nll.detach()) / batch.step_sentences)
-    names = {id(p): name for name, p in model.named_parameters()}
     expected = dict(reference.named_parameters())
-    local = [names[id(p)] for p in engine.module.parameters()]
-    difference = max(float((p.detach().cpu() - expected[names[id(p)]]).abs().max()) for p in engine.module.parameters())
+    local = model.names_of(engine.module.parameters())
+    difference = max(float((p.detach().cpu() - expected[name]).abs().max())
+                     for name, p in zip(local, engine.module.parameters()))
     rank = int(os.environ["RANK"])
     from dist_s2s.parallel.stage_checkpoint import stage_state
     from dist_s2s.train.checkpoint import write_part

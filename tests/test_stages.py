@@ -60,6 +60,14 @@ def test_units_are_dealt_to_stages_in_order_with_the_embeddings_on_the_first(sta
     assert stage_boundaries(4, 4, stages) == parts
 
 
+def test_the_units_hold_the_models_own_parameters_which_the_model_names():
+    model = small_model(shards=3, attention="luong")
+    units = pipeline_units(model)
+    names = [name for unit in units for name in model.names_of(unit.parameters())]
+    assert sorted(names) == sorted(name for name, _ in model.named_parameters())
+    assert model.names_of(units[-1].parameters()) == ["softmax.2.weight", "softmax.2.bias"]
+
+
 def test_more_stages_than_layers_and_shards_is_an_error_naming_the_keys():
     with pytest.raises(UserError, match=r"parallel.stages=9 exceeds the 4 LSTM layers \+ 4 softmax shards"):
         stage_boundaries(4, 4, 9)

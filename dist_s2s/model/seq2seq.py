@@ -10,6 +10,7 @@ without input feeding.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -143,6 +144,12 @@ class Seq2Seq(nn.Module):
         hidden, _ = self.decode(batch.tgt_in, self.encode(batch.src, batch.src_lengths, dropout), dropout)
         nll = self.token_nll(hidden.flatten(0, 1), batch.tgt_out.flatten())
         return nll.sum(), (batch.tgt_out != PAD_ID).sum()
+
+    def names_of(self, parameters: Iterable[nn.Parameter]) -> list[str]:
+        """This model's names of some of its own parameter objects (a pipeline stage's, an optimizer's):
+        checkpoints keep weights and optimizer state under these names."""
+        names = {id(p): name for name, p in self.named_parameters()}
+        return [names[id(p)] for p in parameters]
 
     def unsharded_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights with the softmax as one `softmax.weight` [V, H] and `softmax.bias` [V]:

@@ -25,8 +25,8 @@ from dist_s2s.train.optimizer import MOMENTS
 
 def by_model_name(model: Seq2Seq, parameters) -> dict[str, torch.Tensor]:
     """Copies of `parameters` (the model's own objects, as stages share them) under the model's names."""
-    names = {id(p): name for name, p in model.named_parameters()}
-    return {names[id(p)]: p.detach().clone() for p in parameters}
+    parameters = list(parameters)
+    return {name: p.detach().clone() for name, p in zip(model.names_of(parameters), parameters)}
 
 
 def stage_state(engine, model: Seq2Seq) -> dict[str, torch.Tensor]:

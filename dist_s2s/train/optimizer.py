@@ -17,7 +17,7 @@ from torch import nn
 
 from dist_s2s.config import OptimConfig
 from dist_s2s.errors import UserError
-from dist_s2s.model.seq2seq import merge_softmax_shards
+from dist_s2s.model.seq2seq import Seq2Seq, merge_softmax_shards
 
 MOMENTS = {"sgd": (), "adam": ("exp_avg", "exp_avg_sq")}
 """The per-parameter tensors each optimizer keeps (each the shape of its parameter)."""
@@ -35,24 +35,23 @@ def kind_of(optimizer: torch.optim.Optimizer) -> str:
     return "adam" if isinstance(optimizer, torch.optim.Adam) else "sgd"
 
 
-def optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
+def optimizer_state(optimizer: torch.optim.Optimizer, model: Seq2Seq) -> dict[str, Any]:
     """What `optimizer` keeps for its parameters (the model's own objects), under the model's names:
     {"kind", "step", <moment>: {name: tensor}}; the step is None before the first step."""
     kind = kind_of(optimizer)
-    names = {id(p): name for name, p in model.named_parameters()}
     state: dict[str, Any] = {"kind": kind, "step": None, **{moment: {} for moment in MOMENTS[kind]}}
     for group in optimizer.param_groups:
-        for parameter in group["params"]:
+        for parameter, name in zip(group["params"], model.names_of(group["params"])):
             kept = optimizer.state.get(parameter)
             if not kept:
                 continue
             state["step"] = int(kept["step"])
             for moment in MOMENTS[kind]:
-                state[moment][names[id(parameter)]] = kept[moment].detach().clone()
+                state[moment][name] = kept[moment].detach().clone()
     return state
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, state: dict[str, Any] | None,
+def load_optimizer_state(optimizer: torch.optim.Optimizer, model: Seq2Seq, state: dict[str, Any] | None,
                          path: Path) -> None:
     """Give `optimizer` the state a checkpoint (`path`) holds for its parameters, the model's names sharded as
     `model` shards them. None (a checkpoint from before optimizer state was kept) is plain SGD's empty state."""
@@ -63,13 +62,11 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, sta
                         f"optim.optimizer={kind}: resume with the optimizer it was trained with")
     if not MOMENTS[kind] or state["step"] is None:
         return
-    names = {id(p): name for name, p in model.named_parameters()}
     moments = {moment: model.shard_softmax(state[moment]) for moment in MOMENTS[kind]}
     restored: dict[int, dict[str, Any]] = {}
     index = 0
     for group in optimizer.param_groups:
-        for parameter in group["params"]:
-            name = names[id(parameter)]
+        for name in model.names_of(group["params"]):
             if name not in moments[MOMENTS[kind][0]]:
                 raise UserError(f"checkpoint {path} holds no optimizer state for {name}: a stage part is lost?")
             restored[index] = {"step": torch.tensor(float(state["step"])),
