@@ -8,11 +8,11 @@ Every config key can be overridden; `dist-s2s <command> --help` lists them all.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import sys
 from collections.abc import Callable
 
+from dist_s2s.collector import collect_less_often, leave_without_collecting
 from dist_s2s.config import Config, describe_options, load_config
 from dist_s2s.errors import Terminated, UserError
 
@@ -282,11 +282,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """Console-script entry point, and `python -m dist_s2s`'s: the command, with the garbage collector set for
-    a process that imports torch, DeepSpeed and MLflow (docs/platform.md, "Process start and exit")."""
-    # Importing those leaves hundreds of thousands of long-lived objects; at the default thresholds the
-    # collector walks them again and again while they load. Cycles are still collected, less often.
-    gc.set_threshold(100_000, 50, 100)
+    """Console-script entry point, and `python -m dist_s2s`'s (the collector set as `collector.py` says)."""
+    collect_less_often()
     code = main()
-    gc.freeze()  # and at exit, no last full collection over them: nothing left needs it
+    leave_without_collecting()
     sys.exit(code)

@@ -18,6 +18,7 @@ import torch
 from dist_s2s.bench.flops import training_flops
 from dist_s2s.bench.measure import peak_memory_mb, synchronize
 from dist_s2s.bench.plain import PlainSeq2Seq
+from dist_s2s.collector import collect_less_often, leave_without_collecting
 from dist_s2s.config import load_config
 from dist_s2s.data.loader import BatchLoader
 from dist_s2s.device import pick_device
@@ -92,4 +93,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    collect_less_often()  # as in a training process
     main()
+    leave_without_collecting()
