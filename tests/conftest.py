@@ -27,7 +27,7 @@ from dist_s2s.parallel.wavefront.transport import LocalTransport
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DIST_S2S_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
 """The real corpora (../shared/data beside the repository; DIST_S2S_SHARED_DATA names another place)."""
-CORPORA_FIXTURES = {"prepared_tiny", "prepared_tiny_subwords", "trained_tiny", "ray_local"}
+CORPORA_FIXTURES = {"prepared_tiny", "prepared_tiny_forward", "prepared_tiny_subwords", "trained_tiny", "ray_local"}
 CORPORA_NAMES = ("SHARED_DATA", "tiny_config", "prepared", "corpus_args")
 
 
@@ -84,6 +84,16 @@ def prepared_tiny(ray_local, tmp_path_factory) -> Config:
     from dist_s2s.data.prepare import prepare
 
     config = tiny_config(tmp_path_factory.mktemp("tiny"))
+    prepare(config)
+    return config
+
+
+@pytest.fixture(scope="session")
+def prepared_tiny_forward(ray_local, tmp_path_factory) -> Config:
+    """The tiny config prepared once with the source in its own order (data.reverse_source=false)."""
+    from dist_s2s.data.prepare import prepare
+
+    config = tiny_config(tmp_path_factory.mktemp("tiny-forward"), "--data.reverse_source=false")
     prepare(config)
     return config
 

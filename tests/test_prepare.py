@@ -89,10 +89,8 @@ def test_same_inputs_and_config_give_byte_identical_output_whatever_the_chunking
     assert not (second / ".work").exists(), "intermediate files are removed after success"
 
 
-def test_forward_source_when_reversal_is_off(ray_local, prepared_tiny, tmp_path):
-    forward = tiny_config(tmp_path, "--data.reverse_source=false")
-    prepare(forward)
-    reversed_dir, forward_dir = Path(prepared_tiny.data.out_dir), Path(forward.data.out_dir)
+def test_forward_source_when_reversal_is_off(prepared_tiny, prepared_tiny_forward):
+    reversed_dir, forward_dir = Path(prepared_tiny.data.out_dir), Path(prepared_tiny_forward.data.out_dir)
     path = next(s.path for s in load_manifest(forward_dir).shards if s.split == "train")
     assert read_table(forward_dir / path)["src_ids"].to_pylist()[:50] == \
         [ids[::-1] for ids in read_table(reversed_dir / path)["src_ids"].to_pylist()[:50]]

@@ -11,16 +11,18 @@ from conftest import REPO, SHARED_DATA
 
 pytestmark = pytest.mark.launcher
 
-ROWS = {  # the study's row shapes, on tiny models; the reversed ones read the session's prepared data
+ROWS = {  # the study's row shapes, on tiny models, reading the session's prepared data
     "reversed-1layer": "model: {num_layers: 1}\ndata: {out_dir: REVERSED}\n",
     "reversed-2layer": "model: {num_layers: 2}\ndata: {out_dir: REVERSED}\n",
     "forward-1layer": "model: {num_layers: 1}\ndata: {reverse_source: false, out_dir: FORWARD}\n",
 }
 
 
-def test_the_study_driver_trains_selects_on_valid_evaluates_ensembles_and_rescores(prepared_tiny, tmp_path):
+def test_the_study_driver_trains_selects_on_valid_evaluates_ensembles_and_rescores(prepared_tiny, prepared_tiny_forward,
+                                                                                    tmp_path):
+    forward, reversed_ = prepared_tiny_forward.data.out_dir, prepared_tiny.data.out_dir
     for row, body in ROWS.items():
-        body = body.replace("FORWARD", str(tmp_path / "forward-data")).replace("REVERSED", prepared_tiny.data.out_dir)
+        body = body.replace("FORWARD", forward).replace("REVERSED", reversed_)
         (tmp_path / f"{row}.yaml").write_text(f"base: {REPO / 'configs' / 'tiny.yaml'}\n{body}")
     (tmp_path / "study.yaml").write_text(
         f"run_dir: {tmp_path / 'study'}\nrows: [reversed-1layer, reversed-2layer, forward-1layer]\n"
