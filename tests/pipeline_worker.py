@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from sync_counter import SyncCounter
 
+from dist_s2s.collector import collect_less_often, leave_without_collecting
 from dist_s2s.config import load_config
 from dist_s2s.data.loader import BatchLoader
 from dist_s2s.model.dropout import step_dropout
@@ -148,4 +149,6 @@ class PostedOnTheWorldGroup(StageMessages):
 
 
 if __name__ == "__main__":
+    collect_less_often()  # as a dist-s2s process runs
     main()
+    leave_without_collecting()
