@@ -27,8 +27,9 @@ MODELS = {"no attention (`multi30k.yaml`)": "bleu-multi30k-main.json",
 
 
 def by_length(name: str, split: str) -> list[dict]:
+    """A result file's BLEU-by-source-length bins of `split` that hold sentences."""
     result = json.loads((RESULTS / name).read_text())
-    return next(r["bleu_by_length"] for r in result["results"] if r["split"] == split)
+    return [b for b in next(r["bleu_by_length"] for r in result["results"] if r["split"] == split) if b["sentences"]]
 
 
 def label(bin_: dict) -> str:
@@ -36,7 +37,7 @@ def label(bin_: dict) -> str:
 
 
 def table(split: str) -> str:
-    bins = {model: [b for b in by_length(name, split) if b["sentences"]] for model, name in MODELS.items()}
+    bins = {model: by_length(name, split) for model, name in MODELS.items()}
     (none, none_bins), (attention, attention_bins) = bins.items()
     lines = [f"| source words ({split}) | sentences | {none} | {attention} | gain |", "|---|---:|---:|---:|---:|"]
     for plain, attends in zip(none_bins, attention_bins):
@@ -48,7 +49,7 @@ def table(split: str) -> str:
 def plot(split: str, out: Path) -> Path:
     figure, axes = plt.subplots(figsize=(6, 3.6))
     for model, name in MODELS.items():
-        bins = [b for b in by_length(name, split) if b["sentences"]]
+        bins = by_length(name, split)
         axes.plot([label(b) for b in bins], [b["bleu"] for b in bins], marker="o", label=model.split(" (")[0])
     axes.set_xlabel("source sentence length (words)")
     axes.set_ylabel("BLEU")
