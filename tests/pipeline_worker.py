@@ -49,7 +49,8 @@ def main() -> None:
     model = Seq2Seq(config.model, vocab["src_size"], vocab["tgt_size"])
     torch.manual_seed(config.train.seed)
     reference = Seq2Seq(config.model, vocab["src_size"], vocab["tgt_size"])
-    engine = pipeline_steps(config, model).engine
+    pipeline = pipeline_steps(config, model)
+    engine = pipeline.engine
     if os.environ.get("POSTED_ON_THE_WORLD_GROUP"):  # the negative case of the NCCL-rules check
         engine.messages.__class__ = PostedOnTheWorldGroup
     replica = engine.grid.data_parallel_id
@@ -106,6 +107,7 @@ def main() -> None:
         "device": str(engine.device), "backend": torch.distributed.get_backend(), "syncs": syncs, "where": where,
     }))
     more_messages(engine, config, next(pipeline_batches))
+    pipeline.close()  # leave together, as a finished run does
 
 
 def more_messages(engine, config, batch) -> None:
