@@ -33,7 +33,8 @@ CORPORA_NAMES = ("SHARED_DATA", "tiny_config", "prepared", "corpus_args")
 
 def pytest_collection_modifyitems(config, items):
     """`corpora` on every test that reads the real corpora: through a fixture that prepares them, or by naming
-    them in its body or its module's helpers; skipped, with the reason, where they are missing."""
+    them in its body or its module's helpers; skipped, with the reason, where they are missing. An `alone` test
+    is skipped in a pytest-xdist worker, where another worker's processes would see what it does."""
     import inspect
 
     missing = not (SHARED_DATA / "multi30k").is_dir()
@@ -47,10 +48,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.corpora)
             if missing:
                 item.add_marker(skip)
+        if item.get_closest_marker("alone") and os.environ.get("PYTEST_XDIST_WORKER") is not None:
+            item.add_marker(pytest.mark.skip(reason="changes what every process on the machine sees: run it by "
+                                                    "itself, `pytest -m alone tests` (tests/README.md)"))
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # in-process Ray on 127.0.0.1, as the CLI has it
+if os.environ.get("PYTEST_XDIST_WORKER") is not None:  # two workers on 2 cores: one thread each, and each command
+    os.environ["OMP_NUM_THREADS"] = "1"                 # they start, or a worker's two threads wait on a preempted one
+    torch.set_num_threads(1)
 
 
 def tiny_config(tmp_path: Path, *overrides: str) -> Config:
@@ -72,40 +79,58 @@ def start_local_ray():
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One in-process Ray for the whole session: starting it costs seconds."""
+    """One in-process Ray for the whole session (a worker's, under pytest-xdist): starting it costs seconds."""
     ray = start_local_ray()
     yield ray
     ray.shutdown()
 
 
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """The directory `name`, filled by `make(directory)` once for the whole run: under pytest-xdist the first
+    worker to ask makes it while the others wait on a lock, then all read the same files."""
+    from filelock import FileLock
+
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        directory = tmp_path_factory.mktemp(name)
+        make(directory)
+        return directory
+    shared = tmp_path_factory.getbasetemp().parent  # this run's, shared by its workers
+    directory, done = shared / name, shared / f"{name}.done"
+    with FileLock(shared / f"{name}.lock"):
+        if not done.exists():
+            directory.mkdir()
+            make(directory)
+            done.touch()
+    return directory
+
+
+def prepared_once(request, tmp_path_factory, name: str, *overrides: str) -> Config:
+    """The tiny config with `overrides`, prepared once for the run (Ray started only by whoever prepares)."""
+    from dist_s2s.data.prepare import prepare
+
+    def make(directory: Path) -> None:
+        request.getfixturevalue("ray_local")
+        prepare(tiny_config(directory, *overrides))
+
+    return tiny_config(made_once(tmp_path_factory, name, make), *overrides)
+
+
 @pytest.fixture(scope="session")
-def prepared_tiny(ray_local, tmp_path_factory) -> Config:
+def prepared_tiny(request, tmp_path_factory) -> Config:
     """The tiny config prepared once (Multi30k train/valid/test2016)."""
-    from dist_s2s.data.prepare import prepare
-
-    config = tiny_config(tmp_path_factory.mktemp("tiny"))
-    prepare(config)
-    return config
+    return prepared_once(request, tmp_path_factory, "tiny")
 
 
 @pytest.fixture(scope="session")
-def prepared_tiny_forward(ray_local, tmp_path_factory) -> Config:
+def prepared_tiny_forward(request, tmp_path_factory) -> Config:
     """The tiny config prepared once with the source in its own order (data.reverse_source=false)."""
-    from dist_s2s.data.prepare import prepare
-
-    config = tiny_config(tmp_path_factory.mktemp("tiny-forward"), "--data.reverse_source=false")
-    prepare(config)
-    return config
+    return prepared_once(request, tmp_path_factory, "tiny-forward", "--data.reverse_source=false")
 
 
 @pytest.fixture(scope="session")
-def prepared_tiny_subwords(ray_local, tmp_path_factory) -> Config:
+def prepared_tiny_subwords(request, tmp_path_factory) -> Config:
     """The tiny config prepared once with SentencePiece vocabularies (data.vocabulary=sentencepiece)."""
-    from dist_s2s.data.prepare import prepare
-
-    config = tiny_config(tmp_path_factory.mktemp("tiny-subwords"), "--data.vocabulary=sentencepiece")
-    prepare(config)
-    return config
+    return prepared_once(request, tmp_path_factory, "tiny-subwords", "--data.vocabulary=sentencepiece")
 
 
 @pytest.fixture(scope="session")
@@ -117,14 +142,20 @@ def trained_tiny(prepared_tiny, tmp_path_factory):
     from dist_s2s.cli import main
     from dist_s2s.train.checkpoint import CheckpointDir
 
-    run_dir = tmp_path_factory.mktemp("translate") / "run"
-    args = ["--config", str(REPO / "configs" / "tiny.yaml"), f"--data.root={SHARED_DATA}",
-            f"--data.out_dir={prepared_tiny.data.out_dir}", f"--train.run_dir={run_dir}"]
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert main(["train", *args, "--train.max_steps=30", "--eval.after_training=true", "--eval.beam_size=2"]) == 0
-    checkpoint = str(CheckpointDir(run_dir / "checkpoints", 3).latest())
-    return args, checkpoint, printed.getvalue()
+    def make(directory: Path) -> None:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert main(["train", *arguments(directory), "--train.max_steps=30", "--eval.after_training=true",
+                         "--eval.beam_size=2"]) == 0
+        (directory / "stdout.txt").write_text(printed.getvalue())
+
+    def arguments(directory: Path) -> list[str]:
+        return ["--config", str(REPO / "configs" / "tiny.yaml"), f"--data.root={SHARED_DATA}",
+                f"--data.out_dir={prepared_tiny.data.out_dir}", f"--train.run_dir={directory / 'run'}"]
+
+    directory = made_once(tmp_path_factory, "translate", make)
+    checkpoint = str(CheckpointDir(directory / "run" / "checkpoints", 3).latest())
+    return arguments(directory), checkpoint, (directory / "stdout.txt").read_text()
 
 
 def write_corpus(root: Path, prefix: str, src: bytes | str, tgt: bytes | str) -> None:

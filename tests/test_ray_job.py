@@ -28,6 +28,7 @@ def readme_recipe() -> str:
     return block
 
 
+@pytest.mark.alone  # `ray stop` ends every Ray on the machine
 def test_the_cluster_readmes_one_machine_recipe_runs_as_written(ray_local, tmp_path):
     """The recipe's lines, unchanged, in a shell whose working directory looks like a checkout beside
     ../shared/data (links to the real ones) and whose home holds the generated token. `ray stop` ends every
