@@ -34,7 +34,9 @@ CORPORA_NAMES = ("SHARED_DATA", "tiny_config", "prepared", "corpus_args")
 def pytest_collection_modifyitems(config, items):
     """`corpora` on every test that reads the real corpora: through a fixture that prepares them, or by naming
     them in its body or its module's helpers; skipped, with the reason, where they are missing. An `alone` test
-    is skipped in a pytest-xdist worker, where another worker's processes would see what it does."""
+    is skipped in a pytest-xdist worker, where another worker's processes would see what it does. Under
+    pytest-xdist the suites that start launchers come first, each kept whole: the long tests are handed out
+    early and the short ones even out the two workers' ends."""
     import inspect
 
     missing = not (SHARED_DATA / "multi30k").is_dir()
@@ -51,6 +53,9 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("alone") and os.environ.get("PYTEST_XDIST_WORKER") is not None:
             item.add_marker(pytest.mark.skip(reason="changes what every process on the machine sees: run it by "
                                                     "itself, `pytest -m alone tests` (tests/README.md)"))
+    if os.environ.get("PYTEST_XDIST_WORKER") is not None:  # every worker collects the same order
+        launches = {item.path for item in items if item.get_closest_marker("launcher")}
+        items.sort(key=lambda item: item.path not in launches)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -86,22 +91,26 @@ def ray_local():
 
 
 def made_once(tmp_path_factory, name: str, make) -> Path:
-    """The directory `name`, filled by `make(directory)` once for the whole run: under pytest-xdist the first
-    worker to ask makes it while the others wait on a lock, then all read the same files."""
+    """A directory `name` of this session's own, filled by `make(directory)` once for the whole run: under
+    pytest-xdist the first worker to ask makes it while the other waits on a lock, and each worker takes its
+    own copy, so that what a worker's tests write there (evaluations, MLflow runs) meets only its own tests."""
+    import shutil
+
     from filelock import FileLock
 
+    own = tmp_path_factory.mktemp(name)
     if os.environ.get("PYTEST_XDIST_WORKER") is None:
-        directory = tmp_path_factory.mktemp(name)
-        make(directory)
-        return directory
-    shared = tmp_path_factory.getbasetemp().parent  # this run's, shared by its workers
-    directory, done = shared / name, shared / f"{name}.done"
+        make(own)
+        return own
+    shared = tmp_path_factory.getbasetemp().parent  # this run's, above its workers' own
+    made, done = shared / name, shared / f"{name}.done"
     with FileLock(shared / f"{name}.lock"):
         if not done.exists():
-            directory.mkdir()
-            make(directory)
+            made.mkdir()
+            make(made)
             done.touch()
-    return directory
+    shutil.copytree(made, own, symlinks=True, dirs_exist_ok=True)
+    return own
 
 
 def prepared_once(request, tmp_path_factory, name: str, *overrides: str) -> Config:

@@ -54,7 +54,6 @@ def test_prepare_end_to_end_through_the_cli(tmp_path):
     assert (tmp_path / "manifest.json").is_file()
 
 
-@pytest.mark.alone  # writes the pointer every `ray` command on the machine reads
 def test_in_process_prepare_ignores_a_cluster_that_ray_start_left_behind(tmp_path):
     """`ray.init()` would try to join the cluster in /tmp/ray/ray_current_cluster, even a dead one."""
     pointer = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
