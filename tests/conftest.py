@@ -35,8 +35,8 @@ def pytest_collection_modifyitems(config, items):
     """`corpora` on every test that reads the real corpora: through a fixture that prepares them, or by naming
     them in its body or its module's helpers; skipped, with the reason, where they are missing. An `alone` test
     is skipped in a pytest-xdist worker, where another worker's processes would see what it does. Under
-    pytest-xdist the suites that start launchers come first, each kept whole: the long tests are handed out
-    early and the short ones even out the two workers' ends."""
+    pytest-xdist the suites that start launchers come first, each kept whole: handed out a test at a time
+    (--maxschedchunk 1), the long tests start early on both workers and the short ones even out their ends."""
     import inspect
 
     missing = not (SHARED_DATA / "multi30k").is_dir()
