@@ -47,9 +47,9 @@ def _train(config: Config, args: argparse.Namespace) -> None:
 
     attempt = restart_attempt()  # torchrun restarted its workers: continue from the latest checkpoint
     if launched_as_ranks():
+        join_process_group(config)  # the first import of DeepSpeed (deepspeed_hooks.import_deepspeed)
         from dist_s2s.parallel.schedules import pipeline_steps
 
-        join_process_group(config)
         summary = train(config, pipeline_steps, prepare_missing=False, attempt=attempt)
     else:
         from dist_s2s.train.step import require_one_process

@@ -58,9 +58,10 @@ def main() -> None:
     model = model_class(config.model, config.data.src_vocab_size, config.data.tgt_vocab_size)
     if args.mode == "pipeline":
         from dist_s2s.parallel.process_group import join_process_group
+
+        join_process_group(config)  # the first import of DeepSpeed (deepspeed_hooks.import_deepspeed)
         from dist_s2s.parallel.schedules import pipeline_steps
 
-        join_process_group(config)
         steps = pipeline_steps(config, model)
         device, rank = steps.device, torch.distributed.get_rank()
     else:

@@ -10,12 +10,15 @@ another version or lacks one of them. Two bugs of 0.19.8 are worked around here 
   over the pipeline group (data-parallel gradients are already averaged by then);
 - `_allocate_or_extend_buffers` keys received buffers by tuple position only, so a float gradient can be
   written into an int64 buffer of the same position: keyed by (position, dtype) here.
+And `import deepspeed` loads its autotuner, which imports MLflow whether or not anything tracks:
+`import_deepspeed` keeps that import out of every rank's start.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+import sys
 import time
 import types
 from datetime import timedelta
@@ -27,6 +30,19 @@ from dist_s2s.config import Config
 from dist_s2s.train.clipping import rescale, squared_norm
 
 WRITTEN_AGAINST = "0.19.8"
+
+
+def import_deepspeed() -> None:
+    """Import DeepSpeed with `import mlflow` failing meanwhile. Its autotuner, which dist-s2s never runs,
+    imports MLflow when DeepSpeed loads (`has_mlflow`, in a try), a second or two of every pipeline rank's
+    start; a rank that tracks (rank 0) imports MLflow itself when its run starts, as one device does."""
+    if "deepspeed" in sys.modules or "mlflow" in sys.modules:
+        return
+    sys.modules["mlflow"] = None  # `import mlflow` raises ImportError until the entry is gone
+    try:
+        import deepspeed  # noqa: F401
+    finally:
+        del sys.modules["mlflow"]
 
 PRIVATE_NAMES = (
     ("deepspeed.pipe", "PipelineModule", "_partition_layers"),

@@ -15,7 +15,7 @@ import torch
 from dist_s2s.config import Config
 from dist_s2s.errors import UserError
 from dist_s2s.parallel import comm_log
-from dist_s2s.parallel.deepspeed_hooks import without_shared_memory_op
+from dist_s2s.parallel.deepspeed_hooks import import_deepspeed, without_shared_memory_op
 
 
 def launched_as_ranks() -> bool:
@@ -31,11 +31,13 @@ def restart_attempt() -> int:
 
 def join_process_group(config: Config) -> None:
     """gloo on CPU, NCCL on GPUs (DeepSpeed's accelerator picks); every wait bounded by parallel.timeout_s.
-    DeepSpeed's CPU shared-memory all-reduce is switched off (`deepspeed_hooks.without_shared_memory_op`)."""
+    DeepSpeed's CPU shared-memory all-reduce is switched off (`deepspeed_hooks.without_shared_memory_op`).
+    The first import of DeepSpeed in a rank: call it before importing the schedules."""
     check_world_size(config, int(os.environ["WORLD_SIZE"]))  # before joining: a wrong count would wait, not fail
     nccl_errors_raise()
     device = rank_device()
     comm_log.record_if_asked(str(device))
+    import_deepspeed()  # first, so that DeepSpeed loads without its autotuner's MLflow import
     import deepspeed
     from deepspeed.utils import logger as deepspeed_logger
 
