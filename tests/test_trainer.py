@@ -195,3 +195,21 @@ def test_a_checkpoints_gpu_rng_states_are_restored_for_the_gpus_this_host_has(mo
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     trainer.restore_cuda_rng([torch.tensor([7])])  # no IndexError on a host without the GPU
     assert restored == [(7, 0)]
+
+
+def test_a_process_killed_while_noting_its_step_leaves_the_previous_note_whole(tmp_path, monkeypatch):
+    """A restarted attempt reads the last step the failed one noted (`train/steps_repeated`); a kill between
+    truncating and writing the note must not leave it empty (it did: the restart ended in a ValueError)."""
+    from dist_s2s.train import trainer
+
+    trainer._note_step(tmp_path, 40)
+
+    def killed_after_truncating(self, *args, **kwargs):
+        open(self, "w").close()
+        raise KeyboardInterrupt  # stands in for the SIGKILL that lands between truncate and write
+
+    monkeypatch.setattr(Path, "write_text", killed_after_truncating)
+    with pytest.raises(KeyboardInterrupt):
+        trainer._note_step(tmp_path, 41)
+    monkeypatch.undo()
+    assert (tmp_path / trainer.PROGRESS_FILE).read_text() == "40\n"

@@ -239,7 +239,10 @@ PROGRESS_FILE = "last_step"
 
 
 def _note_step(run_dir: Path, step: int) -> None:
-    (run_dir / PROGRESS_FILE).write_text(f"{step}\n")
+    """Through a rename: a process killed while writing leaves the previous note whole, never an empty one."""
+    temporary = run_dir / f"{PROGRESS_FILE}.tmp"
+    temporary.write_text(f"{step}\n")
+    os.replace(temporary, run_dir / PROGRESS_FILE)
 
 
 def _report_restart(run: Run, attempt: int) -> None:
