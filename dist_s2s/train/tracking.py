@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dist_s2s.config import Config
+from dist_s2s.data.shards import write_atomically
 from dist_s2s.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class Tracker:
         else:
             self.run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
             self.created = True
-            id_file.write_text(self.run_id + "\n")
+            write_atomically(id_file, f"{self.run_id}\n".encode())  # a kill here leaves no empty id to resume
             params = [Param(k, v[:6000]) for k, v in flatten(config.to_dict()).items()]
             for start in range(0, len(params), 100):
                 client.log_batch(self.run_id, params=params[start:start + 100])
