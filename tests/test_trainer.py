@@ -204,11 +204,16 @@ def test_a_process_killed_while_noting_its_step_leaves_the_previous_note_whole(t
 
     trainer._note_step(tmp_path, 40)
 
-    def killed_after_truncating(self, *args, **kwargs):
-        open(self, "w").close()
+    real_open = open
+
+    def killed_after_truncating(file, mode="r", *args, **kwargs):
+        if "w" not in mode:
+            return real_open(file, mode, *args, **kwargs)
+        real_open(file, "w").close()
         raise KeyboardInterrupt  # stands in for the SIGKILL that lands between truncate and write
 
-    monkeypatch.setattr(Path, "write_text", killed_after_truncating)
+    monkeypatch.setattr("builtins.open", killed_after_truncating)  # whichever way the note is written
+    monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: killed_after_truncating(self, "w"))
     with pytest.raises(KeyboardInterrupt):
         trainer._note_step(tmp_path, 41)
     monkeypatch.undo()

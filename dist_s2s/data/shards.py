@@ -60,16 +60,18 @@ def write_table(table: pa.Table, path: Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file, flush it to disk, then rename it over `path`.
+def write_atomically(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write to a temporary file, flush it to disk (unless not `durable`), then rename it over `path`.
 
-    Readers see the old file or the whole new one, never a part, however the writer dies.
+    Readers see the old file or the whole new one, never a part, however the writer dies; `durable=False`
+    skips the fsync for a note rewritten every step, which needs to survive a killed process, not a lost disk.
     """
     temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
     with open(temporary, "wb") as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
     os.replace(temporary, path)
 
 

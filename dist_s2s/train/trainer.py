@@ -30,6 +30,7 @@ from dist_s2s.config import Config
 from dist_s2s.data.feed import BatchFeed
 from dist_s2s.data.loader import BatchLoader
 from dist_s2s.data.manifest import MANIFEST, Manifest, current_manifest
+from dist_s2s.data.shards import write_atomically
 from dist_s2s.errors import Terminated, UserError
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.progress import Progress
@@ -240,9 +241,7 @@ PROGRESS_FILE = "last_step"
 
 def _note_step(run_dir: Path, step: int) -> None:
     """Through a rename: a process killed while writing leaves the previous note whole, never an empty one."""
-    temporary = run_dir / f"{PROGRESS_FILE}.tmp"
-    temporary.write_text(f"{step}\n")
-    os.replace(temporary, run_dir / PROGRESS_FILE)
+    write_atomically(run_dir / PROGRESS_FILE, f"{step}\n".encode(), durable=False)
 
 
 def _report_restart(run: Run, attempt: int) -> None:
