@@ -29,6 +29,8 @@ SHARED_DATA = Path(os.environ.get("DIST_S2S_SHARED_DATA", REPO.parent / "shared"
 """The real corpora (../shared/data beside the repository; DIST_S2S_SHARED_DATA names another place)."""
 CORPORA_FIXTURES = {"prepared_tiny", "prepared_tiny_forward", "prepared_tiny_subwords", "trained_tiny", "ray_local"}
 CORPORA_NAMES = ("SHARED_DATA", "tiny_config", "prepared", "corpus_args")
+IN_A_WORKER = os.environ.get("PYTEST_XDIST_WORKER") is not None
+"""This process is a pytest-xdist worker (xdist sets the variable before conftest.py is imported)."""
 
 
 def pytest_collection_modifyitems(config, items):
@@ -50,18 +52,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.corpora)
             if missing:
                 item.add_marker(skip)
-        if item.get_closest_marker("alone") and os.environ.get("PYTEST_XDIST_WORKER") is not None:
+        if item.get_closest_marker("alone") and IN_A_WORKER:
             item.add_marker(pytest.mark.skip(reason="changes what every process on the machine sees: run it by "
                                                     "itself, `pytest -m alone tests` (tests/README.md)"))
-    if os.environ.get("PYTEST_XDIST_WORKER") is not None:  # every worker collects the same order
+    if IN_A_WORKER:  # every worker collects the same order
         launches = {item.path for item in items if item.get_closest_marker("launcher")}
         items.sort(key=lambda item: item.path not in launches)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # in-process Ray on 127.0.0.1, as the CLI has it
-if os.environ.get("PYTEST_XDIST_WORKER") is not None:  # two workers on 2 cores: one thread each, and each command
-    os.environ["OMP_NUM_THREADS"] = "1"                 # they start, or a worker's two threads wait on a preempted one
+if IN_A_WORKER:  # two workers on 2 cores: one thread each, and each command they start,
+    os.environ["OMP_NUM_THREADS"] = "1"  # or a worker's two threads wait on a preempted one
     torch.set_num_threads(1)
 
 
@@ -99,7 +101,7 @@ def made_once(tmp_path_factory, name: str, make) -> Path:
     from filelock import FileLock
 
     own = tmp_path_factory.mktemp(name)
-    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+    if not IN_A_WORKER:
         make(own)
         return own
     shared = tmp_path_factory.getbasetemp().parent  # this run's, above its workers' own

@@ -32,15 +32,15 @@ from dist_s2s.train.clipping import rescale, squared_norm
 WRITTEN_AGAINST = "0.19.8"
 
 
-def import_deepspeed() -> None:
-    """Import DeepSpeed with `import mlflow` failing meanwhile. Its autotuner, which dist-s2s never runs,
+def import_deepspeed() -> types.ModuleType:
+    """DeepSpeed, imported with `import mlflow` failing meanwhile. Its autotuner, which dist-s2s never runs,
     imports MLflow when DeepSpeed loads (`has_mlflow`, in a try), a second or two of every pipeline rank's
     start; a rank that tracks (rank 0) imports MLflow itself when its run starts, as one device does."""
     if "deepspeed" in sys.modules or "mlflow" in sys.modules:
-        return
+        return importlib.import_module("deepspeed")
     sys.modules["mlflow"] = None  # `import mlflow` raises ImportError until the entry is gone
     try:
-        import deepspeed  # noqa: F401
+        return importlib.import_module("deepspeed")
     finally:
         del sys.modules["mlflow"]
 

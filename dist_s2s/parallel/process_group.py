@@ -37,8 +37,7 @@ def join_process_group(config: Config) -> None:
     nccl_errors_raise()
     device = rank_device()
     comm_log.record_if_asked(str(device))
-    import_deepspeed()  # first, so that DeepSpeed loads without its autotuner's MLflow import
-    import deepspeed
+    deepspeed = import_deepspeed()  # first, so that it loads without its autotuner's MLflow import
     from deepspeed.utils import logger as deepspeed_logger
 
     without_shared_memory_op()
