@@ -50,6 +50,7 @@ def main() -> None:
     torch.manual_seed(config.train.seed)
     reference = Seq2Seq(config.model, vocab["src_size"], vocab["tgt_size"])
     pipeline = pipeline_steps(config, model)
+    pipeline.ready()
     engine = pipeline.engine
     if os.environ.get("POSTED_ON_THE_WORLD_GROUP"):  # the negative case of the NCCL-rules check
         engine.messages.__class__ = PostedOnTheWorldGroup
@@ -105,9 +106,18 @@ def main() -> None:
         "micro_batch_shapes": shapes, "losses": losses, "reference_losses": reference_losses, "norms": norms,
         "reference_norms": reference_norms, "chunk_boundary_inside_some_past_others": splits,
         "device": str(engine.device), "backend": torch.distributed.get_backend(), "syncs": syncs, "where": where,
+        "group_timeouts": group_timeouts(), "timeout_s": config.parallel.timeout_s,
     }))
     more_messages(engine, config, next(pipeline_batches))
     pipeline.close()  # leave together, as a finished run does
+
+
+def group_timeouts() -> list[float]:
+    """The seconds each process group of this rank waits before failing, one entry per group and backend."""
+    from torch.distributed import distributed_c10d
+
+    return [group._get_backend(device).options._timeout.total_seconds()
+            for group in distributed_c10d._world.pg_map for device in group._device_types]
 
 
 def more_messages(engine, config, batch) -> None:

@@ -101,7 +101,9 @@ def test_decoding_does_not_load_the_training_loop_or_parallelism():
 
 @pytest.mark.parametrize("provider", [SingleDeviceSteps, OneFOneBSteps, WavefrontSteps])
 def test_both_step_providers_satisfy_the_steps_contract(provider):
-    for name in ("train_step", "validation_nll", "checkpoint_state", "load_optimizer_state", "lost_contact", "close"):
+    methods = [name for name, value in vars(Steps).items() if callable(value) and not name.startswith("_")]
+    assert {"ready", "train_step", "validation_nll", "checkpoint_state", "lost_contact", "close"} <= set(methods)
+    for name in methods:
         expected = list(inspect.signature(getattr(Steps, name)).parameters)
         assert list(inspect.signature(getattr(provider, name)).parameters) == expected, name
     assert {"replica", "is_main", "device"} <= set(Steps.__annotations__)

@@ -104,6 +104,28 @@ def test_a_collective_needs_every_member_and_the_same_collective():
     assert not verdict.ok and "collective mismatch" in str(verdict)
 
 
+@pytest.mark.parametrize("model", ["pair", "group"])
+def test_a_collective_waits_for_a_members_earlier_message_on_its_communicator(model):
+    """DeepSpeed's pipeline engine opens with a message along the stages (0 → 1 → 2); rank 0, done first,
+    enters a barrier while rank 1's send to rank 2 is still ahead of it: the barrier waits, nothing is
+    mismatched. With rank 0's send issued only after the barrier, rank 1 never gets there: stuck."""
+    ranks = (0, 1, 2)
+    zero, one, two = Log(0), Log(1), Log(2)
+    zero.blocking("send", 1, ranks=ranks)
+    one.blocking("recv", 0, ranks=ranks)
+    one.blocking("send", 2, ranks=ranks)
+    two.blocking("recv", 1, ranks=ranks)
+    for log in (zero, one, two):
+        log.blocking("barrier", ranks=ranks, numel=0, dtype=None)
+    assert replay(ranks_of(zero, one, two), model).ok
+    late = Log(0)
+    late.blocking("barrier", ranks=ranks, numel=0, dtype=None)
+    late.blocking("send", 1, ranks=ranks)
+    verdict = replay(ranks_of(late, one, two), model)
+    assert not verdict.ok and "waits on rank 0 op #0: barrier" in str(verdict), str(verdict)
+    assert "mismatch" not in str(verdict)
+
+
 def test_an_operation_issued_after_a_wait_depends_on_it():
     """Rank 1 waits for rank 0's message before it sends its own; rank 0 waits for that reply before it
     sends: each waits on the other."""

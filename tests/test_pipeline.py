@@ -76,11 +76,14 @@ def assert_matches_the_single_device_trainer(ranks: list[dict], tmp_path, *, sta
     """What both equality tables hold a pipeline to, rank by rank, against the single-device trainer stepping
     beside it: every stage present; each stage's parameters (`tolerance`), the losses and the clipping norms (relative
     1e-5), clipping having triggered; batches of varied widths; the stages' checkpoint parts merging into the
-    single-device weights; the run's communication completing under NCCL's rules (training, an evaluation
-    pass, chunk widths 1 and one a side under the wavefront)."""
+    single-device weights; every group's timeout parallel.timeout_s once set up; the run's communication
+    completing under NCCL's rules (training, an evaluation pass, chunk widths 1 and one a side under the
+    wavefront)."""
     assert sorted({r["stage"] for r in ranks}) == list(range(stages))
     for rank in ranks:
         assert rank["max_difference"] < tolerance, rank
+        assert len(rank["group_timeouts"]) > 1 and set(rank["group_timeouts"]) == {rank["timeout_s"]}, \
+            "once set up, every group of a rank (its own, DeepSpeed's, the wavefront's) fails after parallel.timeout_s"
         assert rank["losses"] == pytest.approx(rank["reference_losses"], rel=1e-5)
         assert rank["norms"] == pytest.approx(rank["reference_norms"], rel=1e-5), "clipping used the global norm"
         assert min(rank["reference_norms"]) > 1.0, "clipping triggered at every step"

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,10 +50,11 @@ def train_arguments(prepared, run_dir: Path, *overrides: str) -> list[str]:
     return ["train", "--config", str(REPO / "configs" / "tiny.yaml"), *run_overrides(prepared, run_dir, *overrides)]
 
 
-def torchrun(prepared, tmp_path: Path, processes: int, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+def torchrun(prepared, tmp_path: Path, processes: int, run_dir: Path, *overrides: str,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                "-m", "dist_s2s", *train_arguments(prepared, run_dir, *overrides)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=launcher_env(tmp_path),
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env or launcher_env(tmp_path),
                           cwd=tmp_path)
 
 
@@ -327,7 +329,9 @@ def worker_of(agent: subprocess.Popen, rank: int = 0) -> int:
 def wait_until_training(run_dir: Path, nodes: list[subprocess.Popen]) -> None:
     deadline = time.monotonic() + 120
     while not ((run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 3):
-        assert time.monotonic() < deadline and all(n.poll() is None for n in nodes), "training never started"
+        ended = [node for node in nodes if node.poll() is not None]
+        assert not ended, "training never started: " + ended[0].communicate(timeout=30)[0][-3000:]
+        assert time.monotonic() < deadline, "training never started in 120 s"
         time.sleep(0.5)
 
 
@@ -357,6 +361,21 @@ def test_a_rank_that_dies_or_hangs_makes_the_other_exit_with_a_clear_error(prepa
             if node.poll() is None:
                 os.killpg(node.pid, signal.SIGKILL)
                 node.wait()
+
+
+def test_a_rank_slow_to_set_up_is_waited_for_and_not_taken_for_a_lost_one(prepared_tiny, tmp_path):
+    """parallel.timeout_s bounds the waits of training, not of setting up: rank 0 starts the MLflow run
+    before the first step, and a tracking server that takes longer than timeout_s to answer (here one
+    that never does: rank 0 gives up on it after a 4 s request and trains on) must not make rank 1, already
+    waiting for its first activations, report a lost rank. The ranks meet once set up, under
+    parallel.start_timeout_s."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections, never answers
+        env = {**launcher_env(tmp_path), "MLFLOW_HTTP_REQUEST_TIMEOUT": "4", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+        output = succeeded(torchrun(prepared_tiny, tmp_path, 2, tmp_path / "run", "--parallel.stages=2",
+                                    "--parallel.timeout_s=2", "--train.max_steps=2",
+                                    f"--tracking.uri=http://127.0.0.1:{silent.getsockname()[1]}", env=env))
+    assert re.search(r"MLflow at http://127\.0\.0\.1:\d+ failed", output)
+    assert "trained to step 2" in output
 
 
 RESTARTED = ("--train.max_steps=100", "--train.checkpoint_every=40", "--train.valid_every=100000",

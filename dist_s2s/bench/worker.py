@@ -63,6 +63,7 @@ def main() -> None:
         from dist_s2s.parallel.schedules import pipeline_steps
 
         steps = pipeline_steps(config, model)
+        steps.ready()
         device, rank = steps.device, torch.distributed.get_rank()
     else:
         device, rank = pick_device(config.train.device), args.rank

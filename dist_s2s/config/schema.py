@@ -133,7 +133,12 @@ class ParallelConfig:
     paper's layout), `colocated` (every stage holds layers and a share of the vocabulary), or `auto`:
     colocated when every stage can hold a layer and a shard, else chain."""
     timeout_s: int = 300
-    """Seconds a rank waits for the others before failing: a dead rank ends the job, never hangs it."""
+    """Seconds a rank waits for the others during training before failing: a dead rank ends the job, never
+    hangs it."""
+    start_timeout_s: int = 600
+    """Seconds the ranks may take to meet and set up before the first step (launchers on several nodes
+    starting apart, every rank loading its weights, rank 0 starting its MLflow run); parallel.timeout_s
+    bounds every wait from the first step on."""
 
 
 @dataclass

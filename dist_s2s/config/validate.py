@@ -34,6 +34,7 @@ def _check_ranges(config: Config) -> None:
         "parallel.micro_batches": config.parallel.micro_batches,
         "parallel.chunk_steps": config.parallel.chunk_steps,
         "parallel.timeout_s": config.parallel.timeout_s,
+        "parallel.start_timeout_s": config.parallel.start_timeout_s,
         "train.batch_size": config.train.batch_size,
         "train.log_every": config.train.log_every,
         "train.valid_every": config.train.valid_every,

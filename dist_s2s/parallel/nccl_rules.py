@@ -6,7 +6,7 @@ The rules, as NCCL and PyTorch's ProcessGroupNCCL apply them:
   starts once every earlier one on that communicator has finished;
 - a send and its receive complete together (NCCL may finish a small send early; nothing may rely on it);
 - a collective completes when every member of its group has it first on that communicator, with the same
-  kind, element count, dtype and root;
+  kind, element count, dtype and root (a member with a message first gets to it once the message completes);
 - an operation issued after a wait depends on what was waited for (on a GPU the wait holds the compute
   stream, and the next operation's stream waits for the compute stream).
 
@@ -187,13 +187,17 @@ def _match_point_to_point(op: Operation, heads: dict[int, Operation]) -> str | N
 
 
 def _match_collective(op: Operation, heads: dict[int, Operation]) -> str | None:
+    """Completes once every member has it first; a member whose first operation is a message gets to the
+    collective when the message completes (or the replay ends stuck); another collective first is a mismatch."""
     members = op.record["group_ranks"]
     if not all(rank in heads for rank in members):
+        return None
+    if any(heads[rank].record["kind"] in ("send", "recv", "batch") for rank in members):
         return None
     signature = lambda o: (o.record["kind"], o.record["numel"], o.record["dtype"], o.record.get("root"))  # noqa: E731
     for rank in members:
         other = heads[rank]
-        if other.record["kind"] in ("send", "recv", "batch") or signature(other) != signature(op):
+        if signature(other) != signature(op):
             return f"collective mismatch: {op.describe()} meets {other.describe()}"
     for rank in members:
         heads[rank].done = True

@@ -13,6 +13,7 @@ part of the weights beside it.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from dist_s2s.config import Config
 from dist_s2s.data.batch import Batch
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.deepspeed_hooks import placed_pipeline_class
-from dist_s2s.parallel.process_group import lost_contact
+from dist_s2s.parallel.process_group import bound_every_wait, lost_contact
 from dist_s2s.parallel.stage_checkpoint import stage_state
 from dist_s2s.parallel.stages import scaled_nll
 from dist_s2s.train.checkpoint import CheckpointDir
@@ -43,6 +44,7 @@ class PipelineSteps:
         self.device = engine.device
         self.seed = config.train.seed
         self.lstm_dtype = LSTMDtypeReport(config.train.precision)
+        self.timeout = timedelta(seconds=config.parallel.timeout_s)
 
     def _set_rate(self, lr: float) -> None:
         for group in self.engine.optimizer.param_groups:
@@ -60,6 +62,13 @@ class PipelineSteps:
     def load_optimizer_state(self, state: dict | None, path: Path) -> None:
         """Every replica's stage takes its parameters' share (replicas step alike, so they keep the same)."""
         load_optimizer_state(self.engine.optimizer, self.model, state, path)
+
+    def ready(self) -> None:
+        """Meet the other ranks once set up, within parallel.start_timeout_s: rank 0 may still be starting its
+        MLflow run (seconds against a server far away) while the others would already wait for its first
+        activations under training's shorter timeout. Then training's timeout on every group."""
+        torch.distributed.barrier()
+        bound_every_wait(self.timeout)
 
     def lost_contact(self, error: BaseException) -> bool:
         return lost_contact(error)

@@ -30,7 +30,8 @@ def restart_attempt() -> int:
 
 
 def join_process_group(config: Config) -> None:
-    """gloo on CPU, NCCL on GPUs (DeepSpeed's accelerator picks); every wait bounded by parallel.timeout_s.
+    """gloo on CPU, NCCL on GPUs (DeepSpeed's accelerator picks); every wait bounded by
+    parallel.start_timeout_s until the ranks are set up (`bound_every_wait` then applies parallel.timeout_s).
     DeepSpeed's CPU shared-memory all-reduce is switched off (`deepspeed_hooks.without_shared_memory_op`).
     The first import of DeepSpeed in a rank: call it before importing the schedules."""
     check_world_size(config, int(os.environ["WORLD_SIZE"]))  # before joining: a wrong count would wait, not fail
@@ -42,7 +43,7 @@ def join_process_group(config: Config) -> None:
 
     without_shared_memory_op()
     deepspeed_logger.setLevel(logging.WARNING)
-    timeout = timedelta(seconds=config.parallel.timeout_s)
+    timeout = timedelta(seconds=config.parallel.start_timeout_s)
     _init_default_group(device, timeout)
     deepspeed.init_distributed(timeout=timeout, verbose=False)  # takes the group formed here
     if torch.distributed.get_rank() != 0:  # one console: rank 0's
@@ -64,6 +65,18 @@ def _init_default_group(device: torch.device, timeout: timedelta) -> None:
     bound = {"device_id": device} if device.type == "cuda" and world_size > 1 else {}
     torch.distributed.init_process_group(get_accelerator().communication_backend_name(), store=store, rank=rank,
                                          world_size=world_size, timeout=timeout, **bound)
+
+
+def bound_every_wait(timeout: timedelta) -> None:
+    """Every collective this rank waits in, on any group it belongs to (the default one, DeepSpeed's, the
+    wavefront's pairs), fails after `timeout`: what parallel.timeout_s means once training has started.
+    Groups keep the timeout they were formed with (parallel.start_timeout_s for ours, torch's 10 or 30
+    minutes for DeepSpeed's) until told otherwise."""
+    from torch.distributed import distributed_c10d
+
+    for group in list(distributed_c10d._world.pg_map):
+        if not distributed_c10d._rank_not_in_group(group):
+            distributed_c10d._set_pg_timeout(timeout, group)
 
 
 def rank_device() -> torch.device:

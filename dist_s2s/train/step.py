@@ -68,6 +68,11 @@ class Steps(Protocol):
         """Resume the optimizer from a checkpoint's (`path`) state, under the unsharded names."""
         ...
 
+    def ready(self) -> None:
+        """This process is set up (weights loaded, tracking started); returns once every process is, and from
+        then on a wait for another process lasts at most parallel.timeout_s."""
+        ...
+
     def lost_contact(self, error: BaseException) -> bool:
         """Whether `error` means another process died or hung (the loop then says how to resume)."""
         ...
@@ -130,6 +135,9 @@ class SingleDeviceSteps:
 
     def load_optimizer_state(self, state: dict[str, Any] | None, path: Path) -> None:
         load_optimizer_state(self.optimizer, self.model, state, path)
+
+    def ready(self) -> None:
+        pass  # no other process to wait for
 
     def lost_contact(self, error: BaseException) -> bool:
         return False  # no other process to lose

@@ -194,12 +194,28 @@ def _set_up(config: Config, make_steps: StepsFactory, prepare_missing: bool) -> 
                      *(Path(config.data.out_dir) / name for name in manifest.vocab.files())):
             tracker.log_artifact(path, "inputs")
 
+    _wait_for_every_process(config, steps, tracker)
     per_epoch = loader.batches_per_epoch()
     total_steps = config.train.max_steps or math.ceil(config.optim.epochs * per_epoch)
     log.info("train: %s parameters, %d batches/epoch, %d steps (%.2f epochs), from step %d",
              f"{sum(p.numel() for p in model.parameters()):,}", per_epoch, total_steps, total_steps / per_epoch, step)
     feed = BatchFeed(loader, steps.device if steps.device.type == "cuda" else None)
     return Run(config, manifest, steps, loader, valid, checkpoints, tracker, feed, step, total_steps)
+
+
+def _wait_for_every_process(config: Config, steps: Steps, tracker: Tracker | QuietTracker) -> None:
+    """Every process set up (`Steps.ready`): from here parallel.timeout_s bounds the waits."""
+    try:
+        steps.ready()
+    except RuntimeError as error:
+        tracker.finish("FAILED")
+        steps.close(finished=False)
+        if steps.lost_contact(error):
+            raise UserError(f"rank {os.environ.get('RANK')} lost contact with another rank before the first step "
+                            f"({str(error).splitlines()[0][:300]}): a rank died, or took longer than "
+                            f"parallel.start_timeout_s={config.parallel.start_timeout_s} to set up; see its "
+                            f"log") from None
+        raise
 
 
 def _loop(run: Run, summary: dict[str, Any]) -> None:

@@ -63,7 +63,7 @@ def build_engine(config: Config, model: Seq2Seq) -> WavefrontEngine:
                              config_class=DeepSpeedConfig(deepspeed_config(config), module.mpu()),
                              seq2seq=model, placement=layout, chunk_steps=config.parallel.chunk_steps,
                              precision=config.train.precision, dropout=config.model.dropout, seed=config.train.seed,
-                             timeout_s=config.parallel.timeout_s)
+                             timeout_s=config.parallel.timeout_s, start_timeout_s=config.parallel.start_timeout_s)
     configure_precision(config.train.precision)
     patch_engine(engine, config)
     return engine
@@ -73,18 +73,19 @@ class WavefrontEngine(PipelineEngine):
     """Set up by `build_engine`."""
 
     def __init__(self, *args, seq2seq: Seq2Seq, placement: Placement, chunk_steps: int, precision: str = "fp32",
-                 dropout: float = 0.0, seed: int = 0, timeout_s: float | None = None, **kwargs):
+                 dropout: float = 0.0, seed: int = 0, timeout_s: float | None = None,
+                 start_timeout_s: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.model, self.placement, self.chunk_steps, self.precision = seq2seq, placement, chunk_steps, precision
         self.dropout, self.seed = dropout, seed
         self.timeline: list[dict] | None = None
         """When a list, each instruction appends {kind, chunk, start, compute_s, wait_s}."""
         replica = self.grid.data_parallel_id
-        timeout = timedelta(seconds=timeout_s) if timeout_s else None
         groups = direction_groups(placement, self.grid.data_parallel_size,
                                   lambda stage, data: self.grid.stage_to_global(stage, data=data), replica,
-                                  timeout=timeout)
-        self.messages = StageMessages(self.stage_id, groups, self.grid.stage_to_global, self.device, timeout=timeout)
+                                  timeout=timedelta(seconds=start_timeout_s) if start_timeout_s else None)
+        self.messages = StageMessages(self.stage_id, groups, self.grid.stage_to_global, self.device,
+                                      timeout=timedelta(seconds=timeout_s) if timeout_s else None)
 
     # --- the step -------------------------------------------------------------------------------------
     def train_wavefront(self, batch: Batch, scale: float, step: int = 0) -> torch.Tensor:

@@ -34,7 +34,8 @@ def talking_pairs(placement: Placement) -> list[tuple[int, int]]:
 def direction_groups(placement: Placement, replicas: int, rank_of: Callable[[int, int], int],
                      replica: int, *, timeout: timedelta | None = None) -> dict[tuple[int, int], dist.ProcessGroup]:
     """This replica's process group for each talking pair. Every rank creates every replica's groups, in
-    the same order (`new_group` is collective over the whole world), and keeps its own replica's."""
+    the same order (`new_group` is collective over the whole world), and keeps its own replica's. `timeout`:
+    the set-up's (parallel.start_timeout_s); training's is set once every rank is set up."""
     mine = {}
     for data in range(replicas):
         for src, dst in talking_pairs(placement):
