@@ -19,6 +19,7 @@ from typing import Any
 from dist_s2s.config import Config
 from dist_s2s.data.shards import write_atomically
 from dist_s2s.errors import UserError
+from dist_s2s.train.sqlite_store import start_from_empty_store
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class Tracker:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
+        start_from_empty_store(self.uri)  # 30 ms instead of MLflow's 2.3 s of migrations
         client = MlflowClient(self.uri)
         experiment = client.get_experiment_by_name(config.tracking.experiment)
         if experiment is None:
