@@ -218,3 +218,34 @@ def test_a_process_killed_while_noting_its_step_leaves_the_previous_note_whole(t
         trainer._note_step(tmp_path, 41)
     monkeypatch.undo()
     assert (tmp_path / trainer.PROGRESS_FILE).read_text() == "40\n"
+
+
+def test_a_rank_that_never_arrives_before_the_first_step_ends_the_run_in_one_line_naming_start_timeout_s(tmp_path):
+    """The set-up's meeting (`Steps.ready`) failing as a lost peer: the tracking run ends FAILED, the steps are
+    released, and the error names parallel.start_timeout_s (no step ran, so nothing to resume)."""
+    from dist_s2s.train import trainer
+
+    class NeverMet:
+        closed = None
+
+        def ready(self):
+            raise RuntimeError("[gloo/transport/tcp/pair.cc:534] Timed out waiting 600000ms for recv")
+
+        def lost_contact(self, error):
+            return "Timed out" in str(error)
+
+        def close(self, finished=True):
+            self.closed = finished
+
+    class Tracker:
+        status = None
+
+        def finish(self, status="FINISHED"):
+            self.status = status
+
+    steps, tracker = NeverMet(), Tracker()
+    config = tiny_config(tmp_path, "--parallel.start_timeout_s=600")
+    with pytest.raises(UserError, match=r"lost contact with another rank before the first step \(.*Timed out.*\): "
+                                        r"a rank died, or took longer than parallel\.start_timeout_s=600 to set up"):
+        trainer._wait_for_every_process(config, steps, tracker)
+    assert tracker.status == "FAILED" and steps.closed is False
