@@ -101,8 +101,8 @@ def lost_contact(error: RuntimeError) -> bool:
     """A communication failure (peer gone, or silent past the timeout), as gloo and NCCL report it."""
     if isinstance(error, torch.distributed.DistError):
         return True
-    text = str(error)
-    return any(mark in text for mark in ("gloo", "NCCL", "Connection reset", "Connection closed", "Timed out"))
+    text = str(error).lower()  # gloo's "Timed out waiting …", a timed Work.wait's "Operation timed out!"
+    return any(mark in text for mark in ("gloo", "nccl", "connection reset", "connection closed", "timed out"))
 
 
 def check_world_size(config: Config, world_size: int) -> None:
