@@ -16,6 +16,8 @@ import logging
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 from importlib.metadata import version
@@ -39,21 +41,25 @@ def start_from_empty_store(uri: str) -> bool:
     try:
         _copy_empty_store(path)
         return True
-    except (OSError, sqlite3.Error) as error:  # MLflow makes the store itself, as without this module
+    except (OSError, sqlite3.Error, subprocess.CalledProcessError) as error:  # MLflow makes it, as before
         log.debug("tracking: no copy of the empty MLflow store at %s (%s); MLflow makes it", path, error)
         return False
+
+
+MAKE_STORE = "import sys; from mlflow.tracking import MlflowClient; MlflowClient(sys.argv[1]).search_experiments()"
+"""MLflow creating and migrating a new store's tables, in an interpreter of its own: nothing this process has
+imported or opened takes part."""
 
 
 def empty_store() -> Path:
     """The empty store of the installed MLflow, made by MLflow the first time it is asked for."""
     template = cache_dir() / f"mlflow-{version('mlflow')}-empty.db"
     if not template.is_file():
-        from mlflow.tracking import MlflowClient
-
         template.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=template.parent) as scratch:
             made = Path(scratch) / "mlflow.db"
-            MlflowClient(f"sqlite:///{made}").search_experiments()  # creates and migrates the tables
+            subprocess.run([sys.executable, "-c", MAKE_STORE, f"sqlite:///{made}"], check=True, capture_output=True,
+                           env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
             os.replace(made, template)  # whole or not at all, whoever else makes it at the same time
     return template
 
