@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dist_s2s.train.sqlite_store import MAKE_STORE, empty_store, start_from_empty_store
+from dist_s2s.train.sqlite_store import MAKE_STORE, cached_store_path, empty_store, start_from_empty_store
 
 
 @pytest.fixture
@@ -60,7 +60,8 @@ def test_a_new_store_is_a_copy_with_the_schema_mlflow_makes_and_its_default_expe
 
 
 def test_a_damaged_cached_store_is_left_to_mlflow_once_and_made_again(cache, tmp_path):
-    empty_store().write_bytes(b"not a database")
+    cache.mkdir(parents=True)
+    cached_store_path().write_bytes(b"not a database")
     first = tmp_path / "first" / "mlflow.db"
     first.parent.mkdir()
     assert not start_from_empty_store(f"sqlite:///{first}") and not first.exists(), "MLflow makes this one"

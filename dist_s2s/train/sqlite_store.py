@@ -51,9 +51,14 @@ MAKE_STORE = "import sys; from mlflow.tracking import MlflowClient; MlflowClient
 imported or opened takes part."""
 
 
+def cached_store_path() -> Path:
+    """Where the installed MLflow's empty store is kept."""
+    return cache_dir() / f"mlflow-{version('mlflow')}-empty.db"
+
+
 def empty_store() -> Path:
     """The empty store of the installed MLflow, made by MLflow the first time it is asked for."""
-    template = cache_dir() / f"mlflow-{version('mlflow')}-empty.db"
+    template = cached_store_path()
     if not template.is_file():
         template.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=template.parent) as scratch:
