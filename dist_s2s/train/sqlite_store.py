@@ -76,7 +76,7 @@ def _copy_empty_store(path: Path) -> None:
         _make_default_experiment_local(partial, path.parent.resolve() / "mlruns" / "0")
         os.replace(partial, path)
     except sqlite3.DatabaseError:  # a damaged cached copy: made again the next time
-        empty_store().unlink(missing_ok=True)
+        cached_store_path().unlink(missing_ok=True)
         raise
     finally:
         partial.unlink(missing_ok=True)

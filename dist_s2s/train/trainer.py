@@ -143,10 +143,9 @@ def train(config: Config, make_steps: StepsFactory = single_device_steps, *,
                         f"(latest checkpoint: {run.checkpoints.latest()})") from None
     except RuntimeError as error:
         if run.steps.lost_contact(error):
-            raise UserError(f"rank {os.environ.get('RANK')} lost contact with another rank at step {run.step + 1} "
-                            f"({str(error).splitlines()[0][:300]}): a rank died or hung for parallel.timeout_s="
-                            f"{config.parallel.timeout_s}; see its log. Resume with --train.resume=true "
-                            f"(latest checkpoint: {run.checkpoints.latest()})") from None
+            raise lost_contact_error(error, f"at step {run.step + 1}", f"a rank died or hung for parallel.timeout_s="
+                                     f"{config.parallel.timeout_s}; see its log. Resume with --train.resume=true "
+                                     f"(latest checkpoint: {run.checkpoints.latest()})") from None
         raise
     finally:
         # The launcher's SIGTERM often follows a peer's death within milliseconds: let it not cut the
@@ -211,11 +210,16 @@ def _wait_for_every_process(config: Config, steps: Steps, tracker: Tracker | Qui
         tracker.finish("FAILED")
         steps.close(finished=False)
         if steps.lost_contact(error):
-            raise UserError(f"rank {os.environ.get('RANK')} lost contact with another rank before the first step "
-                            f"({str(error).splitlines()[0][:300]}): a rank died, or took longer than "
-                            f"parallel.start_timeout_s={config.parallel.start_timeout_s} to set up; see its "
-                            f"log") from None
+            raise lost_contact_error(error, "before the first step", f"a rank died, or took longer than "
+                                     f"parallel.start_timeout_s={config.parallel.start_timeout_s} to set up; see "
+                                     f"its log") from None
         raise
+
+
+def lost_contact_error(error: RuntimeError, when: str, what_now: str) -> UserError:
+    """The one line of a rank that lost another: which rank, when, what the communication library said."""
+    return UserError(f"rank {os.environ.get('RANK')} lost contact with another rank {when} "
+                     f"({str(error).splitlines()[0][:300]}): {what_now}")
 
 
 def _loop(run: Run, summary: dict[str, Any]) -> None:
