@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable
 
 from dist_s2s.collector import collect_less_often, leave_without_collecting
@@ -42,7 +44,12 @@ def _train(config: Config, args: argparse.Namespace) -> None:
     """One process trains the whole model (preparing missing data first); under a launcher each process
     is one pipeline stage of one replica. Then, with eval.after_training, rank 0 scores the result."""
     keep_local_ray_on_loopback(config)  # train prepares missing data in-process
-    from dist_s2s.parallel.process_group import join_process_group, launched_as_ranks, restart_attempt
+    from dist_s2s.parallel.process_group import (
+        join_process_group,
+        launched_as_ranks,
+        leave_process_group,
+        restart_attempt,
+    )
     from dist_s2s.train.trainer import train
 
     attempt = restart_attempt()  # torchrun restarted its workers: continue from the latest checkpoint
@@ -50,7 +57,10 @@ def _train(config: Config, args: argparse.Namespace) -> None:
         join_process_group(config)  # the first import of DeepSpeed (deepspeed_hooks.import_deepspeed)
         from dist_s2s.parallel.schedules import pipeline_steps
 
-        summary = train(config, pipeline_steps, prepare_missing=False, attempt=attempt)
+        try:
+            summary = train(config, pipeline_steps, prepare_missing=False, attempt=attempt)
+        finally:  # left already where training ran (its steps close); else now, after an error in its set-up
+            leave_process_group(finished=False)
     else:
         from dist_s2s.train.step import require_one_process
 
@@ -282,8 +292,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """Console-script entry point, and `python -m dist_s2s`'s (the collector set as `collector.py` says)."""
+    """Console-script entry point, and `python -m dist_s2s`'s (the collector set as `collector.py` says). A rank
+    of a launched job ends through `process_group.end_rank_process`, whatever ended it (a traceback is printed)."""
     collect_less_often()
-    code = main()
-    leave_without_collecting()
-    sys.exit(code)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # not a launched rank (`launched_as_ranks`, without torch)
+        code = main()
+        leave_without_collecting()
+        sys.exit(code)
+    from dist_s2s.parallel.process_group import end_rank_process
+
+    try:
+        code = main()
+    except SystemExit as exit_:  # argparse's --help and usage errors, which said what they had to
+        code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    except BaseException:  # a bug: its traceback, then the same way out as every rank
+        traceback.print_exc()
+        code = 1
+    end_rank_process(code)

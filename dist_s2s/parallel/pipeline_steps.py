@@ -23,7 +23,7 @@ from dist_s2s.config import Config
 from dist_s2s.data.batch import Batch
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.deepspeed_hooks import placed_pipeline_class
-from dist_s2s.parallel.process_group import bound_every_wait, lost_contact
+from dist_s2s.parallel.process_group import bound_every_wait, leave_process_group, lost_contact
 from dist_s2s.parallel.stage_checkpoint import stage_state
 from dist_s2s.parallel.stages import scaled_nll
 from dist_s2s.train.checkpoint import CheckpointDir
@@ -88,12 +88,8 @@ class PipelineSteps:
         return {"model_parts": sorted((e for e in entries if e is not None), key=lambda e: e["stage"])}
 
     def close(self, finished: bool = True) -> None:
-        """After a finished run, leave together: a rank tearing down its group while a peer's last send was
-        in flight can abort ("terminate called without an active exception"). After a failure there may be
-        nobody left to wait for."""
-        if finished:
-            torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        """Leave the groups as every rank does (`process_group.leave_process_group`)."""
+        leave_process_group(finished)
 
 
 def deepspeed_config(config: Config) -> dict:

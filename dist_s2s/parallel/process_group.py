@@ -6,9 +6,12 @@ WORLD_SIZE, RANK, LOCAL_RANK and MASTER_ADDR / MASTER_PORT; DeepSpeed forms the 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import sys
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 
@@ -77,6 +80,44 @@ def bound_every_wait(timeout: timedelta) -> None:
     for group in list(distributed_c10d._world.pg_map):
         if not distributed_c10d._rank_not_in_group(group):
             distributed_c10d._set_pg_timeout(timeout, group)
+
+
+def leave_process_group(finished: bool) -> None:
+    """Every rank leaves the same way, in the same order: after a finished run, a barrier (every rank's last messages
+    are in: a rank that tore its groups down while a peer's last send was in flight aborted); then every group it is a
+    member of destroyed on its own, in the order the groups were formed (the same on every rank: forming one is
+    collective; NCCL's communicators are best torn down so), the default group last. After a failure there may be
+    nobody left to meet: no barrier."""
+    from torch.distributed import distributed_c10d
+
+    if not torch.distributed.is_initialized():
+        return
+    if finished:
+        torch.distributed.barrier()
+    default = distributed_c10d._get_default_group()
+    for group in [group for group in distributed_c10d._world.pg_map if group is not default]:  # in forming order
+        torch.distributed.destroy_process_group(group)
+    torch.distributed.destroy_process_group()
+
+
+def end_rank_process(code: int) -> NoReturn:
+    """End a launched rank's process once it has left its groups: exit handlers run, output flushed, then `os._exit`,
+    without the interpreter's finalization and C++'s static destructors (issue 31, docs/robustness.md).
+
+    Destroying a gloo group stops none of its threads (gloo's `shutdown` does nothing): they stop when the group's
+    last Python reference dies, and DeepSpeed's engine (its grid, its p2p module, its hooks on the parameters) holds
+    them to the end. Each rank of a 4-stage chain still runs 24–36 gloo threads after leaving, each with a socket to a
+    peer. A normal exit tears them down during finalization and static destruction, in an order of its own on each
+    rank, while the peers exit and close their sockets: a hang-up that wakes a thread whose objects are already
+    destroyed aborts the process (SIGABRT), and the launcher reports a finished run as failed. `os._exit` ends every
+    thread at once, with nothing torn down under them."""
+    atexit._run_exitfuncs()  # what a normal exit runs first: the communication log, MLflow's, logging's flush
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said on it
+            pass
+    os._exit(code)
 
 
 def rank_device() -> torch.device:
