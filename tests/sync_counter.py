@@ -13,9 +13,14 @@ Counted, each a wait on a GPU:
   `tolist`, `cpu`, `numpy`, a `.to("cpu")`;
 - an operation whose output size depends on device values: `nonzero`, `unique`, `masked_select`, indexing
   with a boolean mask;
-- a host tensor (not a 0-dim scalar) handed to an operation on device tensors, or moved to the device
-  without `non_blocking=True`: a copy from pageable host memory that the host waits for
-  (`pack_padded_sequence`'s index tensors, a host index into a device tensor).
+- a host tensor (not a 0-dim scalar) used to index a device tensor, copied into one, moved to the device
+  without `non_blocking=True`, or made there from Python data (`torch.tensor(data, device=...)`): a copy from
+  pageable host memory that the host waits for (`pack_padded_sequence`'s index tensors, a list of limits).
+
+Raised, as CUDA raises it (`DeviceMismatch`): any other operation given a host tensor (not a 0-dim scalar) and
+a device tensor ("Expected all tensors to be on the same device"), and pinning a device tensor ("only dense CPU
+tensors can be pinned"). A test that runs a command under the counter therefore fails where the command would
+fail on a GPU.
 """
 
 from __future__ import annotations
@@ -37,6 +42,14 @@ BEAM_STEP_BUDGET = 1
 BEAM_RESULT_READS = 5
 """Once a search: the complete hypotheses' rankings, scores, lengths, words and member scores."""
 
+class DeviceMismatch(RuntimeError):
+    """What CUDA would raise: a host tensor where a device tensor is needed, or a device tensor pinned."""
+
+
+HOST_TENSORS_ALLOWED = {"__getitem__", "__setitem__", "index_put", "index_put_", "copy_", "_pack_padded_sequence",
+                        "_pad_packed_sequence"}
+"""Operations that take a host tensor beside device tensors on CUDA: an index or a source copied first (the host
+waiting), and packing's lengths, which must be on the host."""
 READS = {"item", "__bool__", "__int__", "__float__", "tolist", "cpu", "numpy"}
 DATA_DEPENDENT = {"nonzero", "unique", "masked_select", "argwhere", "nonzero_static"}
 CREATION = {"empty", "zeros", "ones", "full", "arange", "rand", "randn", "randint", "tensor", "as_tensor",
@@ -79,11 +92,17 @@ class SyncCounter(TorchFunctionMode):
 
     def _count(self, what: str) -> None:
         self.calls[what] += 1
-        frame = [f for f in traceback.extract_stack()[:-2] if "/torch/" not in f.filename][-1]
+        self.where[(what, self._caller())] += 1
+
+    @staticmethod
+    def _caller() -> str:
+        """The first line outside torch and this file that the call came from, `path:line`."""
+        frame = [f for f in traceback.extract_stack() if "/torch/" not in f.filename
+                 and not f.filename.endswith("sync_counter.py")][-1]
         path = frame.filename.split("site-packages/")[-1]  # deepspeed/…, or dist_s2s/… and tests/… of the repo
         for root in ("dist_s2s/", "tests/"):
             path = root + path.split(root, 1)[1] if root in path and "deepspeed/" not in path else path
-        self.where[(what, f"{path}:{frame.lineno}")] += 1
+        return f"{path}:{frame.lineno}"
 
     def _is_device(self, tensor: torch.Tensor) -> bool:
         return id(tensor) in self.on_device
@@ -98,8 +117,12 @@ class SyncCounter(TorchFunctionMode):
             if not device_inputs and not kwargs.get("non_blocking", False):
                 self._count("blocking host → device copy")
             return self._place(self._apart(result, args[0]), on_device=True)
+        if name == "pin_memory" and device_inputs:
+            raise DeviceMismatch(f"pin_memory of a device tensor ({self._caller()}): only host memory can be pinned")
         if not device_inputs:
             created_there = name in CREATION and kwargs.get("device") not in (None, "cpu")
+            if created_there and name in ("tensor", "as_tensor"):
+                self._count("blocking host → device copy")  # Python data copied from pageable memory
             return self._place(result, on_device=created_there) if created_there else result
         if name in READS:
             self._count(name)
@@ -109,6 +132,9 @@ class SyncCounter(TorchFunctionMode):
         elif name in ("__getitem__", "__setitem__") and any(t.dtype == torch.bool for t in _tensors(args[1:])):
             self._count("boolean index")
         elif any(not self._is_device(t) and t.dim() > 0 for t in inputs):
+            if name not in HOST_TENSORS_ALLOWED:
+                raise DeviceMismatch(f"{name} of a host tensor and a device tensor ({self._caller()}): on a GPU, "
+                                     f"'Expected all tensors to be on the same device'")
             self._count("host tensor in a device op")
         return self._place(result, on_device=True)
 

@@ -74,3 +74,35 @@ def test_a_slow_stage_or_link_sets_the_pace():
     fast = simulate(costs, 8, 1e12, 0.0)["step_s"]
     assert fast == pytest.approx(8 * 6.0 + 2.0, rel=0.01)  # stage 1's 6 s a micro-batch, plus the fill
     assert simulate(costs, 8, 1e6, 0.0)["step_s"] > fast  # one second a transfer
+
+
+def test_a_timed_wavefront_step_never_waits_for_the_whole_device_with_messages_posted(prepared_tiny, tmp_path,
+                                                                                       monkeypatch):
+    """Recording a timeline (pipeline_simulator.py --timeline) times each instruction; on a GPU a device-wide
+    synchronize there would wait for the step's posted receives (test_nccl_rules.py). The bench worker's own
+    synchronizes, between steps, are logged on a CPU too, and the replay under NCCL's rules passes."""
+    from conftest import assert_runs_under_nccl_rules
+
+    from dist_s2s.bench.run import Mode, run_mode
+    from dist_s2s.config import load_config
+
+    monkeypatch.setenv("DIST_S2S_COMM_LOG", str(tmp_path / "comms"))
+    config_path = str(REPO / "configs" / "tiny.yaml")
+    config = load_config(config_path, [f"--data.out_dir={prepared_tiny.data.out_dir}"])
+    ranks = run_mode(Mode.parse("pipeline:2@1/wavefront", cores=2), config_path,
+                     overrides=[f"--data.out_dir={prepared_tiny.data.out_dir}"], batches=prepared_tiny.data.out_dir,
+                     steps=2, warmup=1, config=config, record_timeline=True)
+    assert all(rank["timeline"] and all(entry["compute_s"] >= 0 for entry in rank["timeline"]) for rank in ranks)
+    logs = [path.read_text() for path in sorted((tmp_path / "comms").glob("comm-*.jsonl"))]
+    assert len(logs) == 2 and all('"event": "synchronize"' in log for log in logs), "the replay sees them on a CPU"
+    assert_runs_under_nccl_rules(tmp_path / "comms")
+
+
+def test_every_device_synchronize_goes_through_the_one_the_communication_log_sees():
+    """`dist_s2s.device.synchronize` is observed by the communication log (and so by the NCCL-rules replay); a
+    direct `torch.cuda.synchronize` would be invisible to it."""
+    direct = [f"{path.relative_to(REPO)}:{number}" for path in sorted((REPO / "dist_s2s").rglob("*.py"))
+              if path.name != "device.py"
+              for number, line in enumerate(path.read_text().splitlines(), start=1)
+              if "cuda.synchronize(" in line and not line.lstrip().startswith(("#", "-", '"'))]
+    assert not direct, direct

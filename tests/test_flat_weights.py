@@ -13,7 +13,7 @@ from conftest import make_batch
 
 from dist_s2s.config import ModelConfig
 from dist_s2s.model import flat_weights
-from dist_s2s.model.layers import cuda_kernel_dtype, cudnn_has_bf16_rnn
+from dist_s2s.model.layers import LSTMLayer, cuda_kernel_dtype, cudnn_has_bf16_rnn, kernel_weights
 from dist_s2s.model.seq2seq import Seq2Seq
 
 
@@ -109,8 +109,48 @@ def test_the_packed_layout_leaves_no_gaps():
 
 
 def test_a_cuda_lstm_under_bf16_runs_in_bf16_only_where_cudnn_has_bf16_rnns_else_fp32():
-    assert cudnn_has_bf16_rnn(91300) and cudnn_has_bf16_rnn(91400)
-    assert not cudnn_has_bf16_rnn(90800) and not cudnn_has_bf16_rnn(None)
+    ampere = (8, 0)
+    assert cudnn_has_bf16_rnn(built=91300, loaded=91300, capability=ampere)
+    assert cudnn_has_bf16_rnn(built=91400, loaded=91500, capability=(9, 0))
+    assert not cudnn_has_bf16_rnn(built=90800, loaded=91300, capability=ampere), "PyTorch compiled its bf16 RNN out"
+    assert not cudnn_has_bf16_rnn(built=91300, loaded=90800, capability=ampere)
+    assert not cudnn_has_bf16_rnn(built=91300, loaded=91300, capability=(7, 5)), "Turing has no bf16 arithmetic"
+    assert not cudnn_has_bf16_rnn(built=0, loaded=0, capability=(0, 0)), "no cuDNN at all"
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert cuda_kernel_dtype(torch.device("cpu")) is None, "on a CPU, autocast runs oneDNN's LSTM itself"
 
+
+
+def test_the_kernel_that_ran_is_read_off_the_outputs_backward_node():
+    layer = LSTMLayer(4, 4)
+    layer(torch.randn(2, 3, 4))
+    assert layer.kernel == "MkldnnRnnLayerBackward0", "oneDNN's on a CPU (cuDNN's would be CudnnRnnBackward0)"
+    with torch.no_grad():
+        layer(torch.randn(2, 3, 4))
+    assert layer.kernel is None
+
+
+def test_cast_kernel_weights_are_made_once_per_version_of_the_weights(monkeypatch):
+    """What a bf16 cuDNN call (or a single layer's call into a stack's buffer) gets: one cast a step, reused by
+    every span and chunk until the optimizer changes the weights."""
+    monkeypatch.setattr(flat_weights, "cudnn_layout", lambda shapes, *_, **__: flat_weights.packed_layout(shapes))
+    layers = [LSTMLayer(4, 4), LSTMLayer(4, 4)]
+    first = kernel_weights(layers, torch.bfloat16)
+    assert all(a is b for a, b in zip(first, kernel_weights(layers, torch.bfloat16))), "no second cast"
+    with torch.no_grad():
+        layers[1].lstm.weight_hh_l0.add_(1.0)  # an optimizer step
+    again = kernel_weights(layers, torch.bfloat16)
+    assert again[5] is not first[5]
+    assert torch.equal(again[5], layers[1].lstm.weight_hh_l0.detach().to(torch.bfloat16))
+    sum(w.float().sum() for w in again).backward()
+    assert torch.equal(layers[0].lstm.weight_ih_l0.grad, torch.ones(16, 4)), "the cast passes gradients back"
+
+
+def test_weights_already_in_the_kernels_buffer_are_used_as_they_are(monkeypatch):
+    monkeypatch.setattr(flat_weights, "cudnn_layout", lambda shapes, *_, **__: flat_weights.packed_layout(shapes))
+    layers = [LSTMLayer(4, 4), LSTMLayer(4, 4)]
+    weights = [w for layer in layers for w in layer.lstm._flat_weights]
+    flat_weights.share(weights, flat_weights.packed_layout([tuple(w.shape) for w in weights]))
+    assert all(a is b for a, b in zip(kernel_weights(layers, torch.float32), weights)), "the stack: no copy"
+    alone = kernel_weights(layers[1:], torch.float32)  # one layer of the stack's buffer: cast once, then kept
+    assert alone[0] is not weights[4] and alone[0] is kernel_weights(layers[1:], torch.float32)[0]

@@ -34,22 +34,29 @@ def test_under_bf16_the_lstm_runs_in_bf16_where_cudnn_has_bf16_rnns_else_fp32_ne
     caplog.set_level(logging.INFO)
     steps = gpu_steps("--train.precision=bf16", f"--model.dropout={dropout}")
     steps.train_step(a_batch(), 0.7, 1)
-    expected = torch.bfloat16 if cudnn_has_bf16_rnn() else torch.float32
+    expected = torch.bfloat16 if cudnn_has_bf16_rnn(torch.device("cuda")) else torch.float32
     assert steps.lstm_dtype.dtype == expected, (f"the LSTM ran in {steps.lstm_dtype.dtype} with cuDNN "
                                                 f"{torch.backends.cudnn.version()}")
-    assert f"the LSTM kernels ran in {expected}" in caplog.text
+    assert steps.lstm_dtype.kernel == "CudnnRnnBackward0", "cuDNN's kernel, not PyTorch's per-step fallback"
+    assert f"the LSTM kernels ran in {expected} (CudnnRnnBackward0)" in caplog.text
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_a_stacked_cuda_call_copies_no_weights_and_warns_nothing(precision):
+@pytest.mark.parametrize("calls", ["stacked", "layer by layer"])
+def test_a_cuda_lstm_call_copies_no_weights_each_time_and_warns_nothing(precision, calls):
+    """A stack runs on its shared buffer as it is; a layer called alone into that buffer (a model told
+    stack_layers=False, attention pictures) gets its weights placed once a version, not copied (and warned
+    about) at every call."""
     import warnings
 
     steps = gpu_steps(f"--train.precision={precision}")
     encoder = [w for layer in steps.model.encoder for w in layer.lstm._flat_weights]
     assert len({w.untyped_storage().data_ptr() for w in encoder}) == 1, "one buffer for the encoder's stack"
+    steps.model.stack_layers = calls == "stacked"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         steps.train_step(a_batch(), 0.7, 1)
+        steps.train_step(a_batch(), 0.7, 2)
     copies = [str(w.message) for w in caught if "contiguous chunk of memory" in str(w.message)]
     assert not copies, copies
     assert len({w.untyped_storage().data_ptr() for w in encoder}) == 1, "still one buffer after the update"

@@ -79,11 +79,12 @@ def test_resume_refuses_a_different_batch_size(prepared_tiny):
 
 
 def test_replicas_split_each_global_batch_between_them(prepared_tiny):
-    single = [keys(b) for b in loader(prepared_tiny)]
+    single = list(loader(prepared_tiny))
     replicas = [loader(prepared_tiny, replica=r, replicas=2) for r in range(2)]
-    for global_keys, (a, b) in zip(single, zip(*replicas)):
-        assert sorted(keys(a) + keys(b)) == sorted(global_keys)
-        assert a.step_sentences == b.step_sentences == len(global_keys), "the loss divides by the global batch"
+    for whole, (a, b) in zip(single, zip(*replicas)):
+        assert sorted(keys(a) + keys(b)) == sorted(keys(whole))
+        assert a.step_sentences == b.step_sentences == len(whole), "the loss divides by the global batch"
+        assert a.step_totals == b.step_totals == whole.totals(), "each replica knows the step's counts: no all-reduce"
 
 
 def test_padding_and_target_shift(prepared_tiny):

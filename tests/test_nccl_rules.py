@@ -152,3 +152,39 @@ def test_a_batch_of_sends_and_receives_completes_as_one():
     a.blocking("batch", ops=ops(1), numel=8)
     b.blocking("batch", ops=ops(0), numel=8)
     assert replay(ranks_of(a, b)).ok
+
+
+def test_a_device_synchronize_waits_for_every_operation_the_rank_has_issued():
+    """The wavefront's timeline once synchronized the GPU around each instruction: the step's first posts every
+    receive, gradients from the next stage among them, which that stage sends only after the activations this
+    rank has yet to send. A synchronize waits for those receives: a deadlock."""
+    for synchronizes in (True, False):
+        a, b = Log(0), Log(1)
+        gradient = a.issue("recv", 1, group="1to0")  # posted at the step's start
+        if synchronizes:
+            a.events.append({"event": "synchronize", "device": "cuda:0"})
+        a.blocking("send", 1, group="0to1")  # the activations
+        a.wait(gradient)
+        b.blocking("recv", 0, group="0to1")
+        b.blocking("send", 0, group="1to0")
+        verdict = replay(ranks_of(a, b))
+        assert verdict.ok is not synchronizes, str(verdict)
+    assert "rank 0 synchronizes its device" in str(verdict := replay(ranks_of(*_synchronized_pair())))
+    assert verdict.completed == 0
+
+
+def _synchronized_pair() -> tuple[Log, Log]:
+    a, b = Log(0), Log(1)
+    a.issue("recv", 1, group="1to0")
+    a.events.append({"event": "synchronize", "device": "cuda:0"})
+    a.blocking("send", 1, group="0to1")
+    b.blocking("recv", 0, group="0to1")
+    return a, b
+
+
+def test_a_synchronize_after_every_message_completed_passes():
+    a, b = Log(0), Log(1)
+    a.blocking("send", 1, group="0to1")
+    a.events.append({"event": "synchronize", "device": "cuda:0"})
+    b.blocking("recv", 0, group="0to1")
+    assert replay(ranks_of(a, b)).ok

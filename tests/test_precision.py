@@ -82,7 +82,7 @@ def test_the_lstm_kernels_dtype_is_logged_once(prepared_tiny, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     single_run(prepared_tiny, tmp_path, "logged", "--train.precision=bf16", "--train.max_steps=2")
     said = [r.getMessage() for r in caplog.records if "the LSTM kernels ran in" in r.getMessage()]
-    assert said == ["precision bf16: the LSTM kernels ran in torch.bfloat16"]
+    assert said == ["precision bf16: the LSTM kernels ran in torch.bfloat16 (MkldnnRnnLayerBackward0)"]
 
 
 def test_a_bf16_checkpoint_holds_fp32_weights_and_resumes_bit_identical(prepared_tiny, bf16_run, tmp_path):

@@ -7,6 +7,8 @@ import time
 
 import torch
 
+from dist_s2s.device import synchronize
+
 
 def matmul_rate(device: torch.device, *, precision: str = "fp32", size: int | None = None, repeats: int = 5) -> float:
     """FLOP/s of a size × size × size product on `device` in `precision` (bf16 operands for bf16, TF32
@@ -29,11 +31,6 @@ def matmul_rate(device: torch.device, *, precision: str = "fp32", size: int | No
         best = min(best, time.perf_counter() - started)
     configure("fp32")
     return 2 * size**3 / best
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_memory_mb(device: torch.device) -> float:

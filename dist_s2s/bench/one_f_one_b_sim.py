@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dist_s2s.bench.measure import synchronize
 from dist_s2s.data.batch import Batch
+from dist_s2s.device import synchronize
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.one_f_one_b import unit_inputs
 from dist_s2s.parallel.stages import pipeline_units, stage_boundaries

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from dist_s2s.bench.measure import synchronize
 from dist_s2s.bench.one_f_one_b_sim import optimizer_step_s
 from dist_s2s.data.batch import Batch
+from dist_s2s.device import synchronize
 from dist_s2s.model.dropout import step_dropout
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.parallel.placement import Placement

@@ -16,14 +16,15 @@ from pathlib import Path
 import torch
 
 from dist_s2s.bench.flops import training_flops
-from dist_s2s.bench.measure import peak_memory_mb, synchronize
+from dist_s2s.bench.measure import peak_memory_mb
 from dist_s2s.bench.plain import PlainSeq2Seq
 from dist_s2s.collector import collect_less_often, leave_without_collecting
 from dist_s2s.config import load_config
 from dist_s2s.data.loader import BatchLoader
-from dist_s2s.device import pick_device
+from dist_s2s.device import pick_device, synchronize
 from dist_s2s.errors import UserError
 from dist_s2s.model.seq2seq import Seq2Seq
+from dist_s2s.parallel.process_group import end_rank_process, launched_as_ranks
 from dist_s2s.train.step import SingleDeviceSteps
 
 
@@ -97,4 +98,6 @@ if __name__ == "__main__":
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     collect_less_often()  # as in a training process
     main()
+    if launched_as_ranks():  # a pipeline rank ends as a training rank does
+        end_rank_process(0)
     leave_without_collecting()

@@ -9,6 +9,7 @@ import pyarrow as pa
 import torch
 
 from dist_s2s.data.vocab import PAD_ID
+from dist_s2s.device import to_device
 
 HOST_FIELDS = ("src_lengths", "tgt_lengths", "lines")
 
@@ -29,6 +30,9 @@ class Batch:
     """[B, 2] (input index, 1-based line) of each pair, to restore corpus order or trace a row."""
     step_sentences: int
     """Sentences in the whole optimizer step (all replicas), the loss divisor (paper §3.4: /128)."""
+    step_totals: tuple[int, int, int] | None = None
+    """(target tokens, words, sentences) of the whole step, every replica's slice counted: set by the loader when
+    it splits a step between replicas, so each reports the step's counts without asking the others."""
 
     def __len__(self) -> int:
         return self.src.shape[0]
@@ -47,7 +51,12 @@ class Batch:
             src=self.src[rows, :src_width], src_lengths=src_lengths,
             tgt_in=self.tgt_in[rows, :tgt_width], tgt_out=self.tgt_out[rows, :tgt_width],
             tgt_lengths=tgt_lengths, lines=self.lines[rows], step_sentences=self.step_sentences,
+            step_totals=self.step_totals,
         )
+
+    def totals(self) -> tuple[int, int, int]:
+        """(target tokens, words, sentences) of this batch."""
+        return int(self.tgt_lengths.sum()), self.words, len(self)
 
     def split(self, parts: int) -> list[Batch]:
         """Interleaved slices (rows i, i+parts, …): for data replicas or micro-batches of similar cost."""
@@ -69,7 +78,7 @@ class Batch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         for name, value in moved.items():
             if isinstance(value, torch.Tensor) and name not in HOST_FIELDS:
-                moved[name] = value.to(device, non_blocking=True)
+                moved[name] = to_device(value, torch.device(device))
         return Batch(**moved)
 
 

@@ -15,6 +15,7 @@ interleaved slice of each, so N replicas see exactly the sentences one device wo
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +124,9 @@ class BatchLoader:
 
     def _read(self, rows: np.ndarray) -> Batch:
         batch = batch_from_table(self.table.take(pa.array(np.sort(rows))), step_sentences=len(rows))
-        return batch.split(self.replicas)[self.replica] if self.replicas > 1 else batch
+        if self.replicas == 1:
+            return batch
+        return replace(batch, step_totals=batch.totals()).split(self.replicas)[self.replica]
 
     @property
     def epoch_progress(self) -> float:

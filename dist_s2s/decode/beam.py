@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from dist_s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
+from dist_s2s.device import to_device
 from dist_s2s.model.seq2seq import DecoderState, Seq2Seq
 
 State = DecoderState
@@ -111,7 +112,7 @@ def beam_search(ensemble: Ensemble, src: torch.Tensor, src_lengths: torch.Tensor
     (sentences, members), device = (src.shape[0], len(ensemble.models)), src.device
     limits = [int(length * max_length_ratio) + extra_words for length in src_lengths.tolist()]
     longest = max(limits)
-    max_words = torch.tensor(limits, device=device)
+    max_words = to_device(torch.tensor(limits), device)
     states = _select(ensemble.encode(src, src_lengths), torch.arange(sentences, device=device).repeat_interleave(beam))
     scores, member_scores, prefixes, tokens = _first_beams(sentences, beam, members, width=longest + 1, device=device)
     best = _Complete.empty(sentences, nbest, members=members, width=longest + 1, device=device)

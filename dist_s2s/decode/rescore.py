@@ -17,6 +17,7 @@ import torch
 
 from dist_s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from dist_s2s.decode.translator import Translator
+from dist_s2s.device import to_device
 from dist_s2s.errors import UserError
 from dist_s2s.progress import Progress
 
@@ -91,16 +92,16 @@ def _pair_log_probs(translator: Translator, pairs: list[tuple[list[int], list[in
             src[row, :len(s)] = torch.tensor(s)
             tgt_in[row, :len(t) + 1] = torch.tensor([BOS_ID, *t])
             tgt_out[row, :len(t) + 1] = torch.tensor([*t, EOS_ID])
-        src, src_lengths = src.to(device), src_lengths.to(device)
-        tgt_in, tgt_out = tgt_in.to(device), tgt_out.to(device)
+        # The lengths stay on the host with every batch's (the model cuts its spans and masks there).
+        src, tgt_in, tgt_out = (to_device(tensor, device) for tensor in (src, tgt_in, tgt_out))
         per_member = []
         for model in translator.ensemble.models:
             hidden, _ = model.decode(tgt_in, model.encode(src, src_lengths))
             log_probs = model.log_probs(hidden.flatten(0, 1)).view(*tgt_out.shape, -1)
             per_member.append(log_probs.gather(2, tgt_out[:, :, None])[:, :, 0])
         word_scores = torch.stack(per_member).mean(dim=0).masked_fill(tgt_out == PAD_ID, 0.0)
-        for row, index in enumerate(chunk):
-            scores[index] = float(word_scores[row].sum())
+        for index, score in zip(chunk, word_scores.sum(dim=1).tolist()):  # one read of the device a batch
+            scores[index] = score
         bar.advance(len(chunk))
     return scores
 

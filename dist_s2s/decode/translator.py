@@ -25,7 +25,7 @@ from dist_s2s.data.subwords import load_codec
 from dist_s2s.data.tokenize import detokenize, tokenize
 from dist_s2s.data.vocab import PAD_ID, UNK, UNK_ID, Vocab
 from dist_s2s.decode.beam import Ensemble, Hypothesis, beam_search
-from dist_s2s.device import pick_device
+from dist_s2s.device import pick_device, to_device
 from dist_s2s.errors import UserError
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.progress import Progress
@@ -117,7 +117,7 @@ class Translator:
                 src = torch.full((len(chunk), int(lengths.max())), PAD_ID, dtype=torch.long)
                 for row, index in enumerate(chunk):
                     src[row, :len(sources[index])] = torch.tensor(sources[index])
-                found = beam_search(self.ensemble, src.to(self.device), lengths, beam,
+                found = beam_search(self.ensemble, to_device(src, self.device), lengths, beam,
                                     max_length_ratio=self.config.eval.max_length_ratio, nbest=nbest,
                                     length_penalty=self.config.eval.length_penalty)
                 for index, hypotheses in zip(chunk, found):

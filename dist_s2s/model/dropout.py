@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from dist_s2s.device import to_device
+
 _MASK32 = 0xFFFFFFFF
 
 
@@ -75,4 +77,4 @@ def step_dropout(rate: float, lines: torch.Tensor, *, seed: int, step: int, devi
     """The dropout of one training step, or None when `rate` is 0 (the paper's model)."""
     if rate == 0:
         return None
-    return Dropout(rate, row_keys(lines, seed, step).to(device, non_blocking=True))
+    return Dropout(rate, to_device(row_keys(lines, seed, step), device))  # pinned: the host does not wait

@@ -65,6 +65,16 @@ def share(weights: list[torch.nn.Parameter], layout: Layout) -> torch.Tensor:
     return buffer
 
 
+def placed_at(weights: list[torch.Tensor], layout: Layout) -> bool:
+    """Whether the weights already are views of one buffer of `layout.numel` elements at its offsets (what cuDNN
+    uses as it is)."""
+    storage = weights[0].untyped_storage()
+    base = weights[0].storage_offset() - layout.offsets[0]
+    return (storage.nbytes() == layout.numel * weights[0].element_size()
+            and all(w.untyped_storage().data_ptr() == storage.data_ptr() and w.is_contiguous()
+                    and w.storage_offset() - base == offset for w, offset in zip(weights, layout.offsets)))
+
+
 def flat_cast(weights: list[torch.Tensor], layout: Layout, dtype: torch.dtype) -> list[torch.Tensor]:
     """The weights in `dtype` as views into one new buffer at `layout`'s offsets, differentiable: the gradient of
     each view reaches its weight (in the weight's dtype)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dist_s2s.device import to_device
 from dist_s2s.model import flat_weights
 
 
@@ -22,6 +23,8 @@ class LSTMLayer(nn.Module):
 
     kernel_dtype: torch.dtype | None = None
     """The dtype the kernel last ran in, read from its outputs (under autocast it may differ from the asked)."""
+    kernel: str | None = None
+    """Which kernel last ran, read from its outputs' `grad_fn` (`kernel_name`); None without gradients."""
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
@@ -71,14 +74,6 @@ def over_lengths(run, inputs: torch.Tensor, lengths: torch.Tensor | None, state)
     return outputs, state
 
 
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on `device` without the host waiting: a GPU copy from pinned memory is asynchronous,
-    one from pageable memory waits for the device's queue first (on a CPU, the tensor itself)."""
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
-
-
 def fused(layers: list[LSTMLayer]):
     """The layers as one fused LSTM call on their own weights (no copy, same checkpoint format): one layer, or
     a stack of them, which cuDNN overlaps layer by layer (separate calls cannot). States are [L, B, H].
@@ -94,14 +89,14 @@ def fused(layers: list[LSTMLayer]):
             zeros = inputs.new_zeros(count, inputs.shape[0], size)
             state = (zeros, zeros)
         dtype = cuda_kernel_dtype(inputs.device)
-        if dtype is None:
+        if dtype is None and not inputs.is_cuda:
             outputs, h, c = torch._VF.lstm(inputs, state, weights, True, count, 0.0, training, False, True)
         else:
+            dtype = dtype or weights[0].dtype
             with torch.autocast("cuda", enabled=False):
-                cast = kernel_weights(layers, dtype)
-                outputs, h, c = torch._VF.lstm(inputs.to(dtype), tuple(s.to(dtype) for s in state), cast, True,
-                                               count, 0.0, training, False, True)
-        layers[0].kernel_dtype = outputs.dtype
+                outputs, h, c = torch._VF.lstm(inputs.to(dtype), tuple(s.to(dtype) for s in state),
+                                               kernel_weights(layers, dtype), True, count, 0.0, training, False, True)
+        layers[0].kernel_dtype, layers[0].kernel = outputs.dtype, kernel_name(outputs)
         return outputs, (h, c)
 
     return run
@@ -114,30 +109,67 @@ def cuda_kernel_dtype(device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or not torch.is_autocast_enabled("cuda"):
         return None
     asked = torch.get_autocast_dtype("cuda")
-    if asked == torch.bfloat16 and not cudnn_has_bf16_rnn():
+    if asked == torch.bfloat16 and not cudnn_has_bf16_rnn(device):
         return torch.float32
     return asked
 
 
 CUDNN_BF16_RNN = 91300
 """cuDNN 9.13: the first with bf16 RNNs that PyTorch uses (pytorch/pytorch#164411)."""
+BF16_CAPABILITY = (8, 0)
+"""Ampere and later: the GPUs with bf16 arithmetic."""
 
 
-def cudnn_has_bf16_rnn(version: int | None = None) -> bool:
-    version = torch.backends.cudnn.version() if version is None else version
-    return version is not None and version >= CUDNN_BF16_RNN
+def cudnn_has_bf16_rnn(device: torch.device | None = None, *, built: int | None = None, loaded: int | None = None,
+                       capability: tuple[int, int] | None = None) -> bool:
+    """Whether PyTorch runs an LSTM on `device` through cuDNN in bf16: PyTorch built against cuDNN 9.13 or later
+    (its bf16 path is compiled in only then), that cuDNN or later loaded, and a GPU of compute capability 8.0 or
+    more. Elsewhere a bf16 LSTM runs PyTorch's per-step fallback, slower than fp32 on cuDNN. The keywords stand in
+    for what the machine says (tests)."""
+    built = _cudnn_build_version() if built is None else built
+    loaded = (torch.backends.cudnn.version() or 0) if loaded is None else loaded
+    if capability is None:
+        capability = torch.cuda.get_device_capability(device) if torch.cuda.is_available() else (0, 0)
+    return built >= CUDNN_BF16_RNN and loaded >= CUDNN_BF16_RNN and tuple(capability) >= BF16_CAPABILITY
+
+
+def _cudnn_build_version() -> int:
+    """The cuDNN version PyTorch was compiled against, as cuDNN numbers it (9.13.0 → 91300); 0 without cuDNN."""
+    try:
+        major, minor, patch = torch._C._cudnn.getCompileVersion()
+    except (AttributeError, RuntimeError):
+        return 0
+    return major * 10000 + minor * 100 + patch
+
+
+def kernel_name(outputs: torch.Tensor) -> str | None:
+    """The LSTM kernel that made `outputs`, by its backward node under the batch-first transpose: `CudnnRnnBackward0`
+    on cuDNN, `MkldnnRnnLayerBackward0` on oneDNN, the per-step cells' nodes on PyTorch's fallback (whose outputs
+    are bf16 under bf16 too, so the dtype alone cannot tell cuDNN from it). None without gradients."""
+    node = outputs.grad_fn
+    while node is not None and node.name().startswith(("Transpose", "View", "Alias")) and node.next_functions:
+        node = node.next_functions[0][0]
+    return None if node is None else node.name()
 
 
 def kernel_weights(layers: list[LSTMLayer], dtype: torch.dtype) -> list[torch.Tensor]:
-    """The layers' weights for one cuDNN call in `dtype`: as they are when they already have it, else cast into
-    one buffer at cuDNN's offsets for that dtype (so cuDNN finds one buffer and copies nothing more)."""
+    """The layers' weights for one cuDNN call in `dtype`: as they are where cuDNN takes them so (in `dtype`, one
+    buffer at its offsets for this many layers), else cast into such a buffer (differentiable) once for this
+    version of the weights, and kept: every span, chunk and micro-batch of a step reuses it, an optimizer
+    step's in-place update makes the next call cast again. Without it each call copied the weights, and a single
+    layer's call into a stack's shared buffer warned each time (the buffer is laid out for the stack)."""
     weights = [w for layer in layers for w in layer.lstm._flat_weights]
-    if weights[0].dtype == dtype:
-        return weights
     first = layers[0].lstm
     layout = flat_weights.cudnn_layout(tuple(tuple(w.shape) for w in weights), dtype, weights[0].device,
                                        input_size=first.input_size, hidden_size=first.hidden_size, layers=len(layers))
-    return flat_weights.flat_cast(weights, layout, dtype)
+    if weights[0].dtype == dtype and flat_weights.placed_at(weights, layout):
+        return weights
+    key = (dtype, torch.is_grad_enabled(), tuple((id(w), w._version) for w in weights))
+    cached = layers[0].__dict__.get("_kernel_weights")
+    if cached is None or cached[0] != key:
+        cached = (key, flat_weights.flat_cast(weights, layout, dtype))
+        layers[0].__dict__["_kernel_weights"] = cached
+    return cached[1]
 
 
 def share_stack_buffer(layers: list[LSTMLayer]) -> None:

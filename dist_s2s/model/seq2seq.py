@@ -19,9 +19,10 @@ from torch import nn
 from dist_s2s.config import ModelConfig
 from dist_s2s.data.batch import Batch
 from dist_s2s.data.vocab import PAD_ID
+from dist_s2s.device import to_device
 from dist_s2s.model.attention import GlobalAttention
 from dist_s2s.model.dropout import Dropout, input_site
-from dist_s2s.model.layers import LSTMLayer, fused, over_lengths, share_stack_buffer, to_device
+from dist_s2s.model.layers import LSTMLayer, fused, over_lengths, share_stack_buffer
 from dist_s2s.model.softmax import SoftmaxShard, masked_nll, merge_all, shard_bounds, shard_partial
 
 

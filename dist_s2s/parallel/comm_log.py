@@ -6,8 +6,9 @@ communicator's operations one after the other, in the order they were issued. A 
 gloo can therefore hang on GPUs. With `DIST_S2S_COMM_LOG=DIR` set, `record(DIR)` (called by
 `process_group.join_process_group` before the group forms) wraps `torch.distributed`'s communication
 functions, DeepSpeed's included (it calls them by attribute), and writes `DIR/comm-<rank>.jsonl` at exit:
-one line per operation issued (kind, peer, process group and its ranks, element count, dtype, device)
-and per wait on its handle. `nccl_rules.replay` then runs the ranks' logs under NCCL's rules.
+one line per operation issued (kind, peer, process group and its ranks, element count, dtype, device),
+per wait on its handle, and per wait for the whole device (`device.synchronize`, logged on a CPU run too).
+`nccl_rules.replay` then runs the ranks' logs under NCCL's rules.
 
     DIST_S2S_COMM_LOG=/tmp/comms torchrun --nproc_per_node 2 -m dist_s2s train --config configs/tiny.yaml \
         --parallel.stages=2
@@ -28,6 +29,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.distributed import distributed_c10d as c10d
+
+from dist_s2s.device import observe_synchronizes
 
 ENV = "DIST_S2S_COMM_LOG"
 
@@ -64,6 +67,10 @@ class CommLog:
 
     def wait(self, handle: int) -> None:
         self.events.append({"event": "wait", "handle": handle})
+
+    def synchronize(self, device: torch.device) -> None:
+        """The host waited for the whole device (`device.synchronize`): for every operation issued so far."""
+        self.events.append({"event": "synchronize", "device": str(device)})
 
     def write(self) -> None:
         if not self.events:
@@ -212,6 +219,7 @@ def record(directory: str | Path, device: str) -> CommLog:
     for name in COLLECTIVES:
         _patch(name, _wrap_collective)
     _patch("batch_isend_irecv", _wrap_batch)
+    observe_synchronizes(_log.synchronize)
     atexit.register(_log.write)
     return _log
 

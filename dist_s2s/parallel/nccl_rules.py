@@ -8,7 +8,9 @@ The rules, as NCCL and PyTorch's ProcessGroupNCCL apply them:
 - a collective completes when every member of its group has it first on that communicator, with the same
   kind, element count, dtype and root (a member with a message first gets to it once the message completes);
 - an operation issued after a wait depends on what was waited for (on a GPU the wait holds the compute
-  stream, and the next operation's stream waits for the compute stream).
+  stream, and the next operation's stream waits for the compute stream);
+- a device-wide synchronize (`torch.cuda.synchronize`, logged by `device.synchronize`) holds the host until
+  every operation the rank has issued has completed, posted receives included.
 
 Which communicator an operation runs on depends on how the group was set up. `pair`: PyTorch's lazy
 default, a 2-rank communicator per pair of ranks for point-to-point messages (both directions share it),
@@ -112,6 +114,9 @@ def replay(ranks: dict[int, dict], model: str = "pair") -> Verdict:
                 if event["event"] == "wait":
                     if not issued[(rank, event["handle"])].done:
                         break
+                elif event["event"] == "synchronize":
+                    if not all(op.done for (owner, _), op in issued.items() if owner == rank):
+                        break
                 else:
                     op = Operation(rank, counts[rank], event, _communicator(rank, event, model))
                     op.parts = ([{"kind": event["kind"], "peer": event["peer"], "numel": event["numel"],
@@ -137,8 +142,12 @@ def replay(ranks: dict[int, dict], model: str = "pair") -> Verdict:
                        key=lambda op: op.index)
         waited = None
         if rank in waiting:
-            waited = issued[(rank, ranks[rank]["events"][cursor[rank]]["handle"])]
-            problems.append(f"waits on {waited.describe()}")
+            event = ranks[rank]["events"][cursor[rank]]
+            if event["event"] == "synchronize":
+                problems.append(f"rank {rank} synchronizes its device (waits for every operation it has issued)")
+            else:
+                waited = issued[(rank, event["handle"])]
+                problems.append(f"waits on {waited.describe()}")
         problems += [f"  first on its communicator: {op.describe()}" for op in heads if op is not waited]
     return Verdict(False, completed, total, problems)
 

@@ -51,11 +51,15 @@ class PipelineSteps:
             group["lr"] = lr
 
     def _step_counts(self, batch: Batch) -> tuple[int, int, int]:
-        """Target tokens, words and sentences of the whole step, all replicas' slices summed."""
-        counts = torch.tensor([int(batch.tgt_lengths.sum()), batch.words, len(batch)], dtype=torch.int64)
-        if self.replicas > 1:
-            counts = counts.to(self.device)
-            torch.distributed.all_reduce(counts, group=self.engine.grid.get_data_parallel_group())
+        """Target tokens, words and sentences of the whole step, all replicas' slices summed: the loader's count
+        of the step (`Batch.step_totals`) where it split one, else summed over the replicas (an all-reduce and a
+        read of the device, once a step: a batch made by hand)."""
+        if self.replicas == 1:
+            return batch.totals()
+        if batch.step_totals is not None:
+            return batch.step_totals
+        counts = torch.tensor(batch.totals(), dtype=torch.int64).to(self.device)
+        torch.distributed.all_reduce(counts, group=self.engine.grid.get_data_parallel_group())
         tokens, words, sentences = counts.tolist()
         return tokens, words, sentences
 

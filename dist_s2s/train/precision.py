@@ -44,17 +44,21 @@ def without_autocast(precision: str, device: torch.device):
 
 
 class LSTMDtypeReport:
-    """Logs once the dtype the LSTM kernels ran in, read off their outputs (`LSTMLayer.kernel_dtype`) after the
-    first forward: under autocast an RNN may run in another dtype than asked (PyTorch's cuDNN wrapper asks
-    fp16; here a CUDA LSTM runs in bf16 where cuDNN has bf16 RNNs, else fp32: `model.layers.cuda_kernel_dtype`)."""
+    """Logs once the dtype the LSTM kernels ran in and which kernel it was, read off their outputs
+    (`LSTMLayer.kernel_dtype`, `.kernel`: the backward node's name) after the first forward: under autocast an RNN
+    may run in another dtype than asked (PyTorch's cuDNN wrapper asks fp16; here a CUDA LSTM runs in bf16 where
+    cuDNN has bf16 RNNs, else fp32: `model.layers.cuda_kernel_dtype`), and PyTorch's per-step fallback also
+    outputs bf16, so only the kernel's name tells cuDNN from it (`CudnnRnnBackward0`)."""
 
     def __init__(self, precision: str):
-        self.precision, self.dtype = precision, None
+        self.precision, self.dtype, self.kernel = precision, None, None
 
     def after_forward(self, model: torch.nn.Module) -> None:
         if self.dtype is not None:
             return
-        self.dtype = next((layer.kernel_dtype for layer in model.modules()
-                           if isinstance(layer, LSTMLayer) and layer.kernel_dtype is not None), None)
-        if self.dtype is not None:
-            log.info("precision %s: the LSTM kernels ran in %s", self.precision, self.dtype)
+        layer = next((layer for layer in model.modules()
+                      if isinstance(layer, LSTMLayer) and layer.kernel_dtype is not None), None)
+        if layer is not None:
+            self.dtype, self.kernel = layer.kernel_dtype, layer.kernel
+            log.info("precision %s: the LSTM kernels ran in %s (%s)", self.precision, self.dtype,
+                     self.kernel or "no backward node: evaluation")

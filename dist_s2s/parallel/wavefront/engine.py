@@ -32,6 +32,7 @@ from dist_s2s.parallel.deepspeed_hooks import patch_engine
 from dist_s2s.parallel.pipeline_steps import deepspeed_config, pipeline_module, stage_optimizer
 from dist_s2s.parallel.placement import Placement, placement
 from dist_s2s.parallel.stages import pipeline_units
+from dist_s2s.parallel.wavefront.clock import instruction_clock
 from dist_s2s.parallel.wavefront.messages import StageMessages, direction_groups
 from dist_s2s.parallel.wavefront.operations import StageOperations, message_shape
 from dist_s2s.parallel.wavefront.program import (
@@ -119,27 +120,34 @@ class WavefrontEngine(PipelineEngine):
         return total
 
     def _exec_schedule(self, pipe_schedule) -> None:
-        """DeepSpeed's dispatch loop, timing each instruction when a timeline is being recorded (on a GPU with
-        the device synchronized around it, so that kernels are timed, not their launches)."""
-        timed_gpu = self.timeline is not None and self.device.type == "cuda"
-        self.messages.timed = timed_gpu
+        """DeepSpeed's dispatch loop, timing each instruction when a timeline is being recorded (`clock.py`: on a
+        GPU with events on the compute stream, never a device-wide synchronize)."""
+        clock = instruction_clock(self.device) if self.timeline is not None else None
+        self.messages.clock, marks = clock, []
+        origin = (time.perf_counter(), clock.mark()) if clock else None
         for step_cmds in pipe_schedule:
             for cmd in step_cmds:
                 if type(cmd) not in self._INSTRUCTION_MAP:
                     raise RuntimeError(f"{self.__class__.__name__} does not understand instruction {cmd!r}")
-                if timed_gpu:
-                    torch.cuda.synchronize(self.device)
-                self.messages.wait_s = 0.0
-                started = time.perf_counter()
+                began = clock.mark() if clock else None
+                self.messages.waits = []
                 MethodType(self._INSTRUCTION_MAP[type(cmd)], self)(**cmd.kwargs)
-                if timed_gpu:
-                    torch.cuda.synchronize(self.device)
-                if self.timeline is not None:
-                    op = cmd.kwargs.get("op")
-                    wait_s = self.messages.wait_s
-                    self.timeline.append({"kind": op.kind if op else cmd.name, "chunk": op.chunk.index if op else -1,
-                                          "start": started, "wait_s": wait_s,
-                                          "compute_s": time.perf_counter() - started - wait_s})
+                if clock:
+                    marks.append((cmd, began, clock.mark(), self.messages.waits))
+        if clock:
+            self._record(clock, origin, marks)
+
+    def _record(self, clock, origin, marks) -> None:
+        """Each timed instruction as a timeline entry: its start (host seconds), the time it waited for messages
+        and the rest of its time."""
+        clock.settle(marks[-1][2])
+        host_origin, origin_mark = origin
+        for cmd, began, ended, waits in marks:
+            op = cmd.kwargs.get("op")
+            wait_s = sum(clock.seconds(before, after) for before, after in waits)
+            self.timeline.append({"kind": op.kind if op else cmd.name, "chunk": op.chunk.index if op else -1,
+                                  "start": host_origin + clock.seconds(origin_mark, began), "wait_s": wait_s,
+                                  "compute_s": clock.seconds(began, ended) - wait_s})
 
     # --- messages (messages.py) ------------------------------------------------------------------------
     def _exec_post_receives(self) -> None:

@@ -13,7 +13,6 @@ ways PyTorch sets up communicators (docs/pipeline.md).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -59,11 +58,10 @@ class StageMessages:
         self.local: dict[Message, torch.Tensor] = {}
         self.posted: dict[Message, tuple[torch.Tensor, object]] = {}
         self.sent: list[tuple[torch.Tensor, object]] = []
-        self.wait_s = 0.0
-        """Seconds spent waiting for received messages since the caller last reset it."""
-        self.timed = False
-        """Recording a timeline on a GPU: a wait then lasts until the message is in (the GPU is synchronized),
-        instead of returning once the compute stream has been told to wait for it."""
+        self.clock = None
+        """Set while a timeline is recorded (`clock.py`): each receive's wait is then marked before and after."""
+        self.waits: list[tuple[object, object]] = []
+        """The marks around each wait since the caller last emptied it."""
 
     def post_receives(self, program: list[Operation], shape_of: Callable[[Message], tuple[int, ...]]) -> None:
         for message in (m for op in program for m in op.sends):
@@ -87,11 +85,12 @@ class StageMessages:
         if message.src == self.stage:
             return self.local.pop(message)
         buffer, work = self.posted.pop(message)
-        waited = time.perf_counter()
-        self._wait(work)
-        if self.timed:
-            torch.cuda.synchronize(self.device)
-        self.wait_s += time.perf_counter() - waited
+        if self.clock is None:
+            self._wait(work)
+            return buffer
+        before = self.clock.mark()
+        self._wait(work)  # on a GPU the compute stream waits, not the host: the marks are on that stream
+        self.waits.append((before, self.clock.mark()))
         return buffer
 
     def wait_sends(self) -> None:

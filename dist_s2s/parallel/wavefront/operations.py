@@ -17,8 +17,9 @@ from typing import Protocol
 import torch
 
 from dist_s2s.data.batch import Batch
+from dist_s2s.device import to_device
 from dist_s2s.model.dropout import Dropout
-from dist_s2s.model.layers import at_least_fp32, to_device
+from dist_s2s.model.layers import at_least_fp32
 from dist_s2s.model.seq2seq import Seq2Seq, attend, run_layer, softmax_input, source_mask
 from dist_s2s.model.softmax import SoftmaxPartial, merge_all
 from dist_s2s.parallel.placement import Placement
