@@ -112,13 +112,13 @@ class SyncCounter(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         inputs = _tensors(args) + _tensors(kwargs)
         device_inputs = [t for t in inputs if self._is_device(t)]
+        if name == "pin_memory" and device_inputs:
+            raise DeviceMismatch(f"pin_memory of a device tensor ({self._caller()}): only host memory can be pinned")
         result = func(*args, **kwargs)
         if name == "to" and _names_a_device(args, kwargs):
             if not device_inputs and not kwargs.get("non_blocking", False):
                 self._count("blocking host → device copy")
             return self._place(self._apart(result, args[0]), on_device=True)
-        if name == "pin_memory" and device_inputs:
-            raise DeviceMismatch(f"pin_memory of a device tensor ({self._caller()}): only host memory can be pinned")
         if not device_inputs:
             created_there = name in CREATION and kwargs.get("device") not in (None, "cpu")
             if created_there and name in ("tensor", "as_tensor"):

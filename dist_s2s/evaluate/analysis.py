@@ -11,6 +11,7 @@ from sacrebleu.metrics import BLEU
 
 from dist_s2s.data.vocab import UNK_ID
 from dist_s2s.decode.translator import Translator
+from dist_s2s.device import to_device
 
 LENGTH_EDGES = (0, 8, 11, 14, 17, 21, 26, 35)
 """Source-length bins (words): [1, 8], [9, 11], …, > 35."""
@@ -87,7 +88,7 @@ def sentence_vectors(translator: Translator, phrases: tuple[str, ...] = PHRASES)
     vectors = []
     for phrase in phrases:
         ids = translator.source_ids(phrase)
-        src = torch.tensor([ids], device=translator.device)
+        src = to_device(torch.tensor([ids]), translator.device)
         lengths = torch.tensor([len(ids)])
         states = translator.ensemble.encode(src, lengths)
         per_member = [torch.cat([h[0, 0] for h, _ in member.layers]) for member in states]

@@ -19,6 +19,7 @@ import torch  # noqa: E402
 
 from dist_s2s.data.vocab import BOS_ID  # noqa: E402
 from dist_s2s.decode.translator import Translation, Translator  # noqa: E402
+from dist_s2s.device import to_device
 from dist_s2s.train.tracking import RUN_ID_FILE, Tracker  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,8 @@ def attention_plots(translator: Translator, sources: list[list[int]], translatio
 @torch.no_grad()
 def _weights(translator: Translator, src_ids: list[int], tgt_ids: list[int]) -> torch.Tensor:
     device = translator.device
-    src = torch.tensor([src_ids], device=device)
-    tgt_in = torch.tensor([[BOS_ID, *tgt_ids]], device=device)
+    src = to_device(torch.tensor([src_ids]), device)
+    tgt_in = to_device(torch.tensor([[BOS_ID, *tgt_ids]]), device)
     return translator.ensemble.models[0].attention_weights(src, torch.tensor([len(src_ids)]), tgt_in)[0].float().cpu()
 
 
