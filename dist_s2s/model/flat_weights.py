@@ -66,13 +66,12 @@ def share(weights: list[torch.nn.Parameter], layout: Layout) -> torch.Tensor:
 
 
 def placed_at(weights: list[torch.Tensor], layout: Layout) -> bool:
-    """Whether the weights already are views of one buffer of `layout.numel` elements at its offsets (what cuDNN
-    uses as it is)."""
+    """Whether the weights already are views of one storage at `layout`'s offsets from its start, the storage
+    holding at least `layout.numel` elements: what PyTorch hands cuDNN as it is (`try_get_weight_buf`)."""
     storage = weights[0].untyped_storage()
-    base = weights[0].storage_offset() - layout.offsets[0]
-    return (storage.nbytes() == layout.numel * weights[0].element_size()
+    return (storage.nbytes() >= layout.numel * weights[0].element_size()
             and all(w.untyped_storage().data_ptr() == storage.data_ptr() and w.is_contiguous()
-                    and w.storage_offset() - base == offset for w, offset in zip(weights, layout.offsets)))
+                    and w.storage_offset() == offset for w, offset in zip(weights, layout.offsets)))
 
 
 def flat_cast(weights: list[torch.Tensor], layout: Layout, dtype: torch.dtype) -> list[torch.Tensor]:
