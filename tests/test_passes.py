@@ -51,3 +51,27 @@ def test_encoding_reverses_the_source_and_wraps_the_target(tmp_path):
     assert row["src_ids"] == [UNK_ID, 5, 4], "c b a: c is not in the 2-word vocabulary"
     assert row["tgt_ids"] == [BOS_ID, 4, 5, EOS_ID]
     assert (record["src_unk"], record["src_words"], record["tgt_words"]) == (1, 3, 2)
+
+
+def test_a_shard_encoded_column_at_a_time_equals_encoding_each_sentence_in_turn(tmp_path):
+    """Arrow looks the words up a column at a time; the result is what `Vocab.encode` gives row by row,
+    for rows sliced out of two pieces, out-of-vocabulary words and the specials written as text."""
+    src = "a b c\nd\nb a <unk> a\nc c c c\n<s> a\n"
+    tgt = "x y\nw\nz z y x\n</s> y\ny\n"
+    pair, chunk, config = first_chunk(tmp_path, src, tgt, max_len=0)
+    receipt = tokenize_chunk(pair, 0, chunk, config, work_dir=tmp_path / "work")
+    src_vocab, tgt_vocab = Vocab.build(Counter({"a": 3, "b": 2}), 6), Vocab.build(Counter({"x": 1, "y": 1}), 6)
+    src_vocab.save(tmp_path / "src.txt")
+    tgt_vocab.save(tmp_path / "tgt.txt")
+    slices = tuple((str(tmp_path / "work" / piece["file"]), 0, piece["rows"]) for piece in receipt["pieces"])
+    slices = ((slices[0][0], 1, slices[0][2]), *slices[1:])  # the first piece's first row left out
+    record = encode_shard(ShardPlan("train", 0, "shards/s.arrow", slices, keep_text=False),
+                          CodecFiles("src.txt"), CodecFiles("tgt.txt"), reverse_source=True, out_dir=tmp_path)
+    tokens = [row for path, start, stop in slices
+              for row in read_table(Path(path)).slice(start, stop - start).to_pylist()]
+    rows = read_table(tmp_path / "shards" / "s.arrow").to_pylist()
+    assert [row["src_ids"] for row in rows] == [src_vocab.encode(t["src_tokens"])[::-1] for t in tokens]
+    assert [row["tgt_ids"] for row in rows] == [[BOS_ID, *tgt_vocab.encode(t["tgt_tokens"]), EOS_ID] for t in tokens]
+    assert [row["src_len"] for row in rows] == [len(t["src_tokens"]) for t in tokens]
+    assert record["src_unk"] == sum(src_vocab.encode(t["src_tokens"]).count(UNK_ID) for t in tokens)
+    assert record["rows"] == len(tokens) == 4
