@@ -5,11 +5,12 @@
         --pairs 1000000 4000000 12000000 --cpus 2 --output benchmarks/results/prepare-scale.json
 
 Each size prepares the first N lines of the synthetic corpus (`synthetic_corpus.py`; its first N
-lines are its N-pair corpus) with `configs/paper-synthetic.yaml`: the paper's data settings (160k /
-80k words, max_len 80, 100k-row shards, 50k-line chunks). Ray is started before the clock; memory
-is sampled through the run (`tree_memory.py`: summed RSS and PSS of the driver, raylet, GCS and
-every worker), disk is the shards' size and the work directory's peak. The shards of the last size
-are kept (`--keep`) for the loader and the paper's model (`loader_scale.py`, `paper_steps.py`).
+lines are its N-pair corpus) and the real newstest2012 + 2013 as the valid split, with
+`configs/paper-synthetic.yaml`: the paper's data settings (160k / 80k words, max_len 80, 100k-row
+shards, 50k-line chunks). Ray is started before the clock; memory is sampled through the run
+(`tree_memory.py`: summed RSS and PSS of the driver, raylet, GCS and every worker), disk is the
+shards' size and the work directory's peak. The shards of the last size are kept (`--keep`) for the
+loader and the paper's model (`loader_scale.py`, `paper_steps.py`).
 """
 
 from __future__ import annotations
@@ -36,10 +37,13 @@ from dist_s2s.data.prepare import WORK, prepare
 CONFIG = "configs/paper-synthetic.yaml"
 
 
-def prefix_corpus(corpus: Path, pairs: int, root: Path) -> Path:
-    """`root/wmt14_like/train.{en,fr}`: the first `pairs` lines of the corpus, streamed (reused when complete)."""
+def prefix_corpus(corpus: Path, pairs: int, root: Path, real_data: Path) -> Path:
+    """`root/wmt14_like/train.{en,fr}`: the first `pairs` lines of the corpus, streamed (reused when complete);
+    beside it a link to the real newstest2012 + 2013 (`wmt14_dev`), the paper's validation set."""
     target = root / "wmt14_like"
     target.mkdir(parents=True, exist_ok=True)
+    if not (root / "wmt14_dev").exists():
+        (root / "wmt14_dev").symlink_to((real_data / "wmt14_dev").resolve(), target_is_directory=True)
     for lang in ("en", "fr"):
         final = target / f"train.{lang}"
         if final.is_file() and (target / f".lines.{lang}").read_text() == str(pairs):
@@ -103,8 +107,8 @@ class VocabLine(logging.Handler):
             self.types = {match[1]: int(match[3]), match[4]: int(match[6])}
 
 
-def measure(corpus: Path, pairs: int, cpus: int, *, work_root: Path, keep: bool) -> dict:
-    root = prefix_corpus(corpus, pairs, work_root / f"corpus-{pairs}")
+def measure(corpus: Path, pairs: int, cpus: int, *, work_root: Path, real_data: Path, keep: bool) -> dict:
+    root = prefix_corpus(corpus, pairs, work_root / f"corpus-{pairs}", real_data)
     out_dir = work_root / f"prepared-{pairs}"
     config = load_config(CONFIG, [f"--data.root={root}", f"--data.out_dir={out_dir}", f"--ray.num_cpus={cpus}"])
     vocab_line = VocabLine()
@@ -146,6 +150,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, nargs="+", default=[1_000_000, 4_000_000, 12_000_000])
     parser.add_argument("--cpus", type=int, nargs="+", default=[2])
     parser.add_argument("--work", default="runs/synthetic", help="where the prefixes and prepared data go")
+    parser.add_argument("--real-data", default="../shared/data", help="the real corpora (for wmt14_dev)")
     parser.add_argument("--keep", action="store_true", help="keep the largest size's shards")
     parser.add_argument("--output", help="append the runs to this JSON file")
     args = parser.parse_args()
@@ -153,7 +158,7 @@ def main() -> None:
     runs = []
     for cpus in args.cpus:
         for pairs in args.pairs:
-            run = measure(Path(args.corpus), pairs, cpus, work_root=Path(args.work),
+            run = measure(Path(args.corpus), pairs, cpus, work_root=Path(args.work), real_data=Path(args.real_data),
                           keep=args.keep and pairs == max(args.pairs) and cpus == args.cpus[-1])
             run.update(commit=commit, date=time.strftime("%Y-%m-%d"),
                        host={"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),

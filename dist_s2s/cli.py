@@ -79,7 +79,7 @@ def _train(config: Config, args: argparse.Namespace) -> None:
 def _download(config: Config, args: argparse.Namespace) -> None:
     from dist_s2s.data.download import download
 
-    download(config.data.root, args.corpus, mirror=args.mirror)
+    download(config.data.root, args.corpus, mirror=args.mirror, archive_mirror=args.archive_mirror)
 
 
 def _translate(config: Config, args: argparse.Namespace) -> None:
@@ -185,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--config", metavar="FILE", help="YAML config (configs/*.yaml); defaults are the paper's")
         if name == "download":
             command.add_argument("--corpus", nargs="+", default=["multi30k"], metavar="NAME",
-                                 help="corpora to fetch (multi30k, wmt14_dev, wmt14_test, wmt14_train)")
+                                 help="corpora to fetch (multi30k, wmt14_dev, wmt14_test, wmt14_train, wmt14_selected)")
+            command.add_argument("--archive-mirror", metavar="URL",
+                                 help="fetch the upstream archives from URL/<host>/<path> (a copy of their layout)")
             command.add_argument("--mirror", metavar="URL",
                                  help="fetch data.root's layout from this base URL instead of the upstream sites")
         if name in ("translate", "evaluate", "rescore"):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import io
+import logging
+import re
 import shutil
 import tarfile
 import threading
@@ -114,3 +117,64 @@ def test_cli_download_writes_into_data_root(serve, tmp_path, capsys):
                  "--corpus", "wmt14_dev", "--mirror", serve(SHARED_DATA)])
     assert code == 0
     assert (tmp_path / "wmt14_dev" / "valid.fr").read_bytes() == (SHARED_DATA / "wmt14_dev" / "valid.fr").read_bytes()
+
+
+def load_archive_mirror():
+    """`benchmarks/archive_mirror.py`: a static server that takes range requests and can cut a transfer off."""
+    spec = importlib.util.spec_from_file_location("archive_mirror", REPO / "benchmarks" / "archive_mirror.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ArchiveMirror
+
+
+LIUM_ARCHIVE = "www-lium.univ-lemans.fr/~schwenk/cslm_joint_paper/data/bitexts.tgz"
+SELECTED_PARTS = ("ep7_pc45", "nc9", "dev08_11", "crawl", "ccb2_pc30", "un2000_pc34")
+
+
+def lium_layout(site: Path) -> dict[str, bytes]:
+    """A small `bitexts.tgz` in LIUM's layout (`bitexts.selected/<part>.<lang>.gz`), members in another order
+    than the concatenation's; returns what each train file must hold."""
+    expected = {"en": b"", "fr": b""}
+    members = []
+    for index, part in enumerate(SELECTED_PARTS):
+        for lang in ("en", "fr"):
+            text = "".join(f"{part} {lang} ligne {line} é\n" for line in range(300 * (index + 1))).encode()
+            expected[lang] += text
+            members.append((f"bitexts.selected/{part}.{lang}.gz", gzip.compress(text)))
+    archive = site / LIUM_ARCHIVE
+    archive.parent.mkdir(parents=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in sorted(members):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return expected
+
+
+def test_the_papers_selected_corpus_comes_out_of_lium_s_archive_layout(tmp_path):
+    expected = lium_layout(tmp_path / "site")
+    with load_archive_mirror()(tmp_path / "site") as mirror:
+        download(tmp_path / "root", ["wmt14_selected"], archive_mirror=mirror.url)
+    for lang in ("en", "fr"):
+        assert (tmp_path / "root" / "wmt14_selected" / f"train.{lang}").read_bytes() == expected[lang]
+    assert [path for path, _ in mirror.requests] == [LIUM_ARCHIVE], "the archive is fetched once for both files"
+
+
+def test_a_transfer_cut_off_halfway_resumes_where_it_stopped_and_ends_with_the_right_files(tmp_path, caplog):
+    expected = lium_layout(tmp_path / "site")
+    half = (tmp_path / "site" / LIUM_ARCHIVE).stat().st_size // 2
+    root = tmp_path / "root"
+    with load_archive_mirror()(tmp_path / "site", cut_after={LIUM_ARCHIVE: half}) as mirror:
+        with pytest.raises(UserError, match=rf"cut off at byte {half:,} of .* run the same command again"):
+            download(root, ["wmt14_selected"], archive_mirror=mirror.url)
+        assert not list((root / "wmt14_selected").glob("train.*")), "nothing under a final name, no file cut short"
+        [partial] = root.rglob("bitexts.tgz.part")
+        assert partial.stat().st_size == half
+        with caplog.at_level(logging.INFO, logger="dist_s2s"):
+            download(root, ["wmt14_selected"], archive_mirror=mirror.url)
+    assert mirror.requests == [(LIUM_ARCHIVE, None), (LIUM_ARCHIVE, f"bytes={half}-")]
+    for lang in ("en", "fr"):
+        assert (root / "wmt14_selected" / f"train.{lang}").read_bytes() == expected[lang]
+    assert f"resuming bitexts.tgz at byte {half:,}" in caplog.text
+    assert re.search(r"download: bitexts\.tgz: [\d,]+ of [\d,]+ bytes done", caplog.text), "progress is shown"
+    assert not list(root.rglob("*.part")) and not (root / ".downloads").exists()

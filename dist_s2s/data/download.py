@@ -2,15 +2,20 @@
 
 Upstream, files come out of release archives (gzip, tar members, WMT SGML); with `--mirror URL`
 each file is fetched ready-made as `URL/<path under data.root>` (an institute's mirror, or a
-local copy as in the tests). Files whose checksum is published are verified; a mismatch
-leaves nothing under the final name. Downloaded archives are cached in `data.root/.downloads`
-until every file of the corpus is written.
+local copy as in the tests), and with `--archive-mirror URL` the upstream archives themselves
+come from `URL/<host>/<path>` (a copy of statmt.org's layout). Files whose checksum is published
+are verified; a mismatch leaves nothing under the final name. Downloaded archives are cached in
+`data.root/.downloads` until every file of the corpus is written; an archive's transfer that is
+cut off keeps its `.part` file, and the same command again resumes it where it stopped (an HTTP
+range request). Everything streams: memory does not grow with a multi-GB archive.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
+import io
 import json
 import logging
 import os
@@ -18,6 +23,7 @@ import re
 import shutil
 import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,11 +32,14 @@ from typing import BinaryIO
 
 from dist_s2s.data.shards import sha256_file
 from dist_s2s.errors import UserError
+from dist_s2s.progress import Progress
 
 log = logging.getLogger(__name__)
 
 _MULTI30K = "https://raw.githubusercontent.com/multi30k/dataset/a3d2e0d26b56f3846f66a952536ffed4e401d05a/data/task1/raw/"
 _STATMT = "https://www.statmt.org/"
+_LIUM = "http://www-lium.univ-lemans.fr/~schwenk/cslm_joint_paper/data/"
+_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -117,15 +126,30 @@ def _wmt14_train() -> tuple[Target, ...]:
                  for lang in ("en", "fr"))
 
 
+def _wmt14_selected() -> tuple[Target, ...]:
+    """The paper's 12M pairs (§3.1): the subset of WMT'14 en-fr that Schwenk selected, published by LIUM
+    beside the paper as `bitexts.tgz` (its six gzipped parts a language, concatenated as its users did).
+
+    No checksum was published, and the address is a personal page of 2014: docs/data.md says what that means.
+    """
+    parts = ("ep7_pc45", "nc9", "dev08_11", "crawl", "ccb2_pc30", "un2000_pc34")
+    return tuple(Target(f"wmt14_selected/train.{lang}",
+                        tuple(Part(f"{_LIUM}bitexts.tgz", f"bitexts.selected/{part}.{lang}.gz", gzip=True)
+                              for part in parts))
+                 for lang in ("en", "fr"))
+
+
 CORPORA = {
     "multi30k": _multi30k,
     "wmt14_dev": _wmt14_dev,
     "wmt14_test": _wmt14_test,
     "wmt14_train": _wmt14_train,
+    "wmt14_selected": _wmt14_selected,
 }
 
 
-def download(root: str | Path, corpora: list[str], mirror: str | None = None) -> list[Path]:
+def download(root: str | Path, corpora: list[str], mirror: str | None = None,
+             archive_mirror: str | None = None) -> list[Path]:
     """Fetch each named corpus into `root`; returns the files written or found intact."""
     root = Path(root)
     unknown = [name for name in corpora if name not in CORPORA]
@@ -135,30 +159,31 @@ def download(root: str | Path, corpora: list[str], mirror: str | None = None) ->
     for name in corpora:
         targets = CORPORA[name]()
         for target in targets:
-            written.append(fetch_target(target, root, mirror))
-        _write_receipt(root, name, targets, mirror)
+            written.append(fetch_target(target, root, mirror, archive_mirror))
+        _write_receipt(root, name, targets, mirror or archive_mirror)
     shutil.rmtree(root / ".downloads", ignore_errors=True)
     return written
 
 
-def fetch_target(target: Target, root: Path, mirror: str | None = None) -> Path:
+def fetch_target(target: Target, root: Path, mirror: str | None = None, archive_mirror: str | None = None) -> Path:
     """Build one file under root from its parts (or from the mirror), verified, written atomically."""
     path = root / target.path
     if path.is_file() and (target.sha256 is None or sha256_file(path) == target.sha256):
         log.info("download: %s already present", path)
         return path
-    parts = (Part(mirror.rstrip("/") + "/" + target.path),) if mirror else target.parts
+    if mirror:
+        parts: tuple[Part, ...] = (Part(mirror.rstrip("/") + "/" + target.path),)
+    elif archive_mirror:
+        parts = tuple(Part(_rehosted(part.url, archive_mirror), part.member, part.gzip, part.sgm)
+                      for part in target.parts)
+    else:
+        parts = target.parts
     temporary = path.with_name(path.name + ".part")
-    digest = hashlib.sha256()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "wb") as out:
-            for part in parts:
-                for block in _part_bytes(part, root / ".downloads"):
-                    digest.update(block)
-                    out.write(block)
-    except PermissionError as error:
-        raise UserError(f"cannot write under data.root {root}: {error.strerror} (choose another --data.root)") from None
+        digest = _assemble(parts, temporary, root)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # a file cut short is rebuilt from its parts; an archive resumes
+        raise
     if target.sha256 and digest.hexdigest() != target.sha256:
         temporary.unlink()
         raise UserError(f"checksum mismatch for {path} (from {parts[0].url}): "
@@ -168,11 +193,35 @@ def fetch_target(target: Target, root: Path, mirror: str | None = None) -> Path:
     return path
 
 
+def _assemble(parts: tuple[Part, ...], temporary: Path, root: Path):
+    """Write the parts one after the other into `temporary`; returns their sha256 (a hashlib object)."""
+    digest = hashlib.sha256()
+    try:
+        temporary.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as out:
+            for part in parts:
+                for block in _part_bytes(part, root / ".downloads"):
+                    digest.update(block)
+                    out.write(block)
+    except PermissionError as error:
+        raise UserError(f"cannot write under data.root {root}: {error.strerror} (choose another --data.root)") from None
+    except (http.client.HTTPException, ConnectionError, TimeoutError) as error:  # a streamed part cut off
+        raise UserError(f"transfer for {temporary.with_suffix('')} failed ({type(error).__name__}: {error}): run "
+                        "the same command again") from None
+    return digest
+
+
+def _rehosted(url: str, archive_mirror: str) -> str:
+    """`https://www.statmt.org/wmt14/dev.tgz` → `<archive_mirror>/www.statmt.org/wmt14/dev.tgz`."""
+    parsed = urllib.parse.urlsplit(url)
+    return f"{archive_mirror.rstrip('/')}/{parsed.netloc}{parsed.path}"
+
+
 def _part_bytes(part: Part, cache: Path) -> Iterator[bytes]:
     if part.member is None:
         with _open_url(part.url) as response:
             stream: BinaryIO = gzip.GzipFile(fileobj=response) if part.gzip else response
-            yield from _maybe_sgm(_blocks(stream), part.sgm)
+            yield from _maybe_sgm(stream, part.sgm, part.url)
         return
     archive = _cached(part.url, cache)
     with tarfile.open(archive) as tar:
@@ -181,44 +230,83 @@ def _part_bytes(part: Part, cache: Path) -> Iterator[bytes]:
         except KeyError:
             raise UserError(f"{part.url} has no member {part.member}") from None
         stream = gzip.GzipFile(fileobj=member) if part.gzip else member
-        yield from _maybe_sgm(_blocks(stream), part.sgm)
+        yield from _maybe_sgm(stream, part.sgm, part.url)
 
 
 def _cached(url: str, cache: Path) -> Path:
-    """An archive downloaded once per run, though several files come out of it."""
+    """An archive downloaded once per run, though several files come out of it; a transfer cut off
+    before the end resumes from its `.part` file when the server takes range requests."""
     path = cache / hashlib.sha256(url.encode()).hexdigest()[:16] / url.rsplit("/", 1)[-1]
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".part")
-        with _open_url(url) as response, open(temporary, "wb") as out:
-            shutil.copyfileobj(response, out, 1 << 20)
-        os.replace(temporary, path)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    have = partial.stat().st_size if partial.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with _open_url(request) as response:
+        resumed = have > 0 and response.status == 206 and _range_start(response) == have
+        if have and not resumed:
+            log.info("download: %s does not resume a transfer: starting %s again", url, path.name)
+            have = 0
+        elif resumed:
+            log.info("download: resuming %s at byte %s", path.name, f"{have:,}")
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        with open(partial, "ab" if resumed else "wb") as out, \
+                Progress(f"download: {path.name}", total or 0, unit="bytes", done=have, show=total is not None) as bar:
+            try:
+                while block := response.read(_BLOCK):
+                    out.write(block)
+                    bar.advance(len(block))
+            except (http.client.HTTPException, OSError) as error:
+                raise _cut_off(url, partial, total, error) from None
+    if total is not None and partial.stat().st_size != total:
+        raise _cut_off(url, partial, total, "the connection closed early")
+    os.replace(partial, path)
     return path
 
 
-def _open_url(url: str):
+def _range_start(response) -> int | None:
+    """The first byte of a 206 response (`Content-Range: bytes 100-199/200`)."""
+    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+    return int(match[1]) if match else None
+
+
+def _cut_off(url: str, partial: Path, total: int | None, reason) -> UserError:
+    size = partial.stat().st_size if partial.is_file() else 0
+    of = f" of {total:,}" if total is not None else ""
+    return UserError(f"transfer of {url} cut off at byte {size:,}{of} ({reason}): run the same command again "
+                     f"to resume it from {partial}")
+
+
+def _open_url(url: str | urllib.request.Request):
     try:
         return urllib.request.urlopen(url, timeout=60)
     except (urllib.error.URLError, OSError) as error:
-        raise UserError(f"could not fetch {url}: {getattr(error, 'reason', error)}") from None
+        name = url.full_url if isinstance(url, urllib.request.Request) else url
+        raise UserError(f"could not fetch {name}: {getattr(error, 'reason', error)}") from None
 
 
 def _blocks(stream: BinaryIO) -> Iterator[bytes]:
-    while block := stream.read(1 << 20):
+    while block := stream.read(_BLOCK):
         yield block
 
 
 _SEG = re.compile(r"<seg[^>]*>(.*)</seg>")
 
 
-def _maybe_sgm(blocks: Iterator[bytes], sgm: bool) -> Iterator[bytes]:
-    """WMT SGML → one sentence per line, with sacreBLEU's cleaning (strip, collapse whitespace)."""
+def _maybe_sgm(stream: BinaryIO, sgm: bool, url: str) -> Iterator[bytes]:
+    """The stream's bytes, or for WMT SGML one sentence per `<seg>`, with sacreBLEU's cleaning (strip,
+    collapse whitespace), read a line at a time (a `<seg>` never spans lines in WMT's files)."""
     if not sgm:
-        yield from blocks
+        yield from _blocks(stream)
         return
-    text = b"".join(blocks).decode("utf-8")  # a test set is a few hundred kB
-    for match in _SEG.finditer(text):
-        yield (" ".join(match.group(1).split()) + "\n").encode("utf-8")
+    try:
+        for line in io.TextIOWrapper(stream, encoding="utf-8", newline="\n"):
+            for match in _SEG.finditer(line):
+                yield (" ".join(match.group(1).split()) + "\n").encode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{url}: not UTF-8 SGML ({error.reason} at byte {error.start} of a line)") from None
 
 
 def _write_receipt(root: Path, name: str, targets: tuple[Target, ...], mirror: str | None) -> None:
