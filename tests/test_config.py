@@ -34,13 +34,28 @@ SHIPPED = sorted(p.relative_to(REPO / "configs").with_suffix("").as_posix()
 def test_every_shipped_config_loads(name):
     config = load_config(REPO / "configs" / f"{name}.yaml")
     assert config.data.corpora, "every config names its corpora"
-    assert config.data.root == "../shared/data"
+    if name == "paper-synthetic":  # the WMT'14-sized corpus benchmarks/synthetic_corpus.py writes
+        assert config.data.root.startswith("runs/synthetic/")
+    else:
+        assert config.data.root == "../shared/data"
 
 
 def test_paper_config_has_the_paper_layout():
     config = load_config(REPO / "configs" / "paper.yaml")
     assert config.parallel.stages == 8
     assert config.data.tgt_vocab_size // config.model.softmax_shards == 20_000
+
+
+def test_the_news_job_selects_on_newstest2012_and_reports_2013_or_2014_once_downloaded():
+    news = load_config(REPO / "configs" / "news.yaml")
+    splits = {split: prefix for corpus in news.data.corpora for split, prefix in corpus.splits.items()}
+    assert (splits["valid"], news.eval.split, splits["newstest2013"]) == (
+        "wmt14_dev/newstest2012", "newstest2013", "wmt14_dev/newstest2013")
+    assert not any("multi30k" in prefix for prefix in splits.values()), "no caption of Multi30k's"
+    with_2014 = load_config(REPO / "configs" / "news-newstest2014.yaml")
+    assert with_2014.eval.split == "newstest2014"
+    assert with_2014.data.corpora[:-1] == news.data.corpora, "the same data as the news job, and newstest2014"
+    assert with_2014.model == news.model and with_2014.optim == news.optim
 
 
 def test_overrides_replace_values_with_the_fields_type(tmp_path):
