@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dist_s2s.evaluate.analysis import MEANING_GROUPS, PHRASES, meaning_grouping
+from dist_s2s.evaluate.analysis import MEANING_GROUPS, PHRASES, length_edges, meaning_grouping
 
 
 def vectors_clustered_by(cluster_of: dict[int, int], spread: float = 0.1) -> np.ndarray:
@@ -42,3 +42,10 @@ def test_random_vectors_sit_near_chance():
     rng = np.random.default_rng(1)
     shares = [meaning_grouping(rng.normal(size=(len(PHRASES), 16)))["nearest_same_meaning"] for _ in range(300)]
     assert np.mean(shares) == pytest.approx(0.4, abs=0.05)
+
+
+def test_length_bins_reach_the_longest_sentence_present_up_to_the_papers_79_words():
+    assert length_edges([5, 12, 40]) == [0, 8, 11, 14, 17, 21, 26, 35], "captions: an open bin above 35 words"
+    assert length_edges([5, 30, 64]) == [0, 8, 11, 14, 17, 21, 26, 35, 50], "news: a bin of 51-79 words"
+    assert length_edges([5, 30, 120])[-1] == 79, "and beyond the paper's longest bin, an open one"
+    assert length_edges([]) == [0]

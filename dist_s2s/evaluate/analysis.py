@@ -13,8 +13,9 @@ from dist_s2s.data.vocab import UNK_ID
 from dist_s2s.decode.translator import Translator
 from dist_s2s.device import to_device
 
-LENGTH_EDGES = (0, 8, 11, 14, 17, 21, 26, 35)
-"""Source-length bins (words): [1, 8], [9, 11], …, > 35."""
+LENGTH_EDGES = (0, 8, 11, 14, 17, 21, 26, 35, 50, 79)
+"""Source-length bins (words): [1, 8], [9, 11], …, [36, 50], [51, 79], > 79 (the paper's Figure 3 ends at 79);
+`length_edges` keeps those below the longest sentence present."""
 
 # Figure 2 of the paper: the same words in different orders, and one event said actively and passively.
 PHRASES = (
@@ -27,6 +28,12 @@ PHRASES = (
 MEANING_GROUPS = (((0, 3, 4), (1, 2, 5)), ((6, 7, 8), (9, 10, 11)))
 """PHRASES by meaning, two sets of two: who admires/loves/respects whom, and who gave whom the card
 (said in another word order or voice). Figure 2's claim is that phrases group by these."""
+
+
+def length_edges(lengths: list[float]) -> list[float]:
+    """LENGTH_EDGES below the longest sentence: captions stop at an open bin above 35 words, news reaches 79."""
+    longest = max(lengths, default=0)
+    return [edge for edge in LENGTH_EDGES if edge < longest] or [0]
 
 
 def bleu_of(hypotheses: list[str], references: list[str]) -> float:

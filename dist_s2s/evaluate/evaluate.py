@@ -145,7 +145,7 @@ def split_perplexity(translator: Translator, src_ids: list[list[int]], tgt_ids: 
 def _analyses(translator: Translator, rows: pa.Table, src_ids: list[list[int]], *, hypotheses: list[str],
               references: list[str], report_dir: Path, scores: dict[str, Any]) -> list[Path]:
     lengths = [len(translator.source_words(ids)) for ids in src_ids]  # words, whatever the vocabulary
-    by_length = analysis.binned_bleu(lengths, hypotheses, references, list(analysis.LENGTH_EDGES))
+    by_length = analysis.binned_bleu(lengths, hypotheses, references, analysis.length_edges(lengths))
     ranks = analysis.frequency_rank(src_ids, translator.src_vocab_size)
     by_rarity = analysis.binned_bleu(ranks, hypotheses, references, analysis.quantile_edges(ranks, 6)) \
         if len(ranks) >= 6 else []
