@@ -49,13 +49,15 @@ def prefix_corpus(corpus: Path, pairs: int, root: Path, real_data: Path) -> Path
         if final.is_file() and (target / f".lines.{lang}").read_text() == str(pairs):
             continue
         partial = target / f"train.{lang}.partial"
+        written = 0
         with open(corpus / f"train.{lang}", "rb") as source, open(partial, "wb") as out:
-            for number, line in enumerate(source):
-                if number == pairs:
+            for line in source:
+                if written == pairs:
                     break
                 out.write(line)
-            else:
-                raise SystemExit(f"prepare_scale: {corpus / f'train.{lang}'} has fewer than {pairs} lines")
+                written += 1
+        if written < pairs:
+            raise SystemExit(f"prepare_scale: {corpus / f'train.{lang}'} has {written} lines, fewer than {pairs}")
         partial.replace(final)
         (target / f".lines.{lang}").write_text(str(pairs))
     return root

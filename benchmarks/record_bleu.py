@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--candidate", action="append", default=[], metavar="OVERRIDES=FILE")
     parser.add_argument("--end-to-end-s", type=float, required=True)
     parser.add_argument("--end-to-end-command", required=True)
+    parser.add_argument("--end-to-end-note", default="prepare + train + evaluate test2016 from no prepared data, "
+                        "nothing beside it")
     parser.add_argument("--note", default="")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
@@ -55,7 +57,7 @@ def main() -> None:
               "results": [evaluation(path, config.eval.length_penalty) for path in args.evaluation],
               "candidates_not_chosen": [candidate(spec) for spec in args.candidate],
               "end_to_end": {"command": args.end_to_end_command, "wall_s": args.end_to_end_s,
-                             "note": "prepare + train + evaluate test2016 from no prepared data, nothing beside it"},
+                             "note": args.end_to_end_note},
               "note": args.note}
     args.output.write_text(json.dumps(record, indent=2, default=str) + "\n")
     print(f"wrote {args.output}")

@@ -4,7 +4,7 @@
 
 Rewrites README.md's results table (between the results markers), and in docs/benchmarks.md the table of
 every bench run (bench-table markers) and the 8-GPU projection's sensitivity table (projection markers), and
-docs/evaluation.md's table of the Multi30k configs' BLEU (bleu-table markers).
+docs/evaluation.md's table of the Multi30k configs' BLEU (bleu-table markers) and the news job's (news-table).
 Every figure comes from a file that records its commit and
 resolved config; a row whose file is missing says so instead of keeping an old number.
 """
@@ -152,6 +152,38 @@ def _bf16_and_projection() -> list[str]:
             f"(paper: 3.7×) | a projection, [benchmarks](docs/benchmarks.md), `projection-h100-paper.json` |"]
 
 
+def _news() -> list[str]:
+    """The news job's row: newstest2013 at the settings chosen on newstest2012, and its time end to end."""
+    if not (RESULTS / "bleu-news.json").is_file():
+        return ["| news job (`news.yaml`) | `bleu-news.json` missing | |"]
+    result = load("bleu-news.json")
+    test = chosen_by_split(result)["newstest2013"]
+    return [f"| news job (`news.yaml`: Europarl sample + WMT news 2008–2011 + Tatoeba, the main job's recipe, "
+            f"16k words, 4 epochs), newstest2013 | BLEU {test['bleu']:.2f}, chrF {test['chrf']:.2f}; prepare + train "
+            f"+ evaluate {_minutes(result['end_to_end']['wall_s'])} | [evaluation](docs/evaluation.md#news), "
+            f"`bleu-news.json` |"]
+
+
+def news_table() -> str:
+    """docs/evaluation.md's news table: each split's BLEU / chrF, then BLEU by source length on newstest2013."""
+    if not (RESULTS / "bleu-news.json").is_file():
+        return "`bleu-news.json` missing"
+    result = load("bleu-news.json")
+    splits = chosen_by_split(result)
+    lines = ["| split | sentences/s | BLEU | chrF | perplexity | hyp/ref length |", "|---|---:|---:|---:|---:|---:|"]
+    for name in ("valid", "newstest2013"):
+        r = splits[name]
+        lines.append(f"| {name} | {r['sentences_per_sec']:.1f} | {r['bleu']:.2f} | {r['chrf']:.2f} | "
+                     f"{r['perplexity']:.2f} | {r['length_ratio']:.3f} |")
+    bins = [b for b in splits["newstest2013"]["bleu_by_length"] if b["sentences"]]
+    lines += ["", "| newstest2013, source words | " + " | ".join(
+        f"{int(b['low']) + 1}–{int(b['high'])}" if b["high"] != float("inf") else f"> {int(b['low'])}" for b in bins)
+        + " |", "|---|" + "---:|" * len(bins),
+        "| sentences | " + " | ".join(str(b["sentences"]) for b in bins) + " |",
+        "| BLEU | " + " | ".join(f"{b['bleu']:.2f}" for b in bins) + " |"]
+    return "\n".join(lines)
+
+
 def results_table() -> str:
     rows = ["| what | figure | from |", "|---|---|---|",
             _bleu("bleu-multi30k-main.json", "main job", "multi30k.yaml",
@@ -160,7 +192,7 @@ def results_table() -> str:
                   "the main job + Luong attention"),
             _bleu("bleu-multi30k.json", "the paper's recipe", "multi30k-paper.yaml",  # multi30k.yaml when it ran
                   "fp32, no dropout, 7.5 epochs, beam 12"),
-            *_one_device_vs_plain(), *_pipelines(), *_bf16_and_projection(),
+            *_news(), *_one_device_vs_plain(), *_pipelines(), *_bf16_and_projection(),
             "| reproduction of the paper's 7 claims | 5 reproduced at small scale, 2 not at this budget | "
             "[docs/REPRODUCTION.md](docs/REPRODUCTION.md) |"]
     return "\n".join(rows)
@@ -180,6 +212,7 @@ def main() -> None:
     rewrite(REPO / "docs" / "benchmarks.md", "<!-- projection:start -->", "<!-- projection:end -->",
             projection_table())
     rewrite(REPO / "docs" / "evaluation.md", "<!-- bleu-table:start -->", "<!-- bleu-table:end -->", bleu_table())
+    rewrite(REPO / "docs" / "evaluation.md", "<!-- news-table:start -->", "<!-- news-table:end -->", news_table())
     rewrite(REPO / "README.md", "<!-- results:start -->", "<!-- results:end -->", results_table())
 
 
