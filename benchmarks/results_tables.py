@@ -184,6 +184,21 @@ def news_table() -> str:
     return "\n".join(lines)
 
 
+def _prepare_scale() -> list[str]:
+    """prepare from 1M to 12M WMT-shaped pairs at 2 Ray CPUs: the speed, and the memory 12M takes against 1M."""
+    if not (RESULTS / "prepare-scale.json").is_file():
+        return ["| `prepare` at WMT'14's size | `prepare-scale.json` missing | |"]
+    runs = {run["pairs"]: run for run in load("prepare-scale.json")["runs"] if run["ray_cpus"] == 2}
+    if not {1_000_000, 12_000_000} <= runs.keys():
+        return ["| `prepare` at WMT'14's size | 1M and 12M rows missing from `prepare-scale.json` | |"]
+    small, large = runs[1_000_000], runs[12_000_000]
+    growth = large["peak_pss_mb"] / small["peak_pss_mb"]
+    return [f"| `prepare`, 12M WMT-shaped pairs (the paper's 160k / 80k words), 2 Ray CPUs | "
+            f"{large['pairs_per_sec']:,} pairs/s, {_minutes(large['seconds'])}; peak memory {growth:.2f}× the 1M "
+            f"figure ({large['peak_pss_mb']:,} vs {small['peak_pss_mb']:,} MB) | [data](docs/data.md), "
+            f"`prepare-scale.json` |"]
+
+
 def results_table() -> str:
     rows = ["| what | figure | from |", "|---|---|---|",
             _bleu("bleu-multi30k-main.json", "main job", "multi30k.yaml",
@@ -192,7 +207,7 @@ def results_table() -> str:
                   "the main job + Luong attention"),
             _bleu("bleu-multi30k.json", "the paper's recipe", "multi30k-paper.yaml",  # multi30k.yaml when it ran
                   "fp32, no dropout, 7.5 epochs, beam 12"),
-            *_news(), *_one_device_vs_plain(), *_pipelines(), *_bf16_and_projection(),
+            *_news(), *_prepare_scale(), *_one_device_vs_plain(), *_pipelines(), *_bf16_and_projection(),
             "| reproduction of the paper's 7 claims | 5 reproduced at small scale, 2 not at this budget | "
             "[docs/REPRODUCTION.md](docs/REPRODUCTION.md) |"]
     return "\n".join(rows)
