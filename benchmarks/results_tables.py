@@ -184,6 +184,23 @@ def news_table() -> str:
     return "\n".join(lines)
 
 
+def prepare_scale_table() -> str:
+    """docs/data.md: prepare at 1M, 4M and 12M WMT-shaped pairs, every run of prepare-scale.json."""
+    if not (RESULTS / "prepare-scale.json").is_file():
+        return "`prepare-scale.json` missing"
+    lines = ["| pairs | Ray CPUs | time | pairs/s | peak PSS (RSS), MB | driver | workers | shards | work dir "
+             "(peak) | word types en / fr | commit |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for run in sorted(load("prepare-scale.json")["runs"], key=lambda r: (r["ray_cpus"], r["pairs"])):
+        roles = run["role_peak_pss_mb"]
+        types = run["word_types"]
+        cells = [f"{run['pairs']:,}", str(run["ray_cpus"]), _minutes(run["seconds"]), f"{run['pairs_per_sec']:,}",
+                 f"{run['peak_pss_mb']:,} ({run['peak_rss_mb']:,})", f"{roles['driver']:,}", f"{roles['workers']:,}",
+                 f"{run['disk_shards_mb']:,} MB", f"{run['disk_work_peak_mb']:,} MB",
+                 f"{types.get('en', 0):,} / {types.get('fr', 0):,}", run["commit"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _prepare_scale() -> list[str]:
     """prepare from 1M to 12M WMT-shaped pairs at 2 Ray CPUs: the speed, and the memory 12M takes against 1M."""
     if not (RESULTS / "prepare-scale.json").is_file():
@@ -228,6 +245,8 @@ def main() -> None:
             projection_table())
     rewrite(REPO / "docs" / "evaluation.md", "<!-- bleu-table:start -->", "<!-- bleu-table:end -->", bleu_table())
     rewrite(REPO / "docs" / "evaluation.md", "<!-- news-table:start -->", "<!-- news-table:end -->", news_table())
+    rewrite(REPO / "docs" / "data.md", "<!-- prepare-scale:start -->", "<!-- prepare-scale:end -->",
+            prepare_scale_table())
     rewrite(REPO / "README.md", "<!-- results:start -->", "<!-- results:end -->", results_table())
 
 
