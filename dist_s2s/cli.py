@@ -138,6 +138,19 @@ def _convert(config: Config, args: argparse.Namespace) -> None:
     print(f"wrote {output} ({layout})")
 
 
+def _average(config: Config, args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from dist_s2s.train.averaging import average, last_checkpoints
+
+    if bool(args.checkpoint) == bool(args.last):
+        raise UserError("average takes either --checkpoint A B ... or --last N (of train.run_dir), not both or neither")
+    paths = [Path(p) for p in args.checkpoint] if args.checkpoint else last_checkpoints(config.train.run_dir, args.last)
+    result = average(paths, Path(args.output))
+    steps = ", ".join(str(source["step"]) for source in result["checkpoints"])
+    print(f"wrote {result['output']}: the mean of {len(paths)} checkpoints (steps {steps}), one single-device file")
+
+
 def _sync(config: Config, args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -165,6 +178,7 @@ COMMANDS: dict[str, tuple[str, Callable[[Config, argparse.Namespace], None]]] = 
     "rescore": ("rerank an n-best list by interpolating its scores with the model's log-probability", _rescore),
     "bench": ("time training steps of every mode on real batches: words/s, MFU, memory, ratios", _bench),
     "convert": ("rewrite a checkpoint as one single-device file or as per-stage pipeline parts", _convert),
+    "average": ("average the weights of several checkpoints (the last N of a run) into one file", _average),
     "sync": ("send the metrics a run kept locally while its MLflow server did not answer", _sync),
 }
 
@@ -223,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--output", required=True, metavar="FILE", help="checkpoint file to write")
             command.add_argument("--stages", type=int, metavar="N",
                                  help="write N pipeline stage parts (default: one single-device file)")
+        if name == "average":
+            command.add_argument("--checkpoint", nargs="+", metavar="FILE", help="checkpoints to average")
+            command.add_argument("--last", type=int, metavar="N", help="the N newest checkpoints of train.run_dir")
+            command.add_argument("--output", required=True, metavar="FILE", help="checkpoint file to write")
     return parser
 
 

@@ -75,6 +75,10 @@ class CheckpointDir:
         except (json.JSONDecodeError, KeyError) as error:
             raise UserError(f"checkpoint index {path} is corrupt: {error}") from None
 
+    def listed(self) -> list[Path]:
+        """Every checkpoint the index lists, oldest first."""
+        return [self.directory / entry["file"] for entry in self._index()]
+
     def latest(self) -> Path | None:
         entries = self._index()
         return self.directory / entries[-1]["file"] if entries else None
