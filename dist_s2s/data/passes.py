@@ -120,28 +120,39 @@ def read_counts(path: Path) -> tuple[Counter, Counter]:
 def encode_shard(plan: ShardPlan, src_codec: CodecFiles, tgt_codec: CodecFiles, *, reverse_source: bool,
                  out_dir: Path) -> dict:
     """Pass 2 for one shard: tokens → ids, words or subword pieces (source reversed, target wrapped in
-    <s> … </s>)."""
+    <s> … </s>).
+
+    The shard is encoded one pass-1 slice at a time and only the ids are kept, so a task's memory
+    follows a slice's tokens (a few thousand rows), not the shard's: a full shard of long sentences
+    held as strings took twice the memory of a half-full one, which made prepare's peak grow with the
+    corpus until every bucket's shards were full.
+    """
     src_vocab, tgt_vocab = load_codec(out_dir, src_codec), load_codec(out_dir, tgt_codec)
-    parts = [read_table(Path(path)).slice(start, stop - start) for path, start, stop in plan.slices]
-    tokens = pa.concat_tables(parts)
-    src_offsets, src_ids = _encode_column(tokens.column("src_tokens"), src_vocab)
-    tgt_offsets, tgt_ids = _encode_column(tokens.column("tgt_tokens"), tgt_vocab)
-    src_len, tgt_len = np.diff(src_offsets), np.diff(tgt_offsets)
-    if reverse_source:
-        src_ids = src_ids[_reversed_positions(src_offsets)]
-    tgt_offsets, tgt_ids = _wrapped(tgt_offsets, tgt_ids)
-    rows = tokens.num_rows
+    src_parts, tgt_parts, kept = [], [], []
+    columns = ["input", "line", *(["src_text", "tgt_text"] if plan.keep_text else [])]
+    for path, start, stop in plan.slices:
+        piece = read_table(Path(path)).slice(start, stop - start)
+        src_parts.append(_encode_side(piece.column("src_tokens"), src_vocab, reverse=reverse_source, wrap=False))
+        tgt_parts.append(_encode_side(piece.column("tgt_tokens"), tgt_vocab, reverse=False, wrap=True))
+        # copied out of the memory map, which then closes: pages of the piece's tokens read above
+        # would otherwise stay resident for the whole task
+        kept.append(piece.select(columns).take(np.arange(piece.num_rows)))
+    src_len, src_ids = _joined(src_parts)
+    tgt_len, tgt_ids = _joined(tgt_parts)
+    rest = pa.concat_tables(kept)
+    rows = rest.num_rows
     table = pa.table({
-        "src_ids": _list_array(src_offsets, src_ids),
-        "tgt_ids": _list_array(tgt_offsets, tgt_ids),
+        "src_ids": _list_array(src_len, src_ids),
+        "tgt_ids": _list_array(tgt_len, tgt_ids),
         "src_len": pa.array(src_len, pa.int32()),
-        "tgt_len": pa.array(tgt_len, pa.int32()),
-        "input": tokens.column("input"),
-        "line": tokens.column("line"),
-        "src_text": tokens.column("src_text") if plan.keep_text else pa.nulls(rows, pa.string()),
-        "tgt_text": tokens.column("tgt_text") if plan.keep_text else pa.nulls(rows, pa.string()),
+        "tgt_len": pa.array(tgt_len - 2, pa.int32()),
+        "input": rest.column("input"),
+        "line": rest.column("line"),
+        "src_text": rest.column("src_text") if plan.keep_text else pa.nulls(rows, pa.string()),
+        "tgt_text": rest.column("tgt_text") if plan.keep_text else pa.nulls(rows, pa.string()),
     }, schema=SCHEMA).combine_chunks()
     sha256 = write_table(table, out_dir / plan.path)
+    pa.default_memory_pool().release_unused()  # a worker runs many tasks: give the shard's buffers back
     return {
         "split": plan.split,
         "bucket": plan.bucket,
@@ -149,10 +160,28 @@ def encode_shard(plan: ShardPlan, src_codec: CodecFiles, tgt_codec: CodecFiles, 
         "rows": rows,
         "sha256": sha256,
         "src_words": int(src_len.sum()),
-        "tgt_words": int(tgt_len.sum()),
+        "tgt_words": int(tgt_len.sum()) - 2 * rows,
         "src_unk": int(np.count_nonzero(src_ids == UNK_ID)),
         "tgt_unk": int(np.count_nonzero(tgt_ids == UNK_ID)),
     }
+
+
+def _encode_side(tokens: pa.ChunkedArray, codec: Codec, *, reverse: bool, wrap: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One side of a slice as (row lengths, flat int32 ids), reversed or wrapped as the shard stores it."""
+    offsets, ids = _encode_column(tokens, codec)
+    if reverse:
+        ids = ids[_reversed_positions(offsets)]
+    if wrap:
+        offsets, ids = _wrapped(offsets, ids)
+    return np.diff(offsets).astype(np.int32), ids
+
+
+def _joined(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The slices' (lengths, ids) as one pair; empties `parts`, so that the slices' arrays are freed."""
+    lengths = np.concatenate([lengths for lengths, _ in parts])
+    ids = np.concatenate([ids for _, ids in parts])
+    parts.clear()
+    return lengths, ids
 
 
 def _encode_column(tokens: pa.ChunkedArray, codec: Codec) -> tuple[np.ndarray, np.ndarray]:
@@ -194,5 +223,7 @@ def _wrapped(offsets: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return wrapped_offsets, wrapped
 
 
-def _list_array(offsets: np.ndarray, values: np.ndarray) -> pa.ListArray:
+def _list_array(lengths: np.ndarray, values: np.ndarray) -> pa.ListArray:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.int32()))

@@ -49,15 +49,19 @@ def bucket_of(src_len: int, tgt_len: int, boundaries: list[int]) -> int:
 def write_table(table: pa.Table, path: Path) -> str:
     """Write an IPC file atomically (temp file + rename) and return its sha256.
 
-    A killed writer leaves only a `.tmp` file, never a truncated shard under the real name.
+    Streamed to the temporary file, never held whole in memory; a killed writer leaves only a `.tmp`
+    file, never a truncated shard under the real name.
     """
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=max(1, table.num_rows))
-    data = sink.getvalue().to_pybytes()
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, data)
-    return hashlib.sha256(data).hexdigest()
+    temporary = _temporary(path)
+    with pa.OSFile(str(temporary), "wb") as sink:
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=max(1, table.num_rows))
+    with open(temporary, "rb+") as handle:
+        os.fsync(handle.fileno())
+    sha256 = sha256_file(temporary)
+    os.replace(temporary, path)
+    return sha256
 
 
 def write_atomically(path: Path, data: bytes, durable: bool = True) -> None:
@@ -66,13 +70,17 @@ def write_atomically(path: Path, data: bytes, durable: bool = True) -> None:
     Readers see the old file or the whole new one, never a part, however the writer dies; `durable=False`
     skips the fsync for a note rewritten every step, which needs to survive a killed process, not a lost disk.
     """
-    temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
+    temporary = _temporary(path)
     with open(temporary, "wb") as handle:
         handle.write(data)
         if durable:
             handle.flush()
             os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(path.name + f".{os.getpid()}.tmp")
 
 
 def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
