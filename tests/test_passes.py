@@ -75,3 +75,56 @@ def test_a_shard_encoded_column_at_a_time_equals_encoding_each_sentence_in_turn(
     assert [row["src_len"] for row in rows] == [len(t["src_tokens"]) for t in tokens]
     assert record["src_unk"] == sum(src_vocab.encode(t["src_tokens"]).count(UNK_ID) for t in tokens)
     assert record["rows"] == len(tokens) == 4
+
+
+ENCODE_BYTES_PER_ID = 20
+"""What encoding a shard may hold at its peak per id it writes: the ids themselves (4 bytes), their joined copy
+and a slice's temporaries. Holding the shard's tokens as strings, as encoding the whole shard at once did, costs
+about 30."""
+
+_MEASURE_ENCODE = """
+import json, sys, tracemalloc
+from pathlib import Path
+import pyarrow as pa
+from dist_s2s.data.passes import ShardPlan, encode_shard
+from dist_s2s.data.subwords import CodecFiles
+slices, out_dir = json.loads(sys.argv[1]), Path(sys.argv[2])
+tracemalloc.start()
+record = encode_shard(ShardPlan("train", 0, "shards/s.arrow", tuple(map(tuple, slices)), keep_text=False),
+                      CodecFiles("src.txt"), CodecFiles("tgt.txt"), reverse_source=True, out_dir=out_dir)
+print(json.dumps({"peak": tracemalloc.get_traced_memory()[1] + pa.default_memory_pool().max_memory(),
+                  "ids": record["src_words"] + record["tgt_words"] + 2 * record["rows"]}))
+"""
+
+
+def test_encoding_a_shard_holds_a_slice_of_tokens_at_a_time_not_the_whole_shard(tmp_path):
+    """A shard of 16 pass-1 slices of 40-word sentences: the encoder's peak (numpy's traced allocations plus
+    Arrow's pool, measured in a fresh process) per id written stays at what the ids need, so a full shard of
+    long sentences costs a worker no more per row than a short one (docs/data.md, prepare at 12M pairs)."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pyarrow as pa
+
+    from dist_s2s.data.shards import TOKENIZED_SCHEMA, write_table
+
+    words = [f"w{i}" for i in range(3_000)]
+    rng = np.random.default_rng(0)
+    slices = []
+    for index in range(16):
+        rows = [[words[i] for i in rng.integers(0, len(words), 40)] for _ in range(2_000)]
+        path = tmp_path / f"piece-{index}.arrow"
+        write_table(pa.table({"src_tokens": rows, "tgt_tokens": rows, "input": [0] * len(rows),
+                              "line": list(range(len(rows))), "src_text": [None] * len(rows),
+                              "tgt_text": [None] * len(rows)}, schema=TOKENIZED_SCHEMA), path)
+        slices.append((str(path), 0, len(rows)))
+    for side in ("src", "tgt"):
+        Vocab.build(Counter(words[:2_000]), 2_004).save(tmp_path / f"{side}.txt")
+    measured = subprocess.run([sys.executable, "-c", _MEASURE_ENCODE, json.dumps(slices), str(tmp_path)],
+                              check=True, capture_output=True, text=True)
+    result = json.loads(measured.stdout)
+    assert result["ids"] == 16 * 2_000 * (40 + 42)
+    assert result["peak"] / result["ids"] <= ENCODE_BYTES_PER_ID, (
+        f"encoding held {result['peak'] / result['ids']:.1f} bytes per id written (at most {ENCODE_BYTES_PER_ID})")
