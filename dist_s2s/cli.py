@@ -53,27 +53,65 @@ def _train(config: Config, args: argparse.Namespace) -> None:
     from dist_s2s.train.trainer import train
 
     attempt = restart_attempt()  # torchrun restarted its workers: continue from the latest checkpoint
+    score_bleu = None
+    if config.train.best_metric == "bleu" and (config.train.keep_best or config.train.early_stop_patience):
+        from dist_s2s.evaluate.evaluate import validation_bleu
+
+        score_bleu = _LazyScorer(lambda: validation_bleu(config))
     if launched_as_ranks():
         join_process_group(config)  # the first import of DeepSpeed (deepspeed_hooks.import_deepspeed)
         from dist_s2s.parallel.schedules import pipeline_steps
 
         try:
-            summary = train(config, pipeline_steps, prepare_missing=False, attempt=attempt)
+            summary = train(config, pipeline_steps, prepare_missing=False, attempt=attempt, score_bleu=score_bleu)
         finally:  # left already where training ran (its steps close); else now, after an error in its set-up
             leave_process_group(finished=False)
     else:
         from dist_s2s.train.step import require_one_process
 
         require_one_process(config)  # before preparing any data
-        summary = train(config, attempt=attempt)
+        summary = train(config, attempt=attempt, score_bleu=score_bleu)
     if summary is None:  # a pipeline rank other than 0: rank 0 reports
         return
     print(f"trained to step {summary['step']}: valid ppl {summary.get('valid/ppl', float('nan')):.2f}; "
           f"checkpoint {summary['checkpoint']}; MLflow run {summary['mlflow_run_id']} at {summary['tracking_uri']}")
+    if "best_checkpoint" in summary:
+        print(f"best checkpoint by valid {config.train.best_metric}: {summary['best_checkpoint']} (--checkpoint best)")
     if config.eval.after_training:
         from dist_s2s.evaluate.evaluate import evaluate
 
-        print_scores(evaluate(config, [summary["checkpoint"]]))
+        print_scores(evaluate(config, [summary.get("best_checkpoint", summary["checkpoint"])]))
+
+
+class _LazyScorer:
+    """Reads the validation split on first use, once the data is prepared (train may prepare it first)."""
+
+    def __init__(self, build: Callable[[], Callable]):
+        self.build, self.score = build, None
+
+    def __call__(self, checkpoint):
+        self.score = self.score or self.build()
+        return self.score(checkpoint)
+
+
+def resolve_checkpoints(config: Config, names: list[str]) -> list[str]:
+    """`best` and `last` name train.run_dir's best (train.keep_best) and latest checkpoints; anything else is a
+    file."""
+    from pathlib import Path
+
+    from dist_s2s.train.checkpoint import CheckpointDir
+
+    checkpoints = CheckpointDir(Path(config.train.run_dir) / "checkpoints", keep=config.train.keep_checkpoints)
+    resolved = []
+    for name in names:
+        if name in ("best", "last"):
+            path = checkpoints.best() if name == "best" else checkpoints.latest()
+            if path is None:
+                what = "best checkpoint (train with --train.keep_best=true)" if name == "best" else "checkpoint"
+                raise UserError(f"--checkpoint {name}: {checkpoints.directory} has no {what}")
+            name = str(path)
+        resolved.append(name)
+    return resolved
 
 
 def _download(config: Config, args: argparse.Namespace) -> None:
@@ -206,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="fetch data.root's layout from this base URL instead of the upstream sites")
         if name in ("translate", "evaluate", "rescore"):
             command.add_argument("--checkpoint", required=True, nargs="+", metavar="FILE",
-                                 help="checkpoint(s); several decode as an ensemble")
+                                 help="checkpoint(s); several decode as an ensemble; `best` / `last`: "
+                                      "train.run_dir's best (train.keep_best) / latest")
             command.add_argument("--output", metavar="FILE",
                                  help="write here instead of stdout" if name != "evaluate"
                                  else "also write the scores as JSON (bleu, chrf, signature)")
@@ -301,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, overrides)
         args.overrides = overrides
         check_outputs(args.command, config, args)  # before any work
+        if isinstance(getattr(args, "checkpoint", None), list):
+            args.checkpoint = resolve_checkpoints(config, args.checkpoint)
         COMMANDS[args.command][1](config, args)
     except UserError as error:
         print(f"dist-s2s: error: {error}", file=sys.stderr)

@@ -492,3 +492,27 @@ def test_a_rank_ended_by_its_launcher_says_where_it_stopped_and_how_to_resume(pr
         assert stopped.group(1) == "stopped by SIGTERM"
     latest = CheckpointDir(tmp_path / "run" / "checkpoints", 3).latest()
     assert stopped.group(3) == str(latest) and int(stopped.group(2)) > int(latest.stem.split("-")[1])
+
+
+@pytest.mark.parametrize("layout", [("--parallel.stages=2", "--parallel.schedule=1f1b", "--parallel.micro_batches=2"),
+                                    WAVEFRONT], ids=["1f1b", "wavefront"])
+def test_a_pipeline_stops_early_on_every_rank_at_the_single_device_step_keeping_the_same_best(
+        layout, prepared_tiny, tmp_path):
+    """A rate too small to change any weight, so validation perplexity never improves on the first checkpoint's:
+    with patience 2, every rank stops after step 3 (rank 0 decides, the others follow its broadcast), the best
+    being step 1's checkpoint, whose stage parts rotation spares, as on one device."""
+    stopping = ("--train.max_steps=12", "--train.checkpoint_every=1", "--train.valid_every=1",
+                "--train.keep_checkpoints=1", "--train.keep_best=true", "--train.early_stop_patience=2",
+                "--optim.lr=1.0e-30")
+    one_device = train(tiny_config(tmp_path, *run_overrides(prepared_tiny, tmp_path / "single", *stopping)))
+    output = succeeded(torchrun(prepared_tiny, tmp_path, 2, tmp_path / "run", *layout, *stopping))
+    assert one_device["step"] == 3 and one_device["stopped_early"]
+    assert "early stop at step 3: valid ppl has not improved" in output and "trained to step 3" in output
+    index = json.loads((tmp_path / "run" / "checkpoints" / "index.json").read_text())
+    single = json.loads((tmp_path / "single" / "checkpoints" / "index.json").read_text())
+    assert index["best"]["step"] == single["best"]["step"] == 1
+    assert [e["step"] for e in index["evaluations"]] == [1, 2, 3]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*")) == [
+        "step-00000001.pt", "step-00000001.stage-0.pt", "step-00000001.stage-1.pt",
+        "step-00000003.pt", "step-00000003.stage-0.pt", "step-00000003.stage-1.pt"]
+    assert largest_difference(weights_at(tmp_path / "run", 1), weights_at(tmp_path / "single", 1)) < 1e-5

@@ -159,6 +159,17 @@ class TrainConfig:
     """Steps between checkpoints (one is also written at the end)."""
     keep_checkpoints: int = 3
     """Most recent checkpoints kept in run_dir/checkpoints."""
+    keep_best: bool = False
+    """Also keep the checkpoint with the best validation measure (`best_metric`, scored at every checkpoint),
+    whatever its age: `--checkpoint best` names it."""
+    best_metric: Literal["ppl", "bleu"] = "ppl"
+    """What `keep_best` and early stopping rank checkpoints by: validation perplexity (lower is better), or
+    sacreBLEU BLEU of the validation split decoded at `best_beam` (higher is better)."""
+    best_beam: int = 5
+    """Beam width of the validation decoding when best_metric is bleu."""
+    early_stop_patience: int = 0
+    """End training once this many checkpoints in a row have not improved on the best `best_metric`
+    (0: never; train.max_steps or optim.epochs end it)."""
     valid_split: str = "valid"
     """Prepared split whose perplexity is reported every valid_every steps."""
     resume: bool = False

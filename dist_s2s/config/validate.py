@@ -40,6 +40,7 @@ def _check_ranges(config: Config) -> None:
         "train.valid_every": config.train.valid_every,
         "train.checkpoint_every": config.train.checkpoint_every,
         "train.keep_checkpoints": config.train.keep_checkpoints,
+        "train.best_beam": config.train.best_beam,
         "eval.beam_size": config.eval.beam_size,
         "eval.max_length_ratio": config.eval.max_length_ratio,
         "eval.batch_size": config.eval.batch_size,
@@ -53,7 +54,8 @@ def _check_ranges(config: Config) -> None:
             raise UserError(f"config key {key} must leave room for 4 specials and a word, got {value}")
     for key, value in {"data.max_len": config.data.max_len, "data.split_seed": config.data.split_seed,
                        "optim.decay_start_epoch": config.optim.decay_start_epoch,
-                       "eval.length_penalty": config.eval.length_penalty}.items():
+                       "eval.length_penalty": config.eval.length_penalty,
+                       "train.early_stop_patience": config.train.early_stop_patience}.items():
         if value < 0:
             raise UserError(f"config key {key} must be >= 0, got {value}")
     for key in ("adam_beta1", "adam_beta2"):

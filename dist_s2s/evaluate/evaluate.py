@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,22 @@ def evaluate(config: Config, checkpoints: list[str], *, split: str | None = None
              split, beam, len(hypotheses), scores["sentences_per_sec"], scores["bleu"], scores["chrf"],
              scores["tokenized_bleu"])
     return scores
+
+
+def validation_bleu(config: Config) -> Callable[[Path], float]:
+    """sacreBLEU BLEU of train.valid_split decoded at train.best_beam by a checkpoint file: how the trainer ranks
+    checkpoints under train.best_metric=bleu (the split is read once; each call loads one checkpoint)."""
+    rows = split_rows(Path(config.data.out_dir), config.train.valid_split)
+    src_ids = [list(ids) for ids in rows.column("src_ids").to_pylist()]
+    references = rows.column("tgt_text").to_pylist()
+    device = pick_device(config.train.device)
+
+    def score(checkpoint: Path) -> float:
+        translator = Translator(config, [Path(checkpoint)], device)
+        hypotheses = [found[0].text for found in translator.translate_ids(src_ids, config.train.best_beam)]
+        return round(BLEU().corpus_score(hypotheses, [references]).score, 2)
+
+    return score
 
 
 def corpus_scores(translations, references: list[str], prepared) -> dict[str, Any]:

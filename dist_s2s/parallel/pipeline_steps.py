@@ -74,6 +74,12 @@ class PipelineSteps:
         torch.distributed.barrier()
         bound_every_wait(self.timeout)
 
+    def agree(self, decision: bool) -> bool:
+        """Rank 0's decision, broadcast from a tensor on this rank's device (NCCL moves device tensors only)."""
+        flag = torch.tensor([1 if decision else 0], dtype=torch.int32, device=self.device)
+        torch.distributed.broadcast(flag, src=0)
+        return bool(flag.item())
+
     def lost_contact(self, error: BaseException) -> bool:
         return lost_contact(error)
 

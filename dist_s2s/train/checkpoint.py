@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,18 +63,28 @@ def write_part(main: Path, name: str, weights: dict[str, torch.Tensor],
 
 
 class CheckpointDir:
-    def __init__(self, directory: Path, keep: int):
+    """`index.json` lists the checkpoints kept, oldest first; with validation scoring, also every checkpoint's
+    score (`evaluations`, never pruned: resume replays them) and, with `keep_best`, the best one, which
+    rotation never deletes."""
+
+    def __init__(self, directory: Path, keep: int, keep_best: bool = False):
         self.directory = Path(directory)
         self.keep = keep
+        self.keep_best = keep_best
 
-    def _index(self) -> list[dict[str, Any]]:
+    def _read(self) -> dict[str, Any]:
         path = self.directory / INDEX
         if not path.is_file():
-            return []
+            return {"checkpoints": []}
         try:
-            return json.loads(path.read_text())["checkpoints"]
-        except (json.JSONDecodeError, KeyError) as error:
+            index = json.loads(path.read_text())
+            index["checkpoints"]  # noqa: B018 - the one key every index has
+            return index
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise UserError(f"checkpoint index {path} is corrupt: {error}") from None
+
+    def _index(self) -> list[dict[str, Any]]:
+        return self._read()["checkpoints"]
 
     def listed(self) -> list[Path]:
         """Every checkpoint the index lists, oldest first."""
@@ -82,6 +93,15 @@ class CheckpointDir:
     def latest(self) -> Path | None:
         entries = self._index()
         return self.directory / entries[-1]["file"] if entries else None
+
+    def best(self) -> Path | None:
+        """The best checkpoint by the run's train.best_metric (None unless it ran with train.keep_best)."""
+        best = self._read().get("best")
+        return self.directory / best["file"] if best else None
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        """Every checkpoint's validation score, {"step", "metric", "value"}, in step order."""
+        return self._read().get("evaluations", [])
 
     def path_of(self, step: int) -> Path:
         return self.directory / f"step-{step:08d}.pt"
@@ -92,19 +112,41 @@ class CheckpointDir:
         self.directory.mkdir(parents=True, exist_ok=True)
         return write_part(self.path_of(step), name, weights, optimizer)
 
-    def save(self, step: int, state: dict[str, Any]) -> Path:
-        """Write step's checkpoint, then list it, then drop the oldest (and their parts) beyond `keep`."""
+    def save(self, step: int, state: dict[str, Any],
+             evaluate: Callable[[Path], dict[str, Any]] | None = None) -> Path:
+        """Write step's checkpoint; score it (`evaluate(path)` → {"metric", "value", "best"}) before the index
+        lists it, so that a listed checkpoint always has its score; list it; then drop the oldest (and their
+        parts) beyond `keep`, sparing the best."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path_of(step)
         digest = write_file(path, {"format": FORMAT, "step": step, **state})
-        entries = [e for e in self._index() if e["file"] != path.name]
-        entries.append({"step": step, "file": path.name, "sha256": digest})
+        evaluation = evaluate(path) if evaluate else None
+        index = self._read()
+        entry = {"step": step, "file": path.name, "sha256": digest}
+        entries = [e for e in index["checkpoints"] if e["file"] != path.name] + [entry]
         kept, dropped = entries[-self.keep:], entries[:-self.keep]
-        write_atomically(self.directory / INDEX, (json.dumps({"checkpoints": kept}, indent=2) + "\n").encode())
-        for entry in dropped:
-            for file in self.directory.glob(Path(entry["file"]).stem + ".*"):
+        index["checkpoints"] = kept
+        if evaluation is not None:
+            index["evaluations"] = [e for e in index.get("evaluations", []) if e["step"] < step] + [
+                {"step": step, "metric": evaluation["metric"], "value": evaluation["value"]}]
+            if self.keep_best and evaluation["best"]:
+                previous = index.get("best")
+                index["best"] = {**entry, "metric": evaluation["metric"], "value": evaluation["value"]}
+                if previous and previous["file"] not in {e["file"] for e in kept}:
+                    dropped.append(previous)
+        best_file = index.get("best", {}).get("file")
+        write_atomically(self.directory / INDEX, (json.dumps(index, indent=2) + "\n").encode())
+        for old in dropped:
+            if old["file"] == best_file or old["file"] == path.name:
+                continue
+            for file in self.directory.glob(Path(old["file"]).stem + ".*"):
                 file.unlink(missing_ok=True)
         return path
+
+    def expected_sha256(self, path: Path) -> str | None:
+        index = self._read()
+        listed = [*index["checkpoints"], *([index["best"]] if index.get("best") else [])]
+        return next((e["sha256"] for e in listed if e["file"] == Path(path).name), None)
 
     def discard_partial(self) -> list[str]:
         """Remove the temporary files of writes a killed run left unfinished; their names.
@@ -113,9 +155,6 @@ class CheckpointDir:
         for path in leftovers:
             path.unlink(missing_ok=True)
         return [path.name for path in leftovers]
-
-    def expected_sha256(self, path: Path) -> str | None:
-        return next((e["sha256"] for e in self._index() if e["file"] == Path(path).name), None)
 
 
 def load_checkpoint(path: Path, expected_sha256: str | None = None, kind: str = FORMAT) -> dict[str, Any]:

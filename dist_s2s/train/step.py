@@ -73,6 +73,11 @@ class Steps(Protocol):
         then on a wait for another process lasts at most parallel.timeout_s."""
         ...
 
+    def agree(self, decision: bool) -> bool:
+        """The main process's `decision` (early stopping), on every process; each passes its own, only the
+        main's counts."""
+        ...
+
     def lost_contact(self, error: BaseException) -> bool:
         """Whether `error` means another process died or hung (the loop then says how to resume)."""
         ...
@@ -138,6 +143,9 @@ class SingleDeviceSteps:
 
     def ready(self) -> None:
         pass  # no other process to wait for
+
+    def agree(self, decision: bool) -> bool:
+        return decision  # the only process
 
     def lost_contact(self, error: BaseException) -> bool:
         return False  # no other process to lose

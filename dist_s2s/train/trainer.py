@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from dist_s2s.data.shards import write_atomically
 from dist_s2s.errors import Terminated, UserError
 from dist_s2s.model.seq2seq import Seq2Seq
 from dist_s2s.progress import Progress
+from dist_s2s.train.best import BestSoFar
 from dist_s2s.train.checkpoint import (
     CheckpointDir,
     check_compatible,
@@ -112,6 +114,9 @@ class Run:
     feed: BatchFeed
     step: int
     total_steps: int
+    best: BestSoFar | None
+    """The best checkpoint so far (train.keep_best, train.early_stop_patience), kept by the main process."""
+    score_bleu: Callable[[Path], float] | None
 
     @property
     def run_dir(self) -> Path:
@@ -119,16 +124,20 @@ class Run:
 
 
 def train(config: Config, make_steps: StepsFactory = single_device_steps, *,
-          prepare_missing: bool = True, attempt: int = 0) -> dict[str, Any] | None:
-    """Train to train.max_steps or optim.epochs; a summary of the run (None on pipeline ranks but rank 0).
+          prepare_missing: bool = True, attempt: int = 0,
+          score_bleu: Callable[[Path], float] | None = None) -> dict[str, Any] | None:
+    """Train to train.max_steps or optim.epochs, or until early stopping; a summary of the run (None on
+    pipeline ranks but rank 0).
 
     `make_steps(config, model)` builds what runs the model, after the model has its initial or
     resumed weights; `prepare_missing` runs `prepare` when the data is missing (one process only);
     `attempt` > 0: a launcher restarted this job (torchrun's TORCHELASTIC_RESTART_COUNT), which then
-    resumes from its latest checkpoint as with train.resume."""
+    resumes from its latest checkpoint as with train.resume; `score_bleu(checkpoint)`: the validation
+    BLEU of a checkpoint file, which train.best_metric=bleu needs on the main process (decoding lives
+    above this package: the CLI hands it in)."""
     if attempt > 0:
         config = replace(config, train=replace(config.train, resume=True))
-    run = _set_up(config, make_steps, prepare_missing)
+    run = _set_up(config, make_steps, prepare_missing, score_bleu)
     if attempt > 0:
         _report_restart(run, attempt)
     summary: dict[str, Any] = {}
@@ -157,18 +166,22 @@ def train(config: Config, make_steps: StepsFactory = single_device_steps, *,
             _on_sigterm(previous_handler)
     if not run.steps.is_main:
         return None
+    best = run.checkpoints.best()
     return {**summary, "step": run.step, "checkpoint": str(run.checkpoints.latest()),
+            **({"best_checkpoint": str(best)} if best else {}),
             "mlflow_run_id": run.tracker.run_id, "tracking_uri": run.tracker.uri}
 
 
-def _set_up(config: Config, make_steps: StepsFactory, prepare_missing: bool) -> Run:
+def _set_up(config: Config, make_steps: StepsFactory, prepare_missing: bool,
+            score_bleu: Callable[[Path], float] | None = None) -> Run:
     """The model with its initial or resumed weights, its steps, the data, tracking and the inputs logged."""
     run_dir = Path(config.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = ensure_prepared(config) if prepare_missing else prepared_manifest(config)
     torch.manual_seed(config.train.seed)
     model = Seq2Seq(config.model, manifest.vocab.src_size, manifest.vocab.tgt_size)
-    checkpoints = CheckpointDir(run_dir / "checkpoints", keep=config.train.keep_checkpoints)
+    checkpoints = CheckpointDir(run_dir / "checkpoints", keep=config.train.keep_checkpoints,
+                                keep_best=config.train.keep_best)
     resumed = _resume(config, checkpoints, model, manifest)  # weights go in before a pipeline takes the model
 
     steps = make_steps(config, model)
@@ -199,7 +212,15 @@ def _set_up(config: Config, make_steps: StepsFactory, prepare_missing: bool) -> 
     log.info("train: %s parameters, %d batches/epoch, %d steps (%.2f epochs), from step %d",
              f"{sum(p.numel() for p in model.parameters()):,}", per_epoch, total_steps, total_steps / per_epoch, step)
     feed = BatchFeed(loader, steps.device if steps.device.type == "cuda" else None)
-    return Run(config, manifest, steps, loader, valid, checkpoints, tracker, feed, step, total_steps)
+    best = None
+    if config.train.keep_best or config.train.early_stop_patience:
+        if config.train.best_metric == "bleu" and steps.is_main and score_bleu is None:
+            raise UserError("train.best_metric=bleu decodes the validation split at every checkpoint: run it through "
+                            "`dist-s2s train`, or pass train(..., score_bleu=...)")
+        # the evaluations of the checkpoints up to the resumed one: ranks and patience as if never interrupted
+        best = BestSoFar.replay(config.train.best_metric, [e for e in checkpoints.evaluations() if e["step"] <= step])
+    return Run(config, manifest, steps, loader, valid, checkpoints, tracker, feed, step, total_steps, best,
+               score_bleu)
 
 
 def _wait_for_every_process(config: Config, steps: Steps, tracker: Tracker | QuietTracker) -> None:
@@ -241,18 +262,57 @@ def _loop(run: Run, summary: dict[str, Any]) -> None:
             if step % train_config.log_every == 0 or last:
                 summary.update(_log_window(window, step, epochs=fed.epoch_after, lr=lr, tracker=run.tracker))
                 window = Window(started=time.perf_counter())
-            if step % train_config.valid_every == 0 or last:
+            checkpoint_now = step % train_config.checkpoint_every == 0 or last
+            if step % train_config.valid_every == 0 or last or (checkpoint_now and run.best is not None):
                 validation_started = time.perf_counter()
                 nll_sum, tokens = steps.validation_nll(run.valid)
                 summary["valid/ppl"] = math.exp(nll_sum / tokens)
                 run.tracker.log_metrics({"valid/ppl": summary["valid/ppl"]}, step)
                 log.info("step %d | valid ppl %.2f", step, summary["valid/ppl"])
                 window.started += time.perf_counter() - validation_started  # not training time
-            if step % train_config.checkpoint_every == 0 or last:
+            if checkpoint_now:
+                started = time.perf_counter()
                 weights = steps.checkpoint_state(run.checkpoints, step)
                 if steps.is_main:
+                    evaluate = None
+                    if run.best is not None:
+                        def evaluate(path, step=step):
+                            return _score_checkpoint(run, path, step, ppl=summary["valid/ppl"])
                     _save(run.checkpoints, step, weights, cursor=fed.cursor, config=config, manifest=run.manifest,
-                          run_id=run.tracker.run_id)
+                          run_id=run.tracker.run_id, evaluate=evaluate)
+                window.started += time.perf_counter() - started
+                if train_config.early_stop_patience and not last and _stop_early(run):
+                    if window.steps:
+                        summary.update(_log_window(window, step, epochs=fed.epoch_after, lr=lr, tracker=run.tracker))
+                    summary["stopped_early"] = True
+                    break
+
+
+def _score_checkpoint(run: Run, path: Path, step: int, *, ppl: float) -> dict[str, Any]:
+    """The just-written checkpoint's validation score (the step's perplexity, or its BLEU decoded from the
+    file), counted towards the best so far; what the index records."""
+    metric = run.config.train.best_metric
+    value = ppl if metric == "ppl" else run.score_bleu(path)
+    improved = run.best.observe(step, value)
+    run.tracker.log_metrics({f"valid/{metric}": value, f"valid/best_{metric}": run.best.value}, step)
+    log.info("step %d | valid %s %.2f%s (best %.2f at step %d)", step, metric, value, " new best" if improved else "",
+             run.best.value, run.best.step)
+    return {"metric": metric, "value": value, "best": improved}
+
+
+def _stop_early(run: Run) -> bool:
+    """Whether train.early_stop_patience checkpoints in a row have not improved (decided by the main process,
+    agreed by every process, so that a pipeline's ranks stop at the same step)."""
+    patience = run.config.train.early_stop_patience
+    stop = run.steps.is_main and run.best.since >= patience
+    if not run.steps.agree(stop):
+        return False
+    if run.steps.is_main:
+        log.info("train: early stop at step %d: valid %s has not improved on %.2f (step %d) for %d checkpoints "
+                 "(train.early_stop_patience=%d)", run.step, run.best.metric, run.best.value, run.best.step,
+                 run.best.since, patience)
+        run.tracker.set_tags({"stopped_early": f"step {run.step}"})
+    return True
 
 
 PROGRESS_FILE = "last_step"
@@ -351,7 +411,7 @@ def _resume(config: Config, checkpoints: CheckpointDir, model: Seq2Seq, manifest
 
 
 def _save(checkpoints: CheckpointDir, step: int, weights: dict[str, Any], *, cursor: dict[str, Any], config: Config,
-          manifest: Manifest, run_id: str | None) -> Path:
+          manifest: Manifest, run_id: str | None, evaluate: Callable[[Path], dict[str, Any]] | None = None) -> Path:
     return checkpoints.save(step, {
         **weights,
         "loader": cursor,
@@ -360,4 +420,4 @@ def _save(checkpoints: CheckpointDir, step: int, weights: dict[str, Any], *, cur
         "compat": model_compatibility(config.model, manifest),
         "config": config.to_dict(),
         "mlflow_run_id": run_id,
-    })
+    }, evaluate=evaluate)
