@@ -189,6 +189,23 @@ def _average(config: Config, args: argparse.Namespace) -> None:
     print(f"wrote {result['output']}: the mean of {len(paths)} checkpoints (steps {steps}), one single-device file")
 
 
+def _serve(config: Config, args: argparse.Namespace) -> None:
+    """Serve until interrupted; bound to serve.host (127.0.0.1 unless --host names another)."""
+    from pathlib import Path
+
+    import uvicorn
+
+    from dist_s2s.serve.app import create_app
+
+    host = args.host or config.serve.host
+    port = args.port or config.serve.port
+    app = create_app(config, [Path(c) for c in args.checkpoint])
+    models = len(args.checkpoint)
+    print(f"serving {'an ensemble of ' + str(models) + ' models' if models > 1 else args.checkpoint[0]} on "
+          f"http://{host}:{port}/ (the page), POST /translate, GET /health; Ctrl-C stops", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 def _sync(config: Config, args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -217,6 +234,7 @@ COMMANDS: dict[str, tuple[str, Callable[[Config, argparse.Namespace], None]]] = 
     "bench": ("time training steps of every mode on real batches: words/s, MFU, memory, ratios", _bench),
     "convert": ("rewrite a checkpoint as one single-device file or as per-stage pipeline parts", _convert),
     "average": ("average the weights of several checkpoints (the last N of a run) into one file", _average),
+    "serve": ("serve a model (or an ensemble) over HTTP: POST /translate, GET /health, a page at /", _serve),
     "sync": ("send the metrics a run kept locally while its MLflow server did not answer", _sync),
 }
 
@@ -242,13 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="fetch the upstream archives from URL/<host>/<path> (a copy of their layout)")
             command.add_argument("--mirror", metavar="URL",
                                  help="fetch data.root's layout from this base URL instead of the upstream sites")
-        if name in ("translate", "evaluate", "rescore"):
+        if name in ("translate", "evaluate", "rescore", "serve"):
             command.add_argument("--checkpoint", required=True, nargs="+", metavar="FILE",
                                  help="checkpoint(s); several decode as an ensemble; `best` / `last`: "
                                       "train.run_dir's best (train.keep_best) / latest")
+        if name in ("translate", "evaluate", "rescore"):
             command.add_argument("--output", metavar="FILE",
                                  help="write here instead of stdout" if name != "evaluate"
                                  else "also write the scores as JSON (bleu, chrf, signature)")
+        if name == "serve":
+            command.add_argument("--host", metavar="ADDRESS", help="listen here (default serve.host, 127.0.0.1)")
+            command.add_argument("--port", type=int, metavar="N", help="TCP port (default serve.port)")
         if name in ("translate", "evaluate"):
             command.add_argument("--beam", type=int, metavar="N", help="beam width (default eval.beam_size)")
         if name in ("translate", "rescore"):

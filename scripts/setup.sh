@@ -103,6 +103,20 @@ check_setup() {  # what every setup ends with: the CPU host kept its CPU torch; 
     .venv/bin/python -c "import torch, deepspeed, ray, pyarrow, mlflow, sacremoses, sacrebleu; print('setup ok: torch', torch.__version__, '| cuda', torch.version.cuda, '| gpus', torch.cuda.device_count(), '| deepspeed', deepspeed.__version__, '| ray', ray.__version__)"
 }
 
+install_browser() {  # Debian's Chromium and its driver: the serve page's test drives them (tests/test_serve.py)
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+        return
+    fi
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "setup: chromium and chromium-driver are missing and this user cannot apt-get them; the page's" \
+            "browser test is skipped until they are there (sudo apt-get install chromium chromium-driver)" >&2
+        return
+    fi
+    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver \
+        || { run apt-get update -q && run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } \
+        || echo "setup: apt-get could not install chromium and chromium-driver; the page's browser test is skipped" >&2
+}
+
 DETECTED=$(detect_device)
 DEVICE=${DETECTED%% *}
 if [ "$CHECK_ONLY" = 1 ]; then
@@ -140,6 +154,7 @@ else
     run env "${DEEPSPEED_ENV[@]}" DS_BUILD_SHM_COMM=1 "${PIP[@]}" install -c constraints.txt --no-build-isolation deepspeed
 fi
 run "${PIP[@]}" install -c constraints.txt -e ".[dev]"
+install_browser
 
 if [ "$DRY_RUN" = 1 ]; then
     exit 0

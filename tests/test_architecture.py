@@ -1,4 +1,4 @@
-"""The package reads one way: data → model → train → parallel → decode → evaluate → bench → cli.
+"""The package reads one way: data → model → train → parallel → decode → evaluate → bench → serve → cli.
 
 A static scan of every import in `dist_s2s` (function-level ones included: a lazy import is still
 a dependency), so a cycle or an upstream module reaching downstream fails here, not in review.
@@ -17,7 +17,7 @@ from dist_s2s.parallel.wavefront.steps import WavefrontSteps
 from dist_s2s.train.step import SingleDeviceSteps, Steps
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dist_s2s"
-LAYERS = ["(foundation)", "data", "model", "train", "parallel", "decode", "evaluate", "bench", "cli"]
+LAYERS = ["(foundation)", "data", "model", "train", "parallel", "decode", "evaluate", "bench", "serve", "cli"]
 """Each module may import its own layer and those before it; config, errors, device, progress are foundation."""
 
 

@@ -16,6 +16,7 @@ from dist_s2s.config.schema import (
     OptimConfig,
     ParallelConfig,
     RayConfig,
+    ServeConfig,
     TrackingConfig,
     TrainConfig,
     config_hash,
@@ -24,6 +25,6 @@ from dist_s2s.config.validate import validate
 
 __all__ = [
     "Config", "CorpusConfig", "DataConfig", "EvalConfig", "ModelConfig", "OptimConfig", "ParallelConfig",
-    "RayConfig", "TrackingConfig", "TrainConfig", "config_from_dict", "config_hash", "describe_options",
+    "RayConfig", "ServeConfig", "TrackingConfig", "TrainConfig", "config_from_dict", "config_hash", "describe_options",
     "field_docs", "load_config", "validate",
 ]

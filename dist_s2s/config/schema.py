@@ -202,6 +202,26 @@ class EvalConfig:
 
 
 @dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    """Address `serve` listens on: this machine only unless another is named (`0.0.0.0`: every interface)."""
+    port: int = 8000
+    """TCP port of `serve`."""
+    max_sentences: int = 64
+    """Sentences one request may hold (more: 413)."""
+    max_chars: int = 2000
+    """Characters one sentence may hold (more: 413)."""
+    max_queued: int = 1024
+    """Sentences waiting to be decoded across all requests (more: 503, try again later)."""
+    max_batch: int = 64
+    """Sentences decoded together: requests arriving together share one batched beam search up to this."""
+    batch_wait_ms: float = 5.0
+    """How long the first request of a batch waits for others to join it."""
+    max_beam: int = 12
+    """Widest beam (and most n-best) a request may ask for."""
+
+
+@dataclass
 class TrackingConfig:
     uri: str | None = None
     """MLflow tracking URI; default sqlite in train.run_dir; MLFLOW_TRACKING_URI wins when set."""
@@ -229,6 +249,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 

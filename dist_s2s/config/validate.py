@@ -44,6 +44,12 @@ def _check_ranges(config: Config) -> None:
         "eval.beam_size": config.eval.beam_size,
         "eval.max_length_ratio": config.eval.max_length_ratio,
         "eval.batch_size": config.eval.batch_size,
+        "serve.port": config.serve.port,
+        "serve.max_sentences": config.serve.max_sentences,
+        "serve.max_chars": config.serve.max_chars,
+        "serve.max_queued": config.serve.max_queued,
+        "serve.max_batch": config.serve.max_batch,
+        "serve.max_beam": config.serve.max_beam,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -55,7 +61,8 @@ def _check_ranges(config: Config) -> None:
     for key, value in {"data.max_len": config.data.max_len, "data.split_seed": config.data.split_seed,
                        "optim.decay_start_epoch": config.optim.decay_start_epoch,
                        "eval.length_penalty": config.eval.length_penalty,
-                       "train.early_stop_patience": config.train.early_stop_patience}.items():
+                       "train.early_stop_patience": config.train.early_stop_patience,
+                       "serve.batch_wait_ms": config.serve.batch_wait_ms}.items():
         if value < 0:
             raise UserError(f"config key {key} must be >= 0, got {value}")
     for key in ("adam_beta1", "adam_beta2"):
@@ -65,6 +72,8 @@ def _check_ranges(config: Config) -> None:
         raise UserError(f"config key optim.adam_eps must be positive, got {config.optim.adam_eps}")
     if not 0 <= config.model.dropout < 1:
         raise UserError(f"config key model.dropout must be in [0, 1), got {config.model.dropout}")
+    if config.serve.port > 65535:
+        raise UserError(f"config key serve.port must be a TCP port (1-65535), got {config.serve.port}")
     if config.train.max_steps is not None and config.train.max_steps <= 0:
         raise UserError(f"config key train.max_steps must be positive, got {config.train.max_steps}")
 

@@ -58,6 +58,8 @@ class Translation:
     model_scores: list[float] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
     """The target ids the model produced, without <s> and </s> (words or subword pieces)."""
+    alignment: dict | None = None
+    """With attention, where it looked (`serve` fills it in: source and target pieces, weights)."""
 
 
 class Translator:
@@ -104,9 +106,12 @@ class Translator:
         return self.translate_ids([self.source_ids(line) for line in lines], beam, nbest, progress=progress)
 
     def translate_ids(self, sources: list[list[int]], beam: int, nbest: int = 1, *, batch_size: int | None = None,
-                      progress: str | None = None) -> list[list[Translation]]:
-        """The same from source ids; `progress` names a progress bar / log line (None: silent)."""
+                      progress: str | None = None, length_penalty: float | None = None) -> list[list[Translation]]:
+        """The same from source ids; `progress` names a progress bar / log line (None: silent); `length_penalty`
+        overrides eval.length_penalty."""
         batch_size = batch_size or self.config.eval.batch_size
+        if length_penalty is None:
+            length_penalty = self.config.eval.length_penalty
         results: list[list[Translation]] = [[Translation("", [], 0.0)] for _ in sources]
         order = sorted((i for i, ids in enumerate(sources) if ids), key=lambda i: -len(sources[i]))
         with Progress(progress or "", len(sources), unit="sentences", show=progress is not None) as bar:
@@ -119,7 +124,7 @@ class Translator:
                     src[row, :len(sources[index])] = torch.tensor(sources[index])
                 found = beam_search(self.ensemble, to_device(src, self.device), lengths, beam,
                                     max_length_ratio=self.config.eval.max_length_ratio, nbest=nbest,
-                                    length_penalty=self.config.eval.length_penalty)
+                                    length_penalty=length_penalty)
                 for index, hypotheses in zip(chunk, found):
                     results[index] = [self._text(h) for h in hypotheses]
                 bar.advance(len(chunk))

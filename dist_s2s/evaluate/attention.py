@@ -53,7 +53,7 @@ def attention_plots(translator: Translator, sources: list[list[int]], translatio
             break
         if not ids:
             continue
-        weights = _weights(translator, ids, translation.ids)
+        weights = attention_weights(translator, ids, translation.ids)
         source = translator.src_codec.pieces(ids)
         if translator.prepared.reverse_source:  # the model read it reversed: draw it in reading order
             source, weights = source[::-1], weights.flip(-1)
@@ -63,7 +63,9 @@ def attention_plots(translator: Translator, sources: list[list[int]], translatio
 
 
 @torch.no_grad()
-def _weights(translator: Translator, src_ids: list[int], tgt_ids: list[int]) -> torch.Tensor:
+def attention_weights(translator: Translator, src_ids: list[int], tgt_ids: list[int]) -> torch.Tensor:
+    """[output position (</s> last) × source position] weights of the ensemble's first model, teacher-forced on
+    `tgt_ids`: the weights its decoder used to produce them."""
     device = translator.device
     src = to_device(torch.tensor([src_ids]), device)
     tgt_in = to_device(torch.tensor([[BOS_ID, *tgt_ids]]), device)

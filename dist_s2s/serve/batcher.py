@@ -1,0 +1,153 @@
+"""Dynamic batching: requests that arrive together are decoded together, in one batched beam search.
+
+A request's sentences join a queue; one decoding thread takes the oldest request, waits up to
+`batch_wait_s` for others with the same decoding options (beam, n-best, length penalty) to join it, up to
+`max_batch` sentences, and decodes them all in one call. A server under concurrent load then decodes
+batches as `translate` does instead of one sentence at a time. A request whose client went away before its
+batch started is dropped unseen; the queue's size is bounded (`Overloaded` past `max_queued` sentences).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What must be the same for sentences to share a beam search."""
+
+    beam: int
+    nbest: int
+    length_penalty: float
+
+
+@dataclass
+class Job:
+    sources: list[list[int]]
+    options: Options
+    result: Future = field(default_factory=Future)
+    """Set to one list of hypotheses per source, in order, or to the decoder's exception."""
+
+    def cancel(self) -> None:
+        """The client went away: skip it if its batch has not started (a started batch finishes)."""
+        self.result.cancel()
+
+
+class Overloaded(Exception):
+    """More sentences queued than the server takes."""
+
+
+Decode = Callable[[list[list[int]], Options], list[list]]
+"""Source id lists → each one's hypotheses (a batched beam search)."""
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    sentences: int = 0
+    largest: int = 0
+    dropped_requests: int = 0
+    sizes: deque = field(default_factory=lambda: deque(maxlen=1000))
+    """The sentence counts of the latest batches."""
+
+    def as_dict(self) -> dict:
+        return {"batches": self.batches, "sentences": self.sentences, "largest_batch": self.largest,
+                "dropped_requests": self.dropped_requests,
+                "mean_batch": round(self.sentences / self.batches, 2) if self.batches else 0.0}
+
+
+class Batcher:
+    """Owns the decoding thread; `submit` from any thread, `close` once."""
+
+    def __init__(self, decode: Decode, *, max_batch: int, batch_wait_s: float, max_queued: int):
+        self.decode, self.max_batch, self.batch_wait_s, self.max_queued = decode, max_batch, batch_wait_s, max_queued
+        self.stats = BatchStats()
+        self._queue: deque[Job] = deque()
+        self._queued_sentences = 0
+        self._ready = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="decoder", daemon=True)
+        self._thread.start()
+
+    def submit(self, sources: list[list[int]], options: Options) -> Job:
+        job = Job(sources, options)
+        with self._ready:
+            if self._closed:
+                raise Overloaded("the server is shutting down")
+            if self._queued_sentences + len(sources) > self.max_queued:
+                raise Overloaded(f"{self._queued_sentences} sentences are waiting to be decoded (serve.max_queued="
+                                 f"{self.max_queued}): try again shortly")
+            self._queue.append(job)
+            self._queued_sentences += len(sources)
+            self._ready.notify()
+        return job
+
+    @property
+    def queued_sentences(self) -> int:
+        return self._queued_sentences
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        self._thread.join()
+
+    def _take_batch(self) -> list[Job] | None:
+        """The oldest live request and the ones with its options that arrive within the wait, up to max_batch."""
+        with self._ready:
+            while not self._closed and not self._queue:
+                self._ready.wait()
+            if self._closed:
+                return None
+            first = self._queue.popleft()
+            self._queued_sentences -= len(first.sources)
+            if first.result.cancelled():  # its client left: no batch waits for company on its behalf
+                self.stats.dropped_requests += 1
+                return []
+            batch, size = [first], len(first.sources)
+            deadline = time.monotonic() + self.batch_wait_s
+            while size < self.max_batch:
+                joining = next((job for job in self._queue if job.options == first.options
+                                and size + len(job.sources) <= self.max_batch), None)
+                if joining is not None:
+                    self._queue.remove(joining)
+                    self._queued_sentences -= len(joining.sources)
+                    batch.append(joining)
+                    size += len(joining.sources)
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._ready.wait(left)
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            live = [job for job in batch if job.result.set_running_or_notify_cancel()]  # a cancelled one: False
+            self.stats.dropped_requests += len(batch) - len(live)
+            if not live:
+                continue
+            sources = [ids for job in live for ids in job.sources]
+            try:
+                found = self.decode(sources, live[0].options)
+            except Exception as error:  # a decoding failure answers its requests, not the server
+                log.exception("serve: decoding a batch of %d sentences failed", len(sources))
+                for job in live:
+                    job.result.set_exception(error)
+                continue
+            self.stats.batches += 1
+            self.stats.sentences += len(sources)
+            self.stats.largest = max(self.stats.largest, len(sources))
+            self.stats.sizes.append(len(sources))
+            start = 0
+            for job in live:
+                job.result.set_result(found[start:start + len(job.sources)])
+                start += len(job.sources)
