@@ -198,6 +198,35 @@ def prepare_scale_table() -> str:
                  f"{run['disk_shards_mb']:,} MB", f"{run['disk_work_peak_mb']:,} MB",
                  f"{types.get('en', 0):,} / {types.get('fr', 0):,}", run["commit"]]
         lines.append("| " + " | ".join(cells) + " |")
+    before = {run["pairs"]: run for run in load("prepare-scale.json").get("before_encode_fix", [])}
+    if {1_000_000, 12_000_000} <= before.keys():
+        small, large = before[1_000_000], before[12_000_000]
+        workers = small["role_peak_pss_mb"]["workers"], large["role_peak_pss_mb"]["workers"]
+        lines += ["", f"Before the encode pass held a slice at a time (commits {small['commit']}, {large['commit']}): "
+                      f"peak PSS {small['peak_pss_mb']:,} MB at 1M and {large['peak_pss_mb']:,} MB at 12M pairs "
+                      f"({large['peak_pss_mb'] / small['peak_pss_mb']:.2f}×; workers {workers[0]:,} → {workers[1]:,} "
+                      f"MB), {_minutes(large['seconds'])} for 12M."]
+    return "\n".join(lines)
+
+
+def serve_load_table() -> str:
+    """docs/serving.md: the server under 1, 8 and 32 clients against `translate` in the same run."""
+    if not (RESULTS / "serve-load.json").is_file():
+        return "`serve-load.json` missing: run benchmarks/serve_load.py"
+    result = load("serve-load.json")
+    lines = [f"`translate` in one process: {result['translate_sentences_per_sec']:.1f} sentences/s "
+             f"({result['split']}, beam {result['beam']}, α {result['length_penalty']}, commit {result['commit']}).",
+             "",
+             "| clients | sentences/s | × translate | p50 latency | p99 latency | errors | server RSS before → after |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in result["loads"]:
+        lines.append(f"| {row['clients']} | {row['sentences_per_sec']:.1f} | {row['vs_translate']:.2f} | "
+                     f"{row['p50_ms']:,} ms | {row['p99_ms']:,} ms | {row['errors']} | {row['rss_before_mb']:,} → "
+                     f"{row['rss_after_mb']:,} MB |")
+    batching = result["batching"]
+    lines += ["", f"Over the whole run the server decoded {batching['sentences']:,} sentences in "
+                  f"{batching['batches']:,} batches (mean {batching['mean_batch']}, "
+                  f"largest {batching['largest_batch']})."]
     return "\n".join(lines)
 
 
@@ -247,6 +276,7 @@ def main() -> None:
     rewrite(REPO / "docs" / "evaluation.md", "<!-- news-table:start -->", "<!-- news-table:end -->", news_table())
     rewrite(REPO / "docs" / "data.md", "<!-- prepare-scale:start -->", "<!-- prepare-scale:end -->",
             prepare_scale_table())
+    rewrite(REPO / "docs" / "serving.md", "<!-- serve-load:start -->", "<!-- serve-load:end -->", serve_load_table())
     rewrite(REPO / "README.md", "<!-- results:start -->", "<!-- results:end -->", results_table())
 
 

@@ -1,0 +1,124 @@
+"""`dist-s2s serve` under load: 1, 8 and 32 concurrent clients sending test2016's sentences, one a request.
+
+    .venv/bin/python benchmarks/serve_load.py --config configs/multi30k.yaml \\
+        --checkpoint runs/multi30k/checkpoints/step-00002724.pt --output benchmarks/results/serve-load.json
+
+Each client sends its share of the split's sentences one request at a time (the way an application calling
+the server would) and waits for each answer; sentences/s is the whole set over the wall time, latency is
+each request's. The server is the real command, a process of its own on 127.0.0.1; its memory (RSS) is read
+before and after each load. The baseline is `translate`'s decoding of the same sentences in one process, at
+the same beam and length penalty, measured in the same run (nothing else running beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+
+from dist_s2s.config import load_config
+from dist_s2s.decode.translator import Translator
+from dist_s2s.evaluate.evaluate import split_rows
+
+
+def post(url: str, sentence: str, beam: int) -> tuple[float, bool]:
+    body = json.dumps({"sentences": [sentence], "beam": beam}).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            ok = response.status == 200 and len(json.loads(response.read())["translations"]) == 1
+    except OSError:
+        ok = False
+    return time.perf_counter() - started, ok
+
+
+def load(url: str, sentences: list[str], clients: int, beam: int) -> dict:
+    shares = [sentences[i::clients] for i in range(clients)]
+
+    def client(share: list[str]) -> list[tuple[float, bool]]:
+        return [post(url, sentence, beam) for sentence in share]
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = [r for found in pool.map(client, shares) for r in found]
+    seconds = time.perf_counter() - started
+    latencies = sorted(latency for latency, _ in results)
+    return {"clients": clients, "sentences": len(sentences), "seconds": round(seconds, 2),
+            "sentences_per_sec": round(len(sentences) / seconds, 2),
+            "p50_ms": round(1000 * statistics.median(latencies)),
+            "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]),
+            "errors": sum(not ok for _, ok in results)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--split", default="test2016")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--output")
+    args = parser.parse_args()
+    config = load_config(args.config, [])
+    beam = config.eval.beam_size
+    sentences = split_rows(Path(config.data.out_dir), args.split).column("src_text").to_pylist()
+
+    translator = Translator(config, [Path(args.checkpoint)])
+    started = time.perf_counter()
+    translator.translate(sentences, beam)
+    translate_rate = len(sentences) / (time.perf_counter() - started)
+    del translator
+    print(f"translate (one process, batches of {config.eval.batch_size}): {translate_rate:.1f} sentences/s", flush=True)
+
+    server = subprocess.Popen([sys.executable, "-m", "dist_s2s", "serve", "--config", args.config, "--checkpoint",
+                               args.checkpoint, "--port", str(args.port)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        process = psutil.Process(server.pid)
+        rows = []
+        for clients in args.clients:
+            before = process.memory_info().rss
+            row = load(url + "/translate", sentences, clients, beam)
+            row.update(rss_before_mb=round(before / 2**20), rss_after_mb=round(process.memory_info().rss / 2**20),
+                       vs_translate=round(row["sentences_per_sec"] / translate_rate, 2))
+            rows.append(row)
+            print(f"{clients:>3} clients: {row['sentences_per_sec']:6.1f} sentences/s ({row['vs_translate']:.2f} × "
+                  f"translate), p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, {row['errors']} errors, server RSS "
+                  f"{row['rss_before_mb']} → {row['rss_after_mb']} MB", flush=True)
+        with urllib.request.urlopen(url + "/health") as response:
+            batching = json.loads(response.read())["batching"]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    result = {"config": args.config, "checkpoint": args.checkpoint, "split": args.split, "beam": beam,
+              "length_penalty": config.eval.length_penalty, "serve": vars(config.serve),
+              "translate_sentences_per_sec": round(translate_rate, 2), "loads": rows, "batching": batching,
+              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                       text=True).stdout.strip(),
+              "host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                       "torch_threads": __import__("torch").get_num_threads()},
+              "date": time.strftime("%Y-%m-%d")}
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
