@@ -69,6 +69,12 @@ def test_overrides_replace_values_with_the_fields_type(tmp_path):
     assert config.tracking.experiment == "123", "a string key keeps digits as text"
 
 
+def test_a_float_written_with_an_exponent_and_no_dot_is_a_float():
+    """PyYAML (YAML 1.1) reads `1e-4` as a string; a float key takes it as the number it means."""
+    config = load_config(None, ["--optim.lr=1e-4", "--optim.adam_eps=1E-9"])
+    assert config.optim.lr == 1e-4 and config.optim.adam_eps == 1e-9
+
+
 def test_override_can_reset_an_optional_to_null():
     config = load_config(None, ["--train.max_steps=7", "--train.max_steps=null"])
     assert config.train.max_steps is None

@@ -503,7 +503,7 @@ def test_a_pipeline_stops_early_on_every_rank_at_the_single_device_step_keeping_
     being step 1's checkpoint, whose stage parts rotation spares, as on one device."""
     stopping = ("--train.max_steps=12", "--train.checkpoint_every=1", "--train.valid_every=1",
                 "--train.keep_checkpoints=1", "--train.keep_best=true", "--train.early_stop_patience=2",
-                "--optim.lr=1.0e-30")
+                "--optim.lr=1e-30")
     one_device = train(tiny_config(tmp_path, *run_overrides(prepared_tiny, tmp_path / "single", *stopping)))
     output = succeeded(torchrun(prepared_tiny, tmp_path, 2, tmp_path / "run", *layout, *stopping))
     assert one_device["step"] == 3 and one_device["stopped_early"]

@@ -6,6 +6,7 @@ Unknown keys and wrong types are errors that name the full key (`data.corpora[0]
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -95,6 +96,9 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     node[parts[-1]] = _Override(value, parsed)
 
 
+_YAML11_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check `value` against the type `hint`, recursively; errors name `key`."""
     if isinstance(value, _Override):
@@ -133,6 +137,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise _type_error(key, hint, value)
         return value
     if hint is float:
+        if isinstance(value, str) and _YAML11_EXPONENT.fullmatch(value.strip()):
+            return float(value)  # 1e-4: YAML 1.1 (PyYAML) reads an exponent without a dot as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _type_error(key, hint, value)
         return float(value)
