@@ -76,7 +76,11 @@ BLEU_ROWS = [
 
 
 def _minutes(seconds: float | None) -> str:
-    return f"{int(seconds // 60)} min {round(seconds % 60):02d} s" if seconds else ""
+    """2159.8 → 36 min 00 s (rounded to the second first: never "35 min 60 s")."""
+    if not seconds:
+        return ""
+    whole = round(seconds)
+    return f"{whole // 60} min {whole % 60:02d} s"
 
 
 def bleu_table() -> str:
@@ -190,6 +194,7 @@ def prepare_scale_table() -> str:
         return "`prepare-scale.json` missing"
     lines = ["| pairs | Ray CPUs | time | pairs/s | peak PSS (RSS), MB | driver | workers | shards | work dir "
              "(peak) | word types en / fr | commit |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    notes: list[str] = []
     for run in sorted(load("prepare-scale.json")["runs"], key=lambda r: (r["ray_cpus"], r["pairs"])):
         roles = run["role_peak_pss_mb"]
         types = run["word_types"]
@@ -197,7 +202,12 @@ def prepare_scale_table() -> str:
                  f"{run['peak_pss_mb']:,} ({run['peak_rss_mb']:,})", f"{roles['driver']:,}", f"{roles['workers']:,}",
                  f"{run['disk_shards_mb']:,} MB", f"{run['disk_work_peak_mb']:,} MB",
                  f"{types.get('en', 0):,} / {types.get('fr', 0):,}", run["commit"]]
+        if run.get("note"):
+            notes.append(run["note"])
+            cells[-1] += f" <sup>{len(notes)}</sup>"
         lines.append("| " + " | ".join(cells) + " |")
+    if notes:
+        lines += ["", *(f"<sup>{i}</sup> {note}." for i, note in enumerate(notes, 1))]
     before = {run["pairs"]: run for run in load("prepare-scale.json").get("before_encode_fix", [])}
     if {1_000_000, 12_000_000} <= before.keys():
         small, large = before[1_000_000], before[12_000_000]
