@@ -219,6 +219,99 @@ def prepare_scale_table() -> str:
     return "\n".join(lines)
 
 
+def wmt14_projection() -> str:
+    """docs/data.md: what preparing all of WMT'14 (36M pairs) asks of a 16-core node, from the runs here.
+
+    Time: Amdahl's law with the serial share read off the 1- and 2-CPU runs at 1M pairs (T2 / T1 = s + (1 - s)
+    / 2), scaled linearly in pairs (the 1M → 12M rows check it) at this machine's per-core speed. Memory: a
+    worker's share of the 2-CPU peak for each of 16 workers, the driver's growth from 1M to 12M extended to
+    36M, Ray's daemons as measured. Disk: shards, work directory and input, linear in pairs."""
+    runs = load("prepare-scale.json")["runs"]
+    by = {(run["ray_cpus"], run["pairs"]): run for run in runs if not run.get("note")}
+    if not {(1, 1_000_000), (2, 1_000_000), (2, 12_000_000)} <= by.keys():
+        return "the 1-CPU and 2-CPU runs at 1M pairs and the 2-CPU run at 12M are needed in `prepare-scale.json`"
+    one, two, large = by[(1, 1_000_000)], by[(2, 1_000_000)], by[(2, 12_000_000)]
+    serial = max(0.0, min(1.0, 2 * two["seconds"] / one["seconds"] - 1))
+    scale = 36_000_000 / 1_000_000
+    seconds = one["seconds"] * scale * (serial + (1 - serial) / 16)
+    per_worker = two["role_peak_pss_mb"]["workers"] / 2
+    driver_growth = (large["role_peak_pss_mb"]["driver"] - two["role_peak_pss_mb"]["driver"]) / 11
+    driver = large["role_peak_pss_mb"]["driver"] + driver_growth * 24
+    daemons = sum(v for k, v in large["role_peak_pss_mb"].items() if k not in ("driver", "workers"))
+    memory_gb = (16 * per_worker + driver + daemons) / 1024
+    disk = {key: large[key] * 3 / 1024 for key in ("disk_shards_mb", "disk_work_peak_mb", "input_mb")}
+    return "\n".join([
+        "| 36M pairs (all of WMT'14 en–fr), 16 Ray CPUs | projected from the runs above |",
+        "|---|---|",
+        f"| time | {seconds / 60:.0f} min ({one['pairs_per_sec']:,} pairs/s on 1 CPU, {two['pairs_per_sec']:,} on 2: "
+        f"a serial share of {100 * serial:.0f}%, so 16 CPUs run {1 / (serial + (1 - serial) / 16):.1f}× one) |",
+        f"| memory | {memory_gb:.1f} GB ({per_worker:,.0f} MB a worker × 16, the driver {driver:,.0f} MB with "
+        f"36M pairs' word types, Ray's daemons {daemons:,} MB) |",
+        f"| disk | shards {disk['disk_shards_mb']:.1f} GB, the work directory {disk['disk_work_peak_mb']:.1f} GB "
+        f"at its peak (deleted at the end), the raw text {disk['input_mb']:.1f} GB, and the archives |",
+    ])
+
+
+def loader_scale_table() -> str:
+    """docs/data.md: the loader on the 12M-pair shards, the latest run of loader-scale.json."""
+    if not (RESULTS / "loader-scale.json").is_file():
+        return "`loader-scale.json` missing: run benchmarks/loader_scale.py"
+    run = load("loader-scale.json")["runs"][-1]
+    lines = [f"{run['rows']:,} training rows, {run['batches_per_epoch']:,} batches of 128 an epoch; the cursor at "
+             f"epoch 3, batch {run['cursor']['next_batch']:,} (commit {run['commit']}).", "",
+             "| step | time | RSS | USS |", "|---|---:|---:|---:|"]
+    for label, step in run["steps"].items():
+        if "seconds" in step:
+            lines.append(f"| {label}{' (' + format(step['batches'], ',') + ' batches)' if 'batches' in step else ''} | "
+                         f"{step['seconds']:.3f} s | {step['rss_mb']:,} MB | {step['uss_mb']:,} MB |")
+    verdict = "equal" if run["resumed_equals_uninterrupted"] else "NOT equal"
+    lines += ["", f"The {run['compared_batches']} batches after the resumed cursor are {verdict} to those of the "
+                  "loader that walked there."]
+    return "\n".join(lines)
+
+
+def paper_steps_table() -> str:
+    """docs/data.md: the paper's model for 20 steps from the 12M-pair shards, one device against the pipeline."""
+    if not (RESULTS / "paper-steps-12m.json").is_file():
+        return "`paper-steps-12m.json` missing: run benchmarks/paper_steps.py"
+    run = load("paper-steps-12m.json")["runs"][-1]
+    one, pipe = run["one_device"], run["pipeline"]
+    ranks = pipe["peak_pss_mb_per_rank"]
+    lines = [f"{run['parameters']:,} parameters, {run['steps']} steps (commit {run['commit']}, {run['cores']} cores, "
+             f"{run['memory_gb']} GB).", "",
+             "| | time | peak PSS | per rank (PSS, MB) |", "|---|---:|---:|---|",
+             f"| one device | {_minutes(one['seconds'])} | {one['peak_pss_mb_sum']:,} MB | |",
+             f"| {run['stages']} stages (`deepspeed --num_gpus {run['stages']}`, gloo) | {_minutes(pipe['seconds'])} | "
+             f"{pipe['peak_pss_mb_sum']:,} MB | " + ", ".join(f"{rank}: {mb:,}" for rank, mb in sorted(
+                 ranks.items(), key=lambda item: int(item[0]))) + " |", "",
+             f"At step {run['steps']} the largest weight difference is "
+             f"{run['largest_weight_difference_at_last_step']:.2e}, the largest relative loss difference over the "
+             f"steps {run['largest_relative_loss_difference']:.2e}; validation perplexity "
+             f"{run['valid_ppl']['single']:.2f} on one device, {run['valid_ppl']['pipeline']:.2f} in the pipeline."]
+    return "\n".join(lines)
+
+
+def download_scale_table() -> str:
+    """docs/data.md: `download` of a multi-GB archive in LIUM's layout, cut off halfway and run again."""
+    if not (RESULTS / "download-scale.json").is_file():
+        return "`download-scale.json` missing: run benchmarks/download_scale.py"
+    run = load("download-scale.json")["runs"][-1]
+    first, second = run["first_run"], run["second_run"]
+    output = sum(run["output_bytes"].values())
+    verdict = "equal" if all(run["sha256_equal"].values()) else "NOT equal"
+    return "\n".join([
+        f"`bitexts.tgz` of {run['pairs']:,} pairs, {run['archive_bytes'] / 2**30:.2f} GiB, served from 127.0.0.1 with "
+        f"the connection cut after byte {run['cut_at_byte']:,} (commit {run['commit']}):", "",
+        "| run | exit | time | peak RSS | what it left |", "|---|---:|---:|---:|---|",
+        f"| cut off halfway | {first['code']} | {first['seconds']:.0f} s | {first['peak_rss_mb']} MB | "
+        f"`bitexts.tgz.part` of {first['partial_bytes']:,} bytes, no `train.*` file; its last line: "
+        f"\"{first['error'][:160]}…\" |",
+        f"| the same command again | {second['code']} | {second['seconds']:.0f} s | {second['peak_rss_mb']} MB | "
+        f"`wmt14_selected/train.{{en,fr}}`, {output / 2**30:.2f} GiB, sha256 {verdict} to the corpus served; "
+        f"{second['progress_lines']} progress lines; no `.part` left |",
+    ])
+
+
 def serve_load_table() -> str:
     """docs/serving.md: the server under 1, 8 and 32 clients against `translate` in the same run."""
     if not (RESULTS / "serve-load.json").is_file():
@@ -286,6 +379,12 @@ def main() -> None:
     rewrite(REPO / "docs" / "evaluation.md", "<!-- news-table:start -->", "<!-- news-table:end -->", news_table())
     rewrite(REPO / "docs" / "data.md", "<!-- prepare-scale:start -->", "<!-- prepare-scale:end -->",
             prepare_scale_table())
+    rewrite(REPO / "docs" / "data.md", "<!-- wmt14-projection:start -->", "<!-- wmt14-projection:end -->",
+            wmt14_projection())
+    rewrite(REPO / "docs" / "data.md", "<!-- loader-scale:start -->", "<!-- loader-scale:end -->", loader_scale_table())
+    rewrite(REPO / "docs" / "data.md", "<!-- paper-steps:start -->", "<!-- paper-steps:end -->", paper_steps_table())
+    rewrite(REPO / "docs" / "data.md", "<!-- download-scale:start -->", "<!-- download-scale:end -->",
+            download_scale_table())
     rewrite(REPO / "docs" / "serving.md", "<!-- serve-load:start -->", "<!-- serve-load:end -->", serve_load_table())
     rewrite(REPO / "README.md", "<!-- results:start -->", "<!-- results:end -->", results_table())
 
