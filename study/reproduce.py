@@ -39,6 +39,17 @@ class Rescoring:
     nbest: int = 12
     weight: float = 0.5
     splits: list[str] = field(default_factory=list)
+    weight_grid: list[float] = field(default_factory=list)
+    """When given, the weight is the grid's best on `choose_on` (BLEU), not `weight`."""
+    choose_on: str = "valid"
+
+
+@dataclass
+class LongSentences:
+    """Rows trained on data with long sentences (news), each evaluated on `splits` at the top beam."""
+
+    rows: list[str]
+    splits: list[str]
 
 
 @dataclass
@@ -57,18 +68,27 @@ class Study:
     splits: list[str]
     beam_sweep: BeamSweep
     rescore: Rescoring
+    reference: str | None = None
+    """The row every comparison is made against; None: the depth row with the lowest valid ppl."""
+    average_last: int = 0
+    """Average the reference's last N checkpoints (`dist-s2s average`) and evaluate the result (0: not)."""
+    long_sentences: LongSentences | None = None
 
     @classmethod
     def load(cls, path: Path) -> Study:
         raw = yaml.safe_load(path.read_text())
-        known = {"run_dir", "rows", "depth_rows", "ensemble_seeds", "splits", "beam_sweep", "rescore"}
-        if unknown := set(raw) - known:
+        required = {"run_dir", "rows", "depth_rows", "ensemble_seeds", "splits", "beam_sweep", "rescore"}
+        optional = {"reference", "average_last", "long_sentences"}
+        if unknown := set(raw) - required - optional:
             raise SystemExit(f"{path}: unknown study key {sorted(unknown)[0]}")
-        if missing := known - set(raw):
+        if missing := required - set(raw):
             raise SystemExit(f"{path}: missing study key {sorted(missing)[0]}")
+        long = raw.get("long_sentences")
         return cls(folder=path.parent, run_dir=REPO / raw["run_dir"], rows=raw["rows"], depth_rows=raw["depth_rows"],
                    ensemble_seeds=raw["ensemble_seeds"], splits=raw["splits"],
-                   beam_sweep=BeamSweep(**raw["beam_sweep"]), rescore=Rescoring(**raw["rescore"]))
+                   beam_sweep=BeamSweep(**raw["beam_sweep"]), rescore=Rescoring(**raw["rescore"]),
+                   reference=raw.get("reference"), average_last=raw.get("average_last", 0),
+                   long_sentences=LongSentences(**long) if long else None)
 
     def config(self, row: str) -> Path:
         return self.folder / f"{row}.yaml"
@@ -113,9 +133,11 @@ class Runner:
         self.command("train", "--config", str(self.study.config(row)), *extra)
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         valid = [r for r in records if "valid/ppl" in r]
+        checkpoints = CheckpointDir(run_dir / "checkpoints", 1)
         trained[name] = {
             "row": row, "seed": seed, "run_dir": str(run_dir),
-            "checkpoint": str(CheckpointDir(run_dir / "checkpoints", 1).latest()),
+            "checkpoint": str(checkpoints.best() or checkpoints.latest()),  # the best by valid ppl when kept
+            "latest_checkpoint": str(checkpoints.latest()),
             "mlflow_run_id": (run_dir / "mlflow_run_id").read_text().strip(),
             "valid_ppl": valid[-1]["valid/ppl"], "valid_ppl_curve": [[r["step"], r["valid/ppl"]] for r in valid],
             "train_ppl_curve": [[r["step"], r["train/ppl"]] for r in records if "train/ppl" in r],
@@ -140,10 +162,27 @@ class Runner:
         self.save()
         return evaluated[key]
 
-    def rescore(self, split: str, first_row: str, rescorer_row: str) -> dict:
+    def average(self, row: str, last: int) -> dict:
+        """The mean of the row's last `last` checkpoints (`dist-s2s average --last`), as a trained entry."""
+        averaged = self.results.setdefault("averaged", {})
+        if row in averaged:
+            return averaged[row]
+        run_dir = Path(self.results["trained"][row]["run_dir"])
+        output = self.study.run_dir / "average" / f"{row}-last{last}.pt"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        self.command("average", "--config", str(self.study.config(row)), f"--train.run_dir={run_dir}",
+                     "--last", str(last), "--output", str(output))
+        averaged[row] = {"row": row, "last": last, "checkpoint": str(output)}
+        self.save()
+        return averaged[row]
+
+    def rescore(self, split: str, first_row: str, rescorer_row: str, weight: float | None = None) -> dict:
         done = self.results.setdefault("rescored", {})
-        if split in done:
-            return done[split]
+        weight = self.study.rescore.weight if weight is None else weight
+        fixed = weight == self.study.rescore.weight and not self.study.rescore.weight_grid
+        key = split if fixed else f"{split}|{weight}"  # the first study's keys stay as they were
+        if key in done:
+            return done[key]
         spec, folder = self.study.rescore, self.study.run_dir / "rescore"
         first, rescorer = self.results["trained"][first_row], self.results["trained"][rescorer_row]
         folder.mkdir(parents=True, exist_ok=True)
@@ -151,44 +190,67 @@ class Runner:
         rows = split_rows(REPO / config.data.out_dir, split)
         sources, references = rows.column("src_text").to_pylist(), rows.column("tgt_text").to_pylist()
         (folder / f"{split}.src").write_text("".join(s + "\n" for s in sources), encoding="utf-8")
-        nbest, rescored = folder / f"{split}.nbest", folder / f"{split}.rescored.txt"
-        self.command("translate", "--config", str(self.study.config(first_row)), "--checkpoint",
-                     first["checkpoint"], "--input", str(folder / f"{split}.src"), "--beam", str(spec.nbest),
-                     "--nbest", str(spec.nbest), "--output", str(nbest))
+        nbest, rescored = folder / f"{split}.nbest", folder / f"{split}.rescored-{weight}.txt"
+        if not nbest.is_file():
+            self.command("translate", "--config", str(self.study.config(first_row)), "--checkpoint",
+                         first["checkpoint"], "--input", str(folder / f"{split}.src"), "--beam", str(spec.nbest),
+                         "--nbest", str(spec.nbest), "--output", str(nbest))
         self.command("rescore", "--config", str(self.study.config(rescorer_row)), "--checkpoint",
                      rescorer["checkpoint"], "--input", str(folder / f"{split}.src"), "--nbest", str(nbest),
-                     "--weight", str(spec.weight), "--output", str(rescored))
+                     "--weight", str(weight), "--output", str(rescored))
         first_best = {c.sentence: c.text for c in read_nbest(nbest) if c.position == 0}
         first_best_path = folder / f"{split}.first.txt"
         first_best_path.write_text("".join(first_best.get(i, "") + "\n" for i in range(len(sources))), encoding="utf-8")
         bleu = BLEU()
         scores = {name: round(bleu.corpus_score(path.read_text(encoding="utf-8").splitlines(), [references]).score, 2)
                   for name, path in (("first_pass", first_best_path), ("rescored", rescored))}
-        done[split] = {**scores, "first_pass_row": first_row, "rescorer_row": rescorer_row, "nbest": spec.nbest,
-                       "weight": spec.weight, "sentences": len(sources), "signature": str(bleu.get_signature())}
+        done[key] = {**scores, "split": split, "first_pass_row": first_row, "rescorer_row": rescorer_row,
+                     "nbest": spec.nbest, "weight": weight, "sentences": len(sources),
+                     "signature": str(bleu.get_signature())}
         self.save()
-        return done[split]
+        return done[key]
 
 
 def run(study: Study, overrides: list[str]) -> dict:
     runner = Runner(study, overrides)
     trained = {row: runner.train(row) for row in study.rows}
-    best = min(study.depth_rows, key=lambda row: trained[row]["valid_ppl"])  # selection on valid only
+    # the reference: named by the plan, or the depth row with the lowest valid ppl (selection on valid only)
+    best = study.reference or min(study.depth_rows, key=lambda row: trained[row]["valid_ppl"])
     runner.results["ensemble_row"] = best
-    members = [trained[best]] + [runner.train(best, seed) for seed in study.ensemble_seeds]
+    seeds = [runner.train(best, seed) for seed in study.ensemble_seeds]
+    members = [trained[best], *seeds]
     ensemble = [m["checkpoint"] for m in members]
+    averaged = runner.average(best, study.average_last) if study.average_last else None
     top = max(study.beam_sweep.beams)
     for split in study.splits:  # every row and the ensemble at the largest beam (claims 1, 2, 4, 5, 6)
         for row in study.rows:
             runner.evaluate(row, row, [trained[row]["checkpoint"]], split=split, beam=top)
         runner.evaluate("ensemble", best, ensemble, split=split, beam=top)
+        if study.reference:  # each member alone: the seed spread, the mean and the best member (claims 1, 4)
+            for seed, member in zip(study.ensemble_seeds, seeds):
+                runner.evaluate(f"{best}-seed{seed}", best, [member["checkpoint"]], split=split, beam=top)
+        if averaged:
+            runner.evaluate(f"{best}-average{study.average_last}", best, [averaged["checkpoint"]], split=split,
+                            beam=top)
     for split in study.beam_sweep.splits:  # the smaller beams: the best single row and the ensemble (claim 3)
         for beam in study.beam_sweep.beams:
             runner.evaluate(best, best, [trained[best]["checkpoint"]], split=split, beam=beam)
             runner.evaluate("ensemble", best, ensemble, split=split, beam=beam)
     rescorer = best if study.rescore.rescorer == "best" else study.rescore.rescorer
+    weight = None
+    if study.rescore.weight_grid:  # the interpolation weight chosen on valid BLEU
+        tried = {w: runner.rescore(study.rescore.choose_on, study.rescore.first_pass, rescorer, w)["rescored"]
+                 for w in study.rescore.weight_grid}
+        weight = max(tried, key=lambda w: (tried[w], -w))
+        runner.results["rescore_weight"] = {"chosen": weight, "on": study.rescore.choose_on,
+                                            "valid_bleu": {str(w): b for w, b in tried.items()}}
     for split in study.rescore.splits:
-        runner.rescore(split, study.rescore.first_pass, rescorer)
+        runner.rescore(split, study.rescore.first_pass, rescorer, weight)
+    if study.long_sentences:  # claims 5 and 1 on news
+        for row in study.long_sentences.rows:
+            news = runner.train(row)
+            for split in study.long_sentences.splits:
+                runner.evaluate(row, row, [news["checkpoint"]], split=split, beam=top)
     runner.save()
     return runner.results
 
