@@ -312,6 +312,23 @@ def download_scale_table() -> str:
     ])
 
 
+def averaging_table() -> str:
+    """docs/evaluation.md: the main job's last checkpoints averaged, against the last and the best."""
+    if not (RESULTS / "averaging-main.json").is_file():
+        return "`averaging-main.json` missing: run benchmarks/averaging_main.py"
+    result = load("averaging-main.json")
+    lines = ["| checkpoint | valid BLEU | valid ppl | test2016 BLEU | test2016 chrF | test2016 ppl |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for label, scores in result["candidates"].items():
+        valid, test = scores["valid"], scores["test2016"]
+        lines.append(f"| {label} | {valid['bleu']:.2f} | {valid['perplexity']:.2f} | {test['bleu']:.2f} | "
+                     f"{test['chrf']:.2f} | {test['perplexity']:.2f} |")
+    lines += ["", f"Chosen on valid BLEU: {result['chosen_on_valid']} (commit {result['commit']}; training "
+                  f"{_minutes(result['train_seconds'])}; the best by valid perplexity was step "
+                  f"{(result.get('best') or {}).get('step')})."]
+    return "\n".join(lines)
+
+
 def serve_load_table() -> str:
     """docs/serving.md: the server under 1, 8 and 32 clients against `translate` in the same run."""
     if not (RESULTS / "serve-load.json").is_file():
@@ -385,6 +402,7 @@ def main() -> None:
     rewrite(REPO / "docs" / "data.md", "<!-- paper-steps:start -->", "<!-- paper-steps:end -->", paper_steps_table())
     rewrite(REPO / "docs" / "data.md", "<!-- download-scale:start -->", "<!-- download-scale:end -->",
             download_scale_table())
+    rewrite(REPO / "docs" / "evaluation.md", "<!-- averaging:start -->", "<!-- averaging:end -->", averaging_table())
     rewrite(REPO / "docs" / "serving.md", "<!-- serve-load:start -->", "<!-- serve-load:end -->", serve_load_table())
     rewrite(REPO / "README.md", "<!-- results:start -->", "<!-- results:end -->", results_table())
 
