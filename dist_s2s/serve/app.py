@@ -102,11 +102,12 @@ def create_app(config: Config, checkpoints: list[Path], translator: Translator |
             job = batcher.submit(sources, options)
         except Overloaded as error:
             raise Refused(503, str(error)) from None
-        while not job.result.done():
+        answer = asyncio.wrap_future(job.result)
+        while not answer.done():
             if await request.is_disconnected():
                 job.cancel()  # not decoded if its batch has not started
                 return {"translations": []}
-            await asyncio.wait([asyncio.wrap_future(job.result)], timeout=DISCONNECT_POLL_S)
+            await asyncio.wait([answer], timeout=DISCONNECT_POLL_S)
         return {"translations": [_answer(found, options) for found in job.result.result()]}
 
     return app

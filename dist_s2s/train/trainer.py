@@ -295,8 +295,8 @@ def _score_checkpoint(run: Run, path: Path, step: int, *, ppl: float) -> dict[st
     value = ppl if metric == "ppl" else run.score_bleu(path)
     improved = run.best.observe(step, value)
     run.tracker.log_metrics({f"valid/{metric}": value, f"valid/best_{metric}": run.best.value}, step)
-    log.info("step %d | valid %s %.2f%s (best %.2f at step %d)", step, metric, value, " new best" if improved else "",
-             run.best.value, run.best.step)
+    log.info("step %d | valid %s %.2f: %s", step, metric, value, "the best so far" if improved else
+             f"the best is still {run.best.value:.2f} (step {run.best.step})")
     return {"metric": metric, "value": value, "best": improved}
 
 
