@@ -74,7 +74,9 @@ def main() -> None:
     batches = iter(straight)
     walked = 0
     while (straight.epoch, straight.next_batch) != (2, cursor["next_batch"]):
-        next(batches)
+        if next(batches, None) is None:  # an epoch ended: iterating again starts the next, as training does
+            batches = iter(straight)
+            continue
         walked += 1
     results["walk to the cursor"] = {"seconds": round(time.perf_counter() - started, 1), "batches": walked,
                                      **memory()}
