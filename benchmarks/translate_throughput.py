@@ -1,33 +1,79 @@
-"""Sentences/s and words/s of beam search, batched vs one sentence at a time, at several beam widths.
+"""Sentences/s and target words/s of beam search: dist-s2s's, a plain-PyTorch one, and the search before it was
+made faster, measured in one run on the same model and sentences.
 
-    .venv/bin/python benchmarks/translate_throughput.py --config configs/multi30k-paper.yaml \
-        --checkpoint runs/multi30k/checkpoints/step-00001703.pt --split test2016 --sentences 200
+    .venv/bin/python benchmarks/translate_throughput.py --config configs/multi30k.yaml \
+        --checkpoint runs/averaging-main/checkpoints/step-00002724.pt \
+        --output benchmarks/results/translate-cpu-main.json
 
-Sentences are the first `--sentences` of a prepared split, in corpus order; words/s counts the
-source words read and the target words written. Batched decoding is what `translate` and
-`evaluate` do (`eval.batch_size` sentences at once, sorted by length); one at a time is the
-same search called per sentence. Both produce identical translations (checked here).
+The sentences are a prepared split's (all of test2016 by default), decoded as `translate` decodes them: sorted by
+length, `batch` sentences at a time, start-up excluded. dist-s2s runs through `Translator.translate_ids` (what
+`translate`, `evaluate` and `serve` call) at every beam and batch size asked; the plain search
+(`plain_beam.py`, written the obvious way) and the search as it was before (tests/beam_before.py, kept as the
+test oracle) run at one batch size, at every beam. Each row says whether its best translations equal
+dist-s2s's: the search before must give exactly the same; the plain one ranks and stops differently.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from plain_beam import plain_beam_search
 
 from dist_s2s.config import load_config
+from dist_s2s.data.vocab import PAD_ID
 from dist_s2s.decode.translator import Translator
 from dist_s2s.evaluate.evaluate import split_rows
 
+Search = Callable[..., list[list[int]]]
+"""(translator, src, lengths, *, beam, alpha) → each sentence's best translation as ids."""
 
-def timed(translator: Translator, sources: list[list[int]], beam: int, batch_size: int) -> tuple[float, list]:
-    started = time.perf_counter()
-    found = translator.translate_ids(sources, beam, batch_size=batch_size)
-    return time.perf_counter() - started, [f[0].tokens for f in found]
+
+def before_search() -> Search | None:
+    """The search before issue 36, from tests/ (None where the tests are not beside this checkout)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    try:
+        from beam_before import EnsembleBefore, beam_search_before
+    except ImportError:
+        return None
+
+    def search(translator, src, lengths, *, beam, alpha):
+        found = beam_search_before(EnsembleBefore(translator.ensemble.models), src, lengths, beam,
+                                   max_length_ratio=translator.config.eval.max_length_ratio, length_penalty=alpha)
+        return [hypotheses[0].tokens if hypotheses else [] for hypotheses in found]
+    return search
+
+
+def plain(translator, src, lengths, *, beam, alpha):
+    return plain_beam_search(translator.ensemble.models[0], src, lengths, beam,
+                             max_length_ratio=translator.config.eval.max_length_ratio, length_penalty=alpha)
+
+
+def decoded(translator: Translator, sources: list[list[int]], *, beam: int, batch: int, alpha: float,
+            search: Search | None) -> list[list[int]]:
+    """Each source's best translation as ids, in input order: through `translate_ids`, or batched as it batches
+    (longest first) and handed to `search`."""
+    if search is None:
+        return [found[0].ids for found in translator.translate_ids(sources, beam, batch_size=batch,
+                                                                   length_penalty=alpha)]
+    results: list[list[int]] = [[] for _ in sources]
+    order = sorted(range(len(sources)), key=lambda i: -len(sources[i]))
+    for start in range(0, len(order), batch):
+        chunk = order[start:start + batch]
+        lengths = torch.tensor([len(sources[i]) for i in chunk])
+        src = torch.full((len(chunk), int(lengths.max())), PAD_ID, dtype=torch.long)
+        for row, index in enumerate(chunk):
+            src[row, :len(sources[index])] = torch.tensor(sources[index])
+        for index, ids in zip(chunk, search(translator, src, lengths, beam=beam, alpha=alpha)):
+            results[index] = ids
+    return results
 
 
 def main() -> None:
@@ -35,8 +81,12 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--split", default="test2016")
-    parser.add_argument("--sentences", type=int, default=200)
-    parser.add_argument("--beams", type=int, nargs="+", default=[1, 2, 12])
+    parser.add_argument("--sentences", type=int, default=0, help="the first N of the split (0: all)")
+    parser.add_argument("--beams", type=int, nargs="+", default=[1, 2, 5, 12])
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 128])
+    parser.add_argument("--baseline-batch", type=int, default=64)
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.6],
+                        help="length penalties; the second and later only at the largest beam")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path)
     args, overrides = parser.parse_known_args()
@@ -44,32 +94,39 @@ def main() -> None:
     config = load_config(args.config, overrides)
     translator = Translator(config, [Path(args.checkpoint)])
     sources = [list(ids) for ids in split_rows(Path(config.data.out_dir), args.split).column("src_ids").to_pylist()]
-    sources = sources[:args.sentences]
-    source_words = sum(len(s) for s in sources)
-    translator.translate_ids(sources[:8], 2)  # warm-up
-    runs = []
-    for beam in args.beams:
-        batched_s, batched = timed(translator, sources, beam, config.eval.batch_size)
-        single_s, single = timed(translator, sources, beam, 1)
-        words = source_words + sum(len(t) for t in batched)
-        runs.append({
-            "beam": beam, "sentences": len(sources),
-            "batched_sentences_per_sec": round(len(sources) / batched_s, 1),
-            "batched_words_per_sec": round(words / batched_s, 1),
-            "one_at_a_time_sentences_per_sec": round(len(sources) / single_s, 1),
-            "one_at_a_time_words_per_sec": round(words / single_s, 1),
-            "speedup": round(single_s / batched_s, 2),
-            "same_translations": batched == single,
-        })
-        print(f"beam {beam:>2}: batched {runs[-1]['batched_sentences_per_sec']:>7.1f} sent/s "
-              f"{runs[-1]['batched_words_per_sec']:>8.0f} words/s | one at a time "
-              f"{runs[-1]['one_at_a_time_sentences_per_sec']:>6.1f} sent/s | {runs[-1]['speedup']:.1f}× | "
-              f"same output: {runs[-1]['same_translations']}")
+    sources = sources[:args.sentences] if args.sentences else sources
+    translator.translate_ids(sources[:16], 2)  # warm-up
+    searches = {"dist-s2s": None, "plain PyTorch": plain, "before (tests/beam_before.py)": before_search()}
+    runs, reference = [], {}
+    for alpha in args.alphas:
+        for beam in args.beams if alpha == args.alphas[0] else args.beams[-1:]:
+            for name, search in searches.items():
+                if name != "dist-s2s" and search is None:
+                    continue
+                for batch in args.batches if name == "dist-s2s" else [args.baseline_batch]:
+                    started = time.perf_counter()
+                    found = decoded(translator, sources, beam=beam, batch=batch, alpha=alpha, search=search)
+                    seconds = time.perf_counter() - started
+                    words = sum(len(ids) for ids in found)
+                    key = (alpha, beam)
+                    if name == "dist-s2s" and batch == args.baseline_batch:
+                        reference[key] = found
+                    same = None if key not in reference else sum(a == b for a, b in zip(found, reference[key]))
+                    runs.append({"search": name, "beam": beam, "batch": batch, "length_penalty": alpha,
+                                 "sentences": len(sources), "seconds": round(seconds, 2),
+                                 "sentences_per_sec": round(len(sources) / seconds, 1),
+                                 "target_words_per_sec": round(words / seconds, 1), "target_words": words,
+                                 "same_best_as_dist_s2s": same})
+                    print(f"{name:<30} beam {beam:>2} batch {batch:>3} α {alpha:.1f}: "
+                          f"{runs[-1]['sentences_per_sec']:>6.1f} sentences/s {runs[-1]['target_words_per_sec']:>7.0f} "
+                          f"words/s ({words} words; same best as dist-s2s: {same})", flush=True)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps({
-            "config": args.config, "checkpoint": args.checkpoint, "split": args.split, "threads": args.threads,
-            "batch_size": config.eval.batch_size, "device": "cpu",
+            "config": args.config, "overrides": overrides, "checkpoint": args.checkpoint, "split": args.split,
+            "threads": args.threads, "device": "cpu",
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                     text=True).stdout.strip(),
             "date": datetime.now(UTC).isoformat(timespec="seconds"), "runs": runs}, indent=2) + "\n")
 
 

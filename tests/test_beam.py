@@ -6,10 +6,11 @@ import itertools
 
 import pytest
 import torch
+from beam_before import EnsembleBefore, beam_search_before
 
 from dist_s2s.config import ModelConfig
 from dist_s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from dist_s2s.decode.beam import Ensemble, beam_search
+from dist_s2s.decode.beam import MIN_ROWS, Ensemble, beam_search
 from dist_s2s.model.seq2seq import Seq2Seq
 
 
@@ -131,3 +132,44 @@ def test_no_hypothesis_is_longer_than_the_limit():
     for sentence, hypotheses in enumerate(found):
         assert hypotheses and all(len(h.tokens) <= int(LENGTHS[sentence] * 0.5) + 1 for h in hypotheses)
         assert [h.score for h in hypotheses] == sorted((h.score for h in hypotheses), reverse=True)
+
+
+def random_batch(seed: int, sentences: int, longest: int, vocab: int = 11) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sentences of lengths 1..longest (so they finish at different steps), longest first as batches come."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, longest + 1, (sentences,), generator=generator).sort(descending=True).values
+    src = torch.randint(4, vocab, (sentences, int(lengths[0])), generator=generator)
+    return src.masked_fill(torch.arange(src.shape[1])[None, :] >= lengths[:, None], PAD_ID), lengths
+
+
+SEARCHES = [  # (beam, nbest, length penalty, members, attention, sentences, target vocabulary)
+    (1, 1, 0.0, 1, "none", 40, 30), (2, 2, 0.0, 1, "none", 24, 30), (5, 3, 0.6, 1, "none", 16, 200),
+    (12, 1, 0.0, 1, "none", 9, 200), (12, 12, 0.6, 1, "luong", 7, 60), (4, 2, 0.6, 2, "none", 10, 30),
+    (3, 3, 0.0, 3, "luong", 8, 30), (12, 4, 1.0, 1, "none", 3, 500),
+]
+
+
+@pytest.mark.parametrize("beam, nbest, alpha, members, attention, sentences, vocab", SEARCHES)
+def test_the_faster_search_returns_exactly_what_the_search_before_it_returned(beam, nbest, alpha, members, attention,
+                                                                             sentences, vocab):
+    """Bit for bit: the same n-best lists in the same order, the same scores, rankings and member scores, with
+    finished sentences leaving the batch at different steps (the oracle: tests/beam_before.py)."""
+    models = [peaky_model(10 + m, tgt_vocab=vocab, attention=attention) for m in range(members)]
+    src, lengths = random_batch(beam * 7 + members, sentences, longest=9)
+    found = beam_search(Ensemble(models), src, lengths, beam, nbest=nbest, length_penalty=alpha,
+                        max_length_ratio=1.5, extra_words=3)
+    expected = beam_search_before(EnsembleBefore(models), src, lengths, beam, nbest=nbest, length_penalty=alpha,
+                                  max_length_ratio=1.5, extra_words=3)
+    assert [[(h.tokens, h.score, h.ranking, h.model_scores) for h in hypotheses] for hypotheses in found] == \
+        [[(h.tokens, h.score, h.ranking, h.model_scores) for h in hypotheses] for hypotheses in expected]
+
+
+def test_finished_sentences_leave_the_batch_down_to_the_fewest_rows_that_keep_the_results_exact(monkeypatch):
+    rows = []
+    step = Ensemble.step
+    monkeypatch.setattr(Ensemble, "step", lambda self, tokens, *rest: rows.append(len(tokens)) or step(self, tokens,
+                                                                                                      *rest))
+    src, lengths = random_batch(1, 40, longest=9)
+    beam_search(Ensemble([peaky_model(11, tgt_vocab=30)]), src, lengths, 2, max_length_ratio=1.5, extra_words=3)
+    assert rows[0] == 80 and rows == sorted(rows, reverse=True) and len(set(rows)) > 3
+    assert min(rows) >= MIN_ROWS

@@ -8,6 +8,13 @@ undoes the plain sum's preference for short outputs. A sentence is done once it 
 complete hypotheses ranking above anything a live one can still become: raw scores only fall
 as words are added, so a live score s can at best reach s / lp(the length limit). With a beam
 as large as the search space the result is the exact best sequence under that ranking (tested).
+
+Where the time goes (docs/evaluation.md, "Decoding speed"): a step's matrix products (the LSTM layers and the
+[rows, hidden] × [hidden, vocabulary] softmax) and every pass over the [rows, vocabulary] scores. So a step
+makes as few of those passes as it can (the log-softmax, one in-place add of the beam's scores, one top-k;
+banned words and length limits touch only their columns and rows), and a batch sheds its finished sentences,
+so the products shrink with the sentences still searching. Results are bit for bit those of the search
+before these changes (tests/test_beam.py keeps that search as the oracle).
 """
 
 from __future__ import annotations
@@ -15,12 +22,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from dist_s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from dist_s2s.device import to_device
 from dist_s2s.model.seq2seq import DecoderState, Seq2Seq
 
 State = DecoderState
+
+MIN_ROWS = 16
+"""A batch sheds finished sentences only while it keeps at least this many rows (sentences × beam): with fewer
+rows the CPU's matrix library takes other kernels (matrix-vector ones) whose sums round differently, and the
+results would depend on how many sentences a batch still holds."""
 
 
 @dataclass
@@ -53,13 +66,24 @@ class Ensemble:
         return [model.encode(src, src_lengths) for model in self.models]
 
     @torch.no_grad()
-    def step(self, tokens: torch.Tensor, states: list[State]) -> tuple[torch.Tensor, torch.Tensor, list[State]]:
-        """Previous words [N] → mean log-probs [N, V], each member's [M, N, V], and the next states."""
+    def softmax_weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each member's softmax shards joined into one [V, H] weight and [V] bias, for a search to hold: one
+        product over the whole vocabulary instead of one a shard and a copy to join them (the same numbers)."""
+        return [(torch.cat([shard.weight for shard in model.softmax]),
+                 torch.cat([shard.bias for shard in model.softmax])) for model in self.models]
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, states: list[State], softmax: list[tuple[torch.Tensor, torch.Tensor]]
+             ) -> tuple[torch.Tensor, torch.Tensor | None, list[State]]:
+        """Previous words [N] → mean log-probs [N, V] (a new tensor the caller may change), each member's
+        [M, N, V] (None for one model: its log-probs are the mean), and the next states."""
         per_model, next_states = [], []
-        for model, state in zip(self.models, states):
+        for model, state, (weight, bias) in zip(self.models, states, softmax):
             hidden, finals = model.decode(tokens[:, None], state)
-            per_model.append(model.log_probs(hidden[:, 0]))
+            per_model.append(torch.log_softmax(nn.functional.linear(hidden[:, 0], weight, bias), dim=-1))
             next_states.append(finals)
+        if len(per_model) == 1:
+            return per_model[0], None, next_states
         stacked = torch.stack(per_model)
         return stacked.mean(dim=0), stacked, next_states
 
@@ -68,31 +92,44 @@ def _select(states: list[State], rows: torch.Tensor) -> list[State]:
     return [state.select(rows) for state in states]
 
 
-def _first_beams(sentences: int, beam: int, members: int, *, width: int, device: torch.device):
-    """Each sentence's beam before the first word: one live hypothesis (<s>, score 0), the others -inf; the scores,
-    each ensemble member's, the prefixes so far and the last tokens."""
-    scores = torch.full((sentences, beam), float("-inf"), device=device)
-    scores[:, 0] = 0.0
-    return (scores, torch.zeros(members, sentences, beam, device=device),
-            torch.full((sentences * beam, width), PAD_ID, dtype=torch.long, device=device),
-            torch.full((sentences * beam,), BOS_ID, dtype=torch.long, device=device))
-
-
 @dataclass
-class _Words:
-    """The target vocabulary's ids, and the words a hypothesis may never take (<pad>, <s>)."""
+class _Beams:
+    """The sentences still searching, in the batch's order: everything a step reads per sentence or per row."""
 
-    ids: torch.Tensor
-    banned: torch.Tensor
+    positions: list[int]
+    """Their positions in the batch (host)."""
+    sentences: torch.Tensor
+    """[A] the same on the device."""
+    scores: torch.Tensor
+    """[A, B] each live hypothesis's summed log-probability (-inf: none)."""
+    member_scores: torch.Tensor | None
+    """[M, A, B] each ensemble member's (None for one model: the same as `scores`)."""
+    prefixes: torch.Tensor
+    """[A × B, W] each live hypothesis's words so far, padded."""
+    tokens: torch.Tensor
+    """[A × B] each one's last word."""
+    states: list[State]
+    max_words: torch.Tensor
+    """[A] each sentence's length limit."""
+    best_possible: torch.Tensor
+    """[A] what a live score s can still reach: s / this."""
+    done: torch.Tensor
+    """[A] finished: settled, or at its length limit."""
+    best: _Complete
+    """The complete hypotheses found so far, [A, nbest]."""
+    shortest_limit: int
+    """The smallest length limit among them (host): below it no row is at its limit."""
 
-    @classmethod
-    def of(cls, vocab: int, device: torch.device) -> _Words:
-        ids = torch.arange(vocab, device=device)
-        return cls(ids, (ids == PAD_ID) | (ids == BOS_ID))
-
-    def allowed(self, log_probs: torch.Tensor, *, at_limit: torch.Tensor) -> torch.Tensor:
-        """-inf for banned words, and for every word but </s> on rows at their length limit."""
-        return log_probs.masked_fill(self.banned | (at_limit[:, None] & (self.ids != EOS_ID)), float("-inf"))
+    def kept(self, keep: list[int], beam: int, limits: list[int]) -> _Beams:
+        """Only the sentences at `keep` (host list of indices into these), with their rows."""
+        index = to_device(torch.tensor(keep), self.scores.device)
+        rows = (index[:, None] * beam + torch.arange(beam, device=index.device)).flatten()
+        positions = [self.positions[k] for k in keep]
+        return _Beams(positions, self.sentences[index], self.scores[index],
+                      None if self.member_scores is None else self.member_scores[:, index], self.prefixes[rows],
+                      self.tokens[rows], _select(self.states, rows), self.max_words[index],
+                      self.best_possible[index], self.done[index], self.best.rows(index),
+                      min(limits[p] for p in positions))
 
 
 @torch.no_grad()
@@ -104,57 +141,83 @@ def beam_search(ensemble: Ensemble, src: torch.Tensor, src_lengths: torch.Tensor
     A hypothesis has at most `max_length_ratio × source length + extra_words` words; at that
     length only </s> may follow. `src_lengths` on the host (as a batch keeps them). The bookkeeping
     stays on the device: each sentence's `nbest` best complete hypotheses are kept in tensors, merged
-    with each step's completions by one stable sort, and the host reads one flag a step (all done?) and
-    the results once at the end.
+    with each step's completions by one stable sort, and the host reads one thing a step (which sentences
+    are done) and the results once at the end. Finished sentences leave the batch (down to `MIN_ROWS` rows).
     """
     if not 1 <= nbest <= beam:
         raise ValueError(f"nbest must be between 1 and the beam size {beam}, got {nbest}")
     (sentences, members), device = (src.shape[0], len(ensemble.models)), src.device
     limits = [int(length * max_length_ratio) + extra_words for length in src_lengths.tolist()]
-    longest = max(limits)
+    longest, width = max(limits), max(limits) + 1
     max_words = to_device(torch.tensor(limits), device)
-    states = _select(ensemble.encode(src, src_lengths), torch.arange(sentences, device=device).repeat_interleave(beam))
-    scores, member_scores, prefixes, tokens = _first_beams(sentences, beam, members, width=longest + 1, device=device)
-    best = _Complete.empty(sentences, nbest, members=members, width=longest + 1, device=device)
-    done = torch.zeros(sentences, dtype=torch.bool, device=device)
-    best_possible = length_normalizer(max_words + 1, length_penalty)  # what a live score s can reach: s / this
+    scores = torch.full((sentences, beam), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # each sentence's beam before the first word: one live hypothesis, <s>
+    beams = _Beams(
+        list(range(sentences)), torch.arange(sentences, device=device), scores,
+        torch.zeros(members, sentences, beam, device=device) if members > 1 else None,
+        torch.full((sentences * beam, width), PAD_ID, dtype=torch.long, device=device),
+        torch.full((sentences * beam,), BOS_ID, dtype=torch.long, device=device),
+        _select(ensemble.encode(src, src_lengths), torch.arange(sentences, device=device).repeat_interleave(beam)),
+        max_words, length_normalizer(max_words + 1, length_penalty),
+        torch.zeros(sentences, dtype=torch.bool, device=device),
+        _Complete.empty(sentences, nbest, members=members, width=width, device=device), min(limits))
+    finished = _Complete.empty(sentences, nbest, members=members, width=width, device=device)
+    softmax = ensemble.softmax_weights()
     vocab = ensemble.models[0].tgt_vocab_size
-    words = _Words.of(vocab, device)
+    banned = to_device(torch.tensor([PAD_ID, BOS_ID]), device)
     kept = min(2 * beam, beam * vocab)  # candidates a step keeps: enough for `beam` live ones after </s>
     positions = torch.arange(kept, device=device)
-    first_rows = torch.arange(sentences, device=device)[:, None] * beam
 
     for length in range(longest + 1):
-        log_probs, per_member, states = ensemble.step(tokens, states)
-        log_probs = words.allowed(log_probs, at_limit=(length >= max_words).repeat_interleave(beam))
-        candidates = (scores[:, :, None] + log_probs.view(sentences, beam, vocab)).view(sentences, -1)
-        candidates.masked_fill_(done[:, None], float("-inf"))
+        active = beams.scores.shape[0]
+        log_probs, per_member, beams.states = ensemble.step(beams.tokens, beams.states, softmax)
+        log_probs.index_fill_(1, banned, float("-inf"))  # a hypothesis never takes <pad> or <s>
+        if length >= beams.shortest_limit:  # rows at their limit may only end
+            at_limit = (length >= beams.max_words).repeat_interleave(beam)
+            eos = log_probs[:, EOS_ID].clone()
+            log_probs.masked_fill_(at_limit[:, None], float("-inf"))
+            log_probs[:, EOS_ID] = eos
+        live_scores = beams.scores.masked_fill(beams.done[:, None], float("-inf"))
+        candidates = log_probs.view(active, beam, vocab).add_(live_scores[:, :, None]).view(active, -1)
         top_scores, top = candidates.topk(kept, dim=1)
         origin, word = top // vocab, top % vocab
         ending = word == EOS_ID
-        origin_rows = first_rows + origin
-        member_totals = member_scores.gather(2, origin.expand(members, -1, -1)) + per_member[:, origin_rows, word]
+        origin_rows = (torch.arange(active, device=device)[:, None] * beam) + origin
+        if per_member is None:
+            member_totals = None
+        else:
+            member_totals = (beams.member_scores.gather(2, origin.expand(members, -1, -1))
+                             + per_member[:, origin_rows, word])
 
         # Complete: </s> among the first `beam` candidates, with a finite score.
         completing = ending & (positions < beam) & torch.isfinite(top_scores)
         ranking = (top_scores / length_normalizer(length + 1, length_penalty)).masked_fill(~completing, float("-inf"))
-        best = best.merged(ranking, top_scores, member_scores=member_totals, tokens=prefixes[origin_rows], words=length)
+        beams.best = beams.best.merged(ranking, top_scores, member_scores=member_totals, prefixes=beams.prefixes,
+                                       origin_rows=origin_rows, words=length)
 
         # Live: the best `beam` candidates that do not end.
         order = (ending.long() * kept + positions).argsort(dim=1)[:, :beam]
-        scores = top_scores.gather(1, order)
-        member_scores = member_totals.gather(2, order.expand(members, -1, -1))
+        beams.scores = top_scores.gather(1, order)
+        if member_totals is not None:
+            beams.member_scores = member_totals.gather(2, order.expand(members, -1, -1))
         chosen_rows = origin_rows.gather(1, order).flatten()
-        tokens = word.gather(1, order).flatten()
-        prefixes = prefixes[chosen_rows]
-        prefixes[:, length] = tokens
-        states = _select(states, chosen_rows)
+        beams.tokens = word.gather(1, order).flatten()
+        beams.prefixes = beams.prefixes[chosen_rows]
+        beams.prefixes[:, length] = beams.tokens
+        beams.states = _select(beams.states, chosen_rows)
 
-        settled = best.ranking[:, nbest - 1] > scores.max(dim=1).values / best_possible
-        done |= settled | (length >= max_words)
-        if bool(done.all()):  # the one read a step
+        settled = beams.best.ranking[:, nbest - 1] > beams.scores.max(dim=1).values / beams.best_possible
+        beams.done |= settled | (length >= beams.max_words)
+        done = beams.done.tolist()  # the one read a step
+        searching = [k for k, finished_here in enumerate(done) if not finished_here]
+        if not searching:
             break
-    return best.hypotheses()
+        if len(searching) < active and len(searching) * beam >= MIN_ROWS:  # the finished leave the batch
+            retired = to_device(torch.tensor([k for k, finished_here in enumerate(done) if finished_here]), device)
+            finished.place(beams.sentences[retired], beams.best.rows(retired))
+            beams = beams.kept(searching, beam, limits)
+    finished.place(beams.sentences, beams.best)
+    return finished.hypotheses()
 
 
 @dataclass
@@ -165,8 +228,8 @@ class _Complete:
     """[S, N] what they are ranked by (-inf: none yet)."""
     score: torch.Tensor
     """[S, N] their summed log-probabilities."""
-    member_scores: torch.Tensor
-    """[M, S, N] each ensemble member's."""
+    member_scores: torch.Tensor | None
+    """[M, S, N] each ensemble member's (None for one model: `score`)."""
     tokens: torch.Tensor
     """[S, N, W] their words, padded."""
     words: torch.Tensor
@@ -175,29 +238,52 @@ class _Complete:
     @classmethod
     def empty(cls, sentences: int, nbest: int, *, members: int, width: int, device: torch.device) -> _Complete:
         return cls(torch.full((sentences, nbest), float("-inf"), device=device),
-                   torch.zeros(sentences, nbest, device=device), torch.zeros(members, sentences, nbest, device=device),
+                   torch.zeros(sentences, nbest, device=device),
+                   torch.zeros(members, sentences, nbest, device=device) if members > 1 else None,
                    torch.full((sentences, nbest, width), PAD_ID, dtype=torch.long, device=device),
                    torch.zeros(sentences, nbest, dtype=torch.long, device=device))
 
-    def merged(self, ranking: torch.Tensor, score: torch.Tensor, *, member_scores: torch.Tensor,
-               tokens: torch.Tensor, words: int) -> _Complete:
-        """The best `nbest` of these and a step's completions (-inf ranking: not complete), earlier ones
-        first among equals."""
+    def merged(self, ranking: torch.Tensor, score: torch.Tensor, *, member_scores: torch.Tensor | None,
+               prefixes: torch.Tensor, origin_rows: torch.Tensor, words: int) -> _Complete:
+        """The best `nbest` of these and a step's completions (-inf ranking: not complete; their words the
+        `prefixes` rows `origin_rows`), earlier ones first among equals. Only the kept ones' words are copied."""
+        nbest, width = self.ranking.shape[1], self.tokens.shape[2]
         all_ranking = torch.cat([self.ranking, ranking], dim=1)
-        keep = torch.argsort(-all_ranking, dim=1, stable=True)[:, :self.ranking.shape[1]]  # a few dozen columns
-        new_words = torch.full_like(score, words, dtype=torch.long)
-        member_keep = keep.expand(member_scores.shape[0], -1, -1)
-        width = self.tokens.shape[2]
+        keep = torch.argsort(-all_ranking, dim=1, stable=True)[:, :nbest]  # a few dozen columns
+        new = keep >= nbest
+        old_tokens = self.tokens.gather(1, keep.clamp(max=nbest - 1)[:, :, None].expand(-1, -1, width))
+        new_tokens = prefixes[origin_rows.gather(1, (keep - nbest).clamp(min=0))]
+        member_keep = None
+        if member_scores is not None:
+            member_keep = torch.cat([self.member_scores, member_scores], dim=2).gather(
+                2, keep.expand(member_scores.shape[0], -1, -1))
         return _Complete(all_ranking.gather(1, keep), torch.cat([self.score, score], dim=1).gather(1, keep),
-                         torch.cat([self.member_scores, member_scores], dim=2).gather(2, member_keep),
-                         torch.cat([self.tokens, tokens], dim=1).gather(1, keep[:, :, None].expand(-1, -1, width)),
-                         torch.cat([self.words, new_words], dim=1).gather(1, keep))
+                         member_keep, torch.where(new[:, :, None], new_tokens, old_tokens),
+                         torch.where(new, words, self.words.gather(1, keep.clamp(max=nbest - 1))))
+
+    def rows(self, index: torch.Tensor) -> _Complete:
+        """The sentences at `index`."""
+        return _Complete(self.ranking[index], self.score[index],
+                         None if self.member_scores is None else self.member_scores[:, index], self.tokens[index],
+                         self.words[index])
+
+    def place(self, sentences: torch.Tensor, found: _Complete) -> None:
+        """Write `found` (one row per entry of `sentences`) into these rows."""
+        self.ranking[sentences] = found.ranking
+        self.score[sentences] = found.score
+        if self.member_scores is not None:
+            self.member_scores[:, sentences] = found.member_scores
+        self.tokens[sentences] = found.tokens
+        self.words[sentences] = found.words
 
     def hypotheses(self) -> list[list[Hypothesis]]:
         """Read once: the complete hypotheses of every sentence, best first."""
         ranking, score, words = self.ranking.tolist(), self.score.tolist(), self.words.tolist()
-        tokens, members = self.tokens.tolist(), self.member_scores.permute(1, 2, 0).tolist()
+        tokens = self.tokens.tolist()
+        if self.member_scores is None:  # one model: its score is the search's
+            members = [[[s] for s in row] for row in score]
+        else:
+            members = self.member_scores.permute(1, 2, 0).tolist()
         return [[Hypothesis(tokens=tokens[s][n][:words[s][n]], score=score[s][n], model_scores=members[s][n],
                             ranking=ranking[s][n]) for n in range(len(ranking[s])) if ranking[s][n] > float("-inf")]
                 for s in range(len(ranking))]
-

@@ -210,9 +210,9 @@ class DecoderState:
 
     def select(self, rows: torch.Tensor) -> DecoderState:
         """The states of these rows (a beam's surviving hypotheses)."""
-        return DecoderState([(h[:, rows], c[:, rows]) for h, c in self.layers],
-                            None if self.memory is None else self.memory[rows],
-                            None if self.mask is None else self.mask[rows])
+        return DecoderState([(h.index_select(1, rows), c.index_select(1, rows)) for h, c in self.layers],
+                            None if self.memory is None else self.memory.index_select(0, rows),
+                            None if self.mask is None else self.mask.index_select(0, rows))
 
 
 def softmax_input(hidden: torch.Tensor, *, layers: int, dropout: Dropout | None = None, start: int = 0) -> torch.Tensor:
