@@ -315,7 +315,7 @@ def download_scale_table() -> str:
         f"\"{first['error'][:160]}…\" |",
         f"| the same command again | {second['code']} | {second['seconds']:.0f} s | {second['peak_rss_mb']} MB | "
         f"`wmt14_selected/train.{{en,fr}}`, {output / 2**30:.2f} GiB, sha256 {verdict} to the corpus served; "
-        f"{second['progress_lines']} progress lines; no `.part` left |",
+        f"{second['progress_lines']} progress line{'s' if second['progress_lines'] != 1 else ''}; no `.part` left |",
     ])
 
 
