@@ -19,6 +19,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -81,8 +82,9 @@ def main() -> None:
     del translator
     print(f"translate (one process, batches of {config.eval.batch_size}): {translate_rate:.1f} sentences/s", flush=True)
 
+    server_log = tempfile.TemporaryFile("w+")  # read by no one while it runs: a pipe would fill and stall it
     server = subprocess.Popen([sys.executable, "-m", "dist_s2s", "serve", "--config", args.config, "--checkpoint",
-                               args.checkpoint, "--port", str(args.port)], stdout=subprocess.PIPE,
+                               args.checkpoint, "--port", str(args.port)], stdout=server_log,
                               stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{args.port}"
     try:
