@@ -29,6 +29,7 @@ from plain_beam import plain_beam_search
 
 from dist_s2s.config import load_config
 from dist_s2s.data.vocab import PAD_ID
+from dist_s2s.decode.beam import Ensemble
 from dist_s2s.decode.translator import Translator
 from dist_s2s.evaluate.evaluate import split_rows
 
@@ -87,6 +88,8 @@ def main() -> None:
     parser.add_argument("--baseline-batch", type=int, default=64)
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.6],
                         help="length penalties; the second and later only at the largest beam")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
+                        help="eval.precision values dist-s2s runs at (the first is the reference for same best)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path)
     args, overrides = parser.parse_known_args()
@@ -97,13 +100,18 @@ def main() -> None:
     sources = sources[:args.sentences] if args.sentences else sources
     translator.translate_ids(sources[:16], 2)  # warm-up
     searches = {"dist-s2s": None, "plain PyTorch": plain, "before (tests/beam_before.py)": before_search()}
+    searches.update({f"dist-s2s, {precision}": None for precision in args.precisions[1:]})
     runs, reference = [], {}
     for alpha in args.alphas:
         for beam in args.beams if alpha == args.alphas[0] else args.beams[-1:]:
             for name, search in searches.items():
-                if name != "dist-s2s" and search is None:
+                ours = name.startswith("dist-s2s")
+                if not ours and search is None:
                     continue
-                for batch in args.batches if name == "dist-s2s" else [args.baseline_batch]:
+                precision = name.split(", ")[1] if ", " in name else args.precisions[0]
+                if translator.ensemble.precision != precision:
+                    translator.ensemble = Ensemble(translator.ensemble.models, precision)
+                for batch in args.batches if ours else [args.baseline_batch]:
                     started = time.perf_counter()
                     found = decoded(translator, sources, beam=beam, batch=batch, alpha=alpha, search=search)
                     seconds = time.perf_counter() - started
@@ -112,7 +120,8 @@ def main() -> None:
                     if name == "dist-s2s" and batch == args.baseline_batch:
                         reference[key] = found
                     same = None if key not in reference else sum(a == b for a, b in zip(found, reference[key]))
-                    runs.append({"search": name, "beam": beam, "batch": batch, "length_penalty": alpha,
+                    runs.append({"search": name, "precision": precision if ours else "fp32", "beam": beam,
+                                 "batch": batch, "length_penalty": alpha,
                                  "sentences": len(sources), "seconds": round(seconds, 2),
                                  "sentences_per_sec": round(len(sources) / seconds, 1),
                                  "target_words_per_sec": round(words / seconds, 1), "target_words": words,

@@ -10,6 +10,7 @@ from beam_before import EnsembleBefore, beam_search_before
 
 from dist_s2s.config import ModelConfig
 from dist_s2s.data.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from dist_s2s.decode import beam as beam_module
 from dist_s2s.decode.beam import MIN_ROWS, Ensemble, beam_search
 from dist_s2s.model.seq2seq import Seq2Seq
 
@@ -142,18 +143,23 @@ def random_batch(seed: int, sentences: int, longest: int, vocab: int = 11) -> tu
     return src.masked_fill(torch.arange(src.shape[1])[None, :] >= lengths[:, None], PAD_ID), lengths
 
 
-SEARCHES = [  # (beam, nbest, length penalty, members, attention, sentences, target vocabulary)
-    (1, 1, 0.0, 1, "none", 40, 30), (2, 2, 0.0, 1, "none", 24, 30), (5, 3, 0.6, 1, "none", 16, 200),
-    (12, 1, 0.0, 1, "none", 9, 200), (12, 12, 0.6, 1, "luong", 7, 60), (4, 2, 0.6, 2, "none", 10, 30),
-    (3, 3, 0.0, 3, "luong", 8, 30), (12, 4, 1.0, 1, "none", 3, 500),
+SEARCHES = [  # (beam, nbest, length penalty, members, attention, sentences, target vocabulary, scored at once)
+    (1, 1, 0.0, 1, "none", 40, 30, None), (2, 2, 0.0, 1, "none", 24, 30, None), (5, 3, 0.6, 1, "none", 16, 200, None),
+    (12, 1, 0.0, 1, "none", 9, 200, None), (12, 12, 0.6, 1, "luong", 7, 60, None), (4, 2, 0.6, 2, "none", 10, 30, None),
+    (3, 3, 0.0, 3, "luong", 8, 30, None), (12, 4, 1.0, 1, "none", 3, 500, None),
+    (12, 2, 0.6, 1, "none", 70, 30, 3000), (5, 1, 0.0, 2, "luong", 61, 30, 2000),  # scored in parts
 ]
 
 
-@pytest.mark.parametrize("beam, nbest, alpha, members, attention, sentences, vocab", SEARCHES)
+@pytest.mark.parametrize("beam, nbest, alpha, members, attention, sentences, vocab, at_once", SEARCHES)
 def test_the_faster_search_returns_exactly_what_the_search_before_it_returned(beam, nbest, alpha, members, attention,
-                                                                             sentences, vocab):
+                                                                             sentences, vocab, at_once, monkeypatch):
     """Bit for bit: the same n-best lists in the same order, the same scores, rankings and member scores, with
-    finished sentences leaving the batch at different steps (the oracle: tests/beam_before.py)."""
+    finished sentences leaving the batch at different steps and, where a batch's scores would not fit the
+    cache, scored in parts (the oracle: tests/beam_before.py)."""
+    if at_once:
+        monkeypatch.setattr(beam_module, "SCORED_AT_ONCE", at_once)
+        assert len(beam_module._parts(sentences, beam, vocab, torch.device("cpu"))) > 1
     models = [peaky_model(10 + m, tgt_vocab=vocab, attention=attention) for m in range(members)]
     src, lengths = random_batch(beam * 7 + members, sentences, longest=9)
     found = beam_search(Ensemble(models), src, lengths, beam, nbest=nbest, length_penalty=alpha,
@@ -173,3 +179,24 @@ def test_finished_sentences_leave_the_batch_down_to_the_fewest_rows_that_keep_th
     beam_search(Ensemble([peaky_model(11, tgt_vocab=30)]), src, lengths, 2, max_length_ratio=1.5, extra_words=3)
     assert rows[0] == 80 and rows == sorted(rows, reverse=True) and len(set(rows)) > 3
     assert min(rows) >= MIN_ROWS
+
+
+@pytest.mark.parametrize("seed, attention", [(0, "none"), (1, "none"), (2, "none"), (0, "luong")])
+def test_a_bf16_search_keeps_every_score_within_a_hundredth_of_a_nat_a_word_of_fp32(seed, attention):
+    """eval.precision=bf16 (weights and products in bf16): each hypothesis's score is its fp32 log-probability
+    to within 0.01 a word (</s> counted); the search may differ where two hypotheses are closer than that."""
+    model = peaky_model(20 + seed, tgt_vocab=200, attention=attention)
+    src, lengths = random_batch(seed, 12, longest=9)
+    found = beam_search(Ensemble([model], "bf16"), src, lengths, 5, nbest=3, max_length_ratio=1.5, extra_words=3)
+    assert all(found)
+    for sentence, hypotheses in enumerate(found):
+        for h in hypotheses:
+            exact = sequence_log_prob(model, src[sentence, :int(lengths[sentence])], lengths[sentence],
+                                      tuple(h.tokens))
+            assert abs(h.score - exact) <= 0.01 * (len(h.tokens) + 1)
+    assert next(model.parameters()).dtype == torch.float32, "the model itself is left in fp32"
+
+
+def test_an_unknown_decoding_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Ensemble([peaky_model(0)], "fp16")

@@ -194,6 +194,12 @@ class EvalConfig:
     0 ranks by log p as the paper did, 1 comes close to dividing by the length."""
     batch_size: int = 64
     """Sentences decoded together."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """The beam search's weights and matrix products (the LSTM steps and the softmax product, all of its
+    arithmetic but the scores): fp32 (every result bit for bit the reference search's), or bf16 (about twice as
+    fast where the CPU or GPU has bf16 matrix units; for a model trained with train.precision=bf16, whose
+    products were bf16 too); the log-softmax and every score stay fp32. Perplexity and rescoring stay fp32.
+    docs/evaluation.md states the difference."""
     after_training: bool = False
     """When training ends, evaluate the final checkpoint on eval.split at eval.beam_size (rank 0)."""
     attention_plots: int = 0

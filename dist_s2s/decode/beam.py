@@ -19,6 +19,7 @@ before these changes (tests/test_beam.py keeps that search as the oracle).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,10 @@ from dist_s2s.device import to_device
 from dist_s2s.model.seq2seq import DecoderState, Seq2Seq
 
 State = DecoderState
+
+DECODE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+"""`eval.precision`: the dtype of the search's weights and products (log-softmax and scores are fp32 either
+way)."""
 
 MIN_ROWS = 16
 """A batch sheds finished sentences only while it keeps at least this many rows (sentences × beam): with fewer
@@ -56,36 +61,85 @@ def length_normalizer(words: torch.Tensor | int, alpha: float) -> torch.Tensor |
 class Ensemble:
     """Models decoding in lock step; the next-word distribution is the mean of their log-probabilities."""
 
-    def __init__(self, models: list[Seq2Seq]):
+    def __init__(self, models: list[Seq2Seq], precision: str = "fp32"):
         if not models:
             raise ValueError("an ensemble needs at least one model")
+        if precision not in DECODE_DTYPES:
+            raise ValueError(f"precision must be one of {sorted(DECODE_DTYPES)}, got {precision!r}")
         self.models = models
+        self.precision = precision
+        dtype = DECODE_DTYPES[precision]
+        self.decoders = models if dtype == torch.float32 else [copy.deepcopy(model).to(dtype) for model in models]
+        """What the search runs: the models themselves, or copies in bf16 (the models stay as they are for
+        perplexity, rescoring and attention)."""
 
     @torch.no_grad()
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> list[State]:
-        return [model.encode(src, src_lengths) for model in self.models]
+        return [model.encode(src, src_lengths) for model in self.decoders]
 
     @torch.no_grad()
     def softmax_weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each member's softmax shards joined into one [V, H] weight and [V] bias, for a search to hold: one
         product over the whole vocabulary instead of one a shard and a copy to join them (the same numbers)."""
         return [(torch.cat([shard.weight for shard in model.softmax]),
-                 torch.cat([shard.bias for shard in model.softmax])) for model in self.models]
+                 torch.cat([shard.bias for shard in model.softmax])) for model in self.decoders]
 
     @torch.no_grad()
-    def step(self, tokens: torch.Tensor, states: list[State], softmax: list[tuple[torch.Tensor, torch.Tensor]]
-             ) -> tuple[torch.Tensor, torch.Tensor | None, list[State]]:
-        """Previous words [N] → mean log-probs [N, V] (a new tensor the caller may change), each member's
-        [M, N, V] (None for one model: its log-probs are the mean), and the next states."""
-        per_model, next_states = [], []
-        for model, state, (weight, bias) in zip(self.models, states, softmax):
+    def step(self, tokens: torch.Tensor, states: list[State]) -> tuple[list[torch.Tensor], list[State]]:
+        """Previous words [N] → each member's top-layer output [N, H] and its next states."""
+        hiddens, next_states = [], []
+        for model, state in zip(self.decoders, states):
             hidden, finals = model.decode(tokens[:, None], state)
-            per_model.append(torch.log_softmax(nn.functional.linear(hidden[:, 0], weight, bias), dim=-1))
+            hiddens.append(hidden[:, 0])
             next_states.append(finals)
+        return hiddens, next_states
+
+    @torch.no_grad()
+    def log_probs(self, hiddens: list[torch.Tensor], softmax: list[tuple[torch.Tensor, torch.Tensor]], rows: slice
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """For these rows: the mean log-probs [n, V] (a new fp32 tensor the caller may change), and each member's
+        [M, n, V] (None for one model: its log-probs are the mean)."""
+        per_model = [torch.log_softmax(nn.functional.linear(hidden[rows], weight, bias).float(), dim=-1)
+                     for hidden, (weight, bias) in zip(hiddens, softmax)]
         if len(per_model) == 1:
-            return per_model[0], None, next_states
+            return per_model[0], None
         stacked = torch.stack(per_model)
-        return stacked.mean(dim=0), stacked, next_states
+        return stacked.mean(dim=0), stacked
+
+
+SCORED_AT_ONCE = 8_000_000
+"""On a CPU, how many [row, word] scores a step works through at once (32 MB of fp32, this CPU's L3): a batch
+with more rows × vocabulary is scored in parts of whole sentences, so the log-softmax, the add and the top-k
+read from cache instead of memory (a batch of 128 × 12 rows over 8k words was slower than 64 for it). Parts
+are split evenly, each far above `MIN_ROWS`; the results are the same."""
+
+
+def _parts(sentences: int, beam: int, vocab: int, device: torch.device) -> list[slice]:
+    """The step's sentences in parts whose scores fit `SCORED_AT_ONCE` (one part on a GPU)."""
+    count = 1 if device.type != "cpu" else max(1, -(-sentences * beam * vocab // SCORED_AT_ONCE))
+    count = min(count, max(1, sentences * beam // (4 * MIN_ROWS)))
+    bounds = [round(k * sentences / count) for k in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def _best_candidates(ensemble: Ensemble, hiddens: list[torch.Tensor], softmax: list[tuple[torch.Tensor, torch.Tensor]],
+                     part: slice, *, beam: int, kept: int, scores: torch.Tensor, at_limit: torch.Tensor | None,
+                     banned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """For the sentences of `part`: their `kept` best extensions by score [s, kept], their indices into beam ×
+    vocabulary, and with several members each member's log-probability of them [M, s, kept]."""
+    log_probs, per_member = ensemble.log_probs(hiddens, softmax, slice(part.start * beam, part.stop * beam))
+    log_probs.index_fill_(1, banned, float("-inf"))  # a hypothesis never takes <pad> or <s>
+    if at_limit is not None:  # rows at their limit may only end
+        eos = log_probs[:, EOS_ID].clone()
+        log_probs.masked_fill_(at_limit[part].repeat_interleave(beam)[:, None], float("-inf"))
+        log_probs[:, EOS_ID] = eos
+    sentences, vocab = part.stop - part.start, log_probs.shape[1]
+    candidates = log_probs.view(sentences, beam, vocab).add_(scores[part][:, :, None]).view(sentences, -1)
+    top_scores, top = candidates.topk(kept, dim=1)
+    if per_member is None:
+        return top_scores, top, None
+    rows = torch.arange(sentences, device=top.device)[:, None] * beam + top // vocab
+    return top_scores, top, per_member[:, rows, top % vocab]
 
 
 def _select(states: list[State], rows: torch.Tensor) -> list[State]:
@@ -170,24 +224,19 @@ def beam_search(ensemble: Ensemble, src: torch.Tensor, src_lengths: torch.Tensor
 
     for length in range(longest + 1):
         active = beams.scores.shape[0]
-        log_probs, per_member, beams.states = ensemble.step(beams.tokens, beams.states, softmax)
-        log_probs.index_fill_(1, banned, float("-inf"))  # a hypothesis never takes <pad> or <s>
-        if length >= beams.shortest_limit:  # rows at their limit may only end
-            at_limit = (length >= beams.max_words).repeat_interleave(beam)
-            eos = log_probs[:, EOS_ID].clone()
-            log_probs.masked_fill_(at_limit[:, None], float("-inf"))
-            log_probs[:, EOS_ID] = eos
+        hiddens, beams.states = ensemble.step(beams.tokens, beams.states)
         live_scores = beams.scores.masked_fill(beams.done[:, None], float("-inf"))
-        candidates = log_probs.view(active, beam, vocab).add_(live_scores[:, :, None]).view(active, -1)
-        top_scores, top = candidates.topk(kept, dim=1)
+        at_limit = (length >= beams.max_words) if length >= beams.shortest_limit else None
+        parts = [_best_candidates(ensemble, hiddens, softmax, part, beam=beam, kept=kept, scores=live_scores,
+                                  at_limit=at_limit, banned=banned) for part in _parts(active, beam, vocab, device)]
+        top_scores, top = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         origin, word = top // vocab, top % vocab
         ending = word == EOS_ID
         origin_rows = (torch.arange(active, device=device)[:, None] * beam) + origin
-        if per_member is None:
-            member_totals = None
-        else:
+        member_totals = None
+        if members > 1:
             member_totals = (beams.member_scores.gather(2, origin.expand(members, -1, -1))
-                             + per_member[:, origin_rows, word])
+                             + torch.cat([p[2] for p in parts], dim=1))
 
         # Complete: </s> among the first `beam` candidates, with a finite score.
         completing = ending & (positions < beam) & torch.isfinite(top_scores)

@@ -71,7 +71,8 @@ class Translator:
         self.src_codec = load_codec(out_dir, manifest.vocab.codec_files("src"))
         self.tgt_codec = load_codec(out_dir, manifest.vocab.codec_files("tgt"))
         self.src_vocab_size = manifest.vocab.src_size
-        self.ensemble = Ensemble([load_model(path, manifest, self.device) for path in checkpoints])
+        self.ensemble = Ensemble([load_model(path, manifest, self.device) for path in checkpoints],
+                                 config.eval.precision)
         self.prepared = manifest.data_config()  # the data config the vocabulary was built with
 
     def source_ids(self, text: str) -> list[int]:
