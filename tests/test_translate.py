@@ -176,6 +176,19 @@ def test_evaluate_scores_a_split_and_writes_json_hypotheses_plots_and_an_mlflow_
     assert not (report / "unsent-metrics.jsonl").exists()
 
 
+def test_evaluate_decodes_in_bf16_when_asked_and_runs_every_analysis_on_the_fp32_model(trained, tmp_path):
+    args, checkpoint, _ = trained
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        output = tmp_path / f"{precision}.json"
+        assert main(["evaluate", *args, f"--eval.precision={precision}", "--checkpoint", checkpoint, "--split",
+                     "test2016", "--beam", "2", "--output", str(output)]) == 0
+        scores[precision] = json.loads(output.read_text())
+    assert scores["bf16"]["sentences"] == scores["fp32"]["sentences"] > 0
+    assert scores["bf16"]["perplexity"] == scores["fp32"]["perplexity"], "perplexity stays fp32"
+    assert abs(scores["bf16"]["bleu"] - scores["fp32"]["bleu"]) < 5
+
+
 def test_user_errors_do_not_reach_here_as_tracebacks():
     with pytest.raises(UserError):
         read_nbest(Path("/nonexistent.nbest"))

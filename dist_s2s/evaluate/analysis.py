@@ -97,7 +97,7 @@ def sentence_vectors(translator: Translator, phrases: tuple[str, ...] = PHRASES)
         ids = translator.source_ids(phrase)
         src = to_device(torch.tensor([ids]), translator.device)
         lengths = torch.tensor([len(ids)])
-        states = translator.ensemble.encode(src, lengths)
+        states = [model.encode(src, lengths) for model in translator.ensemble.models]  # fp32, whatever decodes
         per_member = [torch.cat([h[0, 0] for h, _ in member.layers]) for member in states]
         vectors.append(torch.stack(per_member).mean(0).cpu().numpy())
     return np.stack(vectors)
