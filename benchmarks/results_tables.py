@@ -358,47 +358,50 @@ def serve_load_table() -> str:
 
 
 def decoding_speed_table() -> str:
-    """docs/evaluation.md: OpenNMT-py's `onmt_translate` against dist-s2s's search now, before, and a plain one,
-    beam 12 and 64 sentences a batch, then dist-s2s at every beam and batch size."""
+    """docs/evaluation.md: OpenNMT-py's `onmt_translate` against dist-s2s's search (fp32 and bf16), the search before
+    and a plain one at beam 12, then dist-s2s at every beam and batch size."""
     if not (RESULTS / "translate-cpu-main.json").is_file():
         return "`translate-cpu-main.json` missing: run benchmarks/translate_throughput.py"
     ours = load("translate-cpu-main.json")
     peer = load("opennmt-peer.json") if (RESULTS / "opennmt-peer.json").is_file() else None
-    lines = ["| beam 12, 64 a batch | α | sentences/s | target words/s | × OpenNMT-py | same best as dist-s2s |",
-             "|---|---:|---:|---:|---:|---:|"]
+    sentences = ours["runs"][0]["sentences"]
+    lines = ["| beam 12 | α | a batch | sentences/s | target words/s | × OpenNMT-py | same best as dist-s2s fp32 |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for alpha in sorted({r["length_penalty"] for r in ours["runs"]}):
         onmt = None
         if peer is not None:
             name = "no length penalty" if alpha == 0 else "length penalty wu α 0.6"
             times = sorted(r["seconds"] for r in peer["runs"] if r["decoding"] == name)
             if times:
-                onmt = ours["runs"][0]["sentences"] / times[len(times) // 2]
+                onmt = sentences / times[len(times) // 2]
                 lines.append(f"| OpenNMT-py 3.5.1 `onmt_translate` (median of {len(times)}) | {alpha:.1f} | "
-                             f"{onmt:.1f} | – | 1.00× | – |")
+                             f"{peer['batch_size']} | {onmt:.1f} | – | 1.00× | – |")
         for run in ours["runs"]:
-            if run["length_penalty"] == alpha and run["beam"] == 12 and run["batch"] == 64:
-                ratio = f"{run['sentences_per_sec'] / onmt:.2f}×" if onmt else "–"
-                lines.append(f"| {run['search']} | {alpha:.1f} | {run['sentences_per_sec']:.1f} | "
-                             f"{run['target_words_per_sec']:,.0f} | {ratio} | {run['same_best_as_dist_s2s']} of "
-                             f"{run['sentences']} |")
+            if run["length_penalty"] != alpha or run["beam"] != 12:
+                continue
+            ratio = f"{run['sentences_per_sec'] / onmt:.2f}×" if onmt else "–"
+            same = "–" if run["same_best_as_dist_s2s"] is None else f"{run['same_best_as_dist_s2s']} of {sentences}"
+            lines.append(f"| {run['search']} | {alpha:.1f} | {run['batch']} | {run['sentences_per_sec']:.1f} | "
+                         f"{run['target_words_per_sec']:,.0f} | {ratio} | {same} |")
     beams = sorted({r["beam"] for r in ours["runs"]})
     batches = sorted({r["batch"] for r in ours["runs"] if r["search"] == "dist-s2s"})
-    lines += ["", "dist-s2s, sentences/s (target words/s), α 0:", "",
-              "| beam | " + " | ".join(f"{b} a batch" for b in batches) + " | plain PyTorch, 64 | before, 64 |",
-              "|---:|" + "---:|" * (len(batches) + 2)]
+    ours_names = [name for name in dict.fromkeys(r["search"] for r in ours["runs"]) if name.startswith("dist-s2s")]
+    lines += ["", "Sentences/s (target words/s) at every beam, α 0:", "",
+              "| beam | search | " + " | ".join(f"{b} a batch" for b in batches) + " |",
+              "|---:|---|" + "---:|" * len(batches)]
     for beam in beams:
-        cells = []
-        for search, sizes in (("dist-s2s", batches), ("plain PyTorch", [64]), ("before (tests/beam_before.py)", [64])):
-            for size in sizes:
+        for name in [*ours_names, "plain PyTorch", "before (tests/beam_before.py)"]:
+            cells = []
+            for size in batches:
                 run = next((r for r in ours["runs"] if (r["search"], r["beam"], r["batch"], r["length_penalty"])
-                            == (search, beam, size, 0.0)), None)
+                            == (name, beam, size, 0.0)), None)
                 cells.append("–" if run is None else
                              f"{run['sentences_per_sec']:.1f} ({run['target_words_per_sec']:,.0f})")
-        lines.append(f"| {beam} | " + " | ".join(cells) + " |")
+            if any(cell != "–" for cell in cells):
+                lines.append(f"| {beam} | {name} | " + " | ".join(cells) + " |")
     lines.append("")
-    sentences = ours["runs"][0]["sentences"]
     lines.append(f"Commit {ours['commit']}, {ours['date']}, {ours['split']} ({sentences} sentences), "
-                 f"{ours['threads']} threads; OpenNMT-py's model: "
+                 f"{ours['threads']} threads, nothing else running; OpenNMT-py's model: "
                  + ("missing (run benchmarks/opennmt_peer.py)" if peer is None else
                     f"{peer['model']['layers']} × {peer['model']['hidden_size']} LSTM, "
                     f"{peer['model']['word_vec_size']}-d embeddings, {peer['model']['training_steps']} training steps, "
