@@ -341,11 +341,16 @@ def serve_load_table() -> str:
     if not (RESULTS / "serve-load.json").is_file():
         return "`serve-load.json` missing: run benchmarks/serve_load.py"
     result = load("serve-load.json")
+    overrides = " ".join(result.get("overrides") or []) or "none"
     lines = [f"`translate` in one process: {result['translate_sentences_per_sec']:.1f} sentences/s "
-             f"({result['split']}, beam {result['beam']}, α {result['length_penalty']}, commit {result['commit']}).",
-             "",
-             "| clients | sentences/s | × translate | p50 latency | p99 latency | errors | server RSS before → after |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+             f"({result['split']}, beam {result['beam']}, α {result['length_penalty']}, commit {result['commit']}; "
+             f"overrides: {overrides}).", ""]
+    if result.get("warmup"):
+        warmup = result["warmup"]
+        lines += [f"First an unrecorded warm-up load of {warmup['clients']} clients: server RSS "
+                  f"{warmup['rss_before_mb']:,} → {warmup['rss_after_mb']:,} MB.", ""]
+    header = "| clients | sentences/s | × translate | p50 latency | p99 latency | errors | server RSS before → after |"
+    lines += [header, "|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["loads"]:
         lines.append(f"| {row['clients']} | {row['sentences_per_sec']:.1f} | {row['vs_translate']:.2f} | "
                      f"{row['p50_ms']:,} ms | {row['p99_ms']:,} ms | {row['errors']} | {row['rss_before_mb']:,} → "

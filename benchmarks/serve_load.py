@@ -68,10 +68,13 @@ def main() -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--split", default="test2016")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--warmup-clients", type=int, default=32,
+                        help="one unrecorded load first: the server's kernels for each batch shape are made once "
+                             "(its memory grows while they are, then stays); 0: none")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--output")
-    args = parser.parse_args()
-    config = load_config(args.config, [])
+    args, overrides = parser.parse_known_args()
+    config = load_config(args.config, overrides)
     beam = config.eval.beam_size
     sentences = split_rows(Path(config.data.out_dir), args.split).column("src_text").to_pylist()
 
@@ -84,7 +87,7 @@ def main() -> None:
 
     server_log = tempfile.TemporaryFile("w+")  # read by no one while it runs: a pipe would fill and stall it
     server = subprocess.Popen([sys.executable, "-m", "dist_s2s", "serve", "--config", args.config, "--checkpoint",
-                               args.checkpoint, "--port", str(args.port)], stdout=server_log,
+                               args.checkpoint, "--port", str(args.port), *overrides], stdout=server_log,
                               stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{args.port}"
     try:
@@ -95,6 +98,14 @@ def main() -> None:
             except OSError:
                 time.sleep(0.5)
         process = psutil.Process(server.pid)
+        warmup = None
+        if args.warmup_clients:
+            started_mb = round(process.memory_info().rss / 2**20)
+            load(url + "/translate", sentences, args.warmup_clients, beam)
+            warmup = {"clients": args.warmup_clients, "rss_before_mb": started_mb,
+                      "rss_after_mb": round(process.memory_info().rss / 2**20)}
+            print(f"warm-up, {args.warmup_clients} clients: server RSS {warmup['rss_before_mb']} → "
+                  f"{warmup['rss_after_mb']} MB", flush=True)
         rows = []
         for clients in args.clients:
             before = process.memory_info().rss
@@ -112,7 +123,8 @@ def main() -> None:
         server.wait(timeout=60)
     result = {"config": args.config, "checkpoint": args.checkpoint, "split": args.split, "beam": beam,
               "length_penalty": config.eval.length_penalty, "serve": vars(config.serve),
-              "translate_sentences_per_sec": round(translate_rate, 2), "loads": rows, "batching": batching,
+              "translate_sentences_per_sec": round(translate_rate, 2), "warmup": warmup, "loads": rows,
+              "batching": batching, "overrides": overrides,
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                        text=True).stdout.strip(),
               "host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
