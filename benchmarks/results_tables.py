@@ -430,6 +430,24 @@ def _prepare_scale() -> list[str]:
             f"MB) | [data](docs/data.md), `prepare-scale.json` |"]
 
 
+def _decoding_speed() -> list[str]:
+    """README: beam 12 / 64 a batch against OpenNMT-py's onmt_translate, measured in one sitting."""
+    if not (RESULTS / "translate-cpu-main.json").is_file() or not (RESULTS / "opennmt-peer.json").is_file():
+        return ["| beam search vs OpenNMT-py | `translate-cpu-main.json` or `opennmt-peer.json` missing | |"]
+    ours, peer = load("translate-cpu-main.json"), load("opennmt-peer.json")
+    sentences, cells = ours["runs"][0]["sentences"], []
+    for alpha, name in ((0.0, "no length penalty"), (0.6, "length penalty wu α 0.6")):
+        times = sorted(r["seconds"] for r in peer["runs"] if r["decoding"] == name)
+        onmt = sentences / times[len(times) // 2]
+        for search in ("dist-s2s, bf16", "dist-s2s"):
+            run = next(r for r in ours["runs"] if (r["search"], r["beam"], r["batch"], r["length_penalty"])
+                       == (search, 12, 64, alpha))
+            cells.append(f"{run['sentences_per_sec'] / onmt:.2f}×")
+    return [f"| beam search, beam 12, 64 a batch, test2016, vs OpenNMT-py's `onmt_translate` (same sizes, same "
+            f"sitting), α 0 / 0.6 | bf16 {cells[0]} / {cells[2]}, fp32 {cells[1]} / {cells[3]} | "
+            f"[evaluation](docs/evaluation.md#decoding-speed), `translate-cpu-main.json` |"]
+
+
 def results_table() -> str:
     rows = ["| what | figure | from |", "|---|---|---|",
             _bleu("bleu-multi30k-main.json", "main job", "multi30k.yaml",
@@ -438,7 +456,8 @@ def results_table() -> str:
                   "the main job + Luong attention"),
             _bleu("bleu-multi30k.json", "the paper's recipe", "multi30k-paper.yaml",  # multi30k.yaml when it ran
                   "fp32, no dropout, 7.5 epochs, beam 12"),
-            *_news(), *_prepare_scale(), *_one_device_vs_plain(), *_pipelines(), *_bf16_and_projection(),
+            *_news(), *_decoding_speed(), *_prepare_scale(), *_one_device_vs_plain(), *_pipelines(),
+            *_bf16_and_projection(),
             "| reproduction of the paper's 7 claims | 5 reproduced at small scale, 2 not at this budget | "
             "[docs/REPRODUCTION.md](docs/REPRODUCTION.md) |"]
     return "\n".join(rows)
