@@ -85,7 +85,10 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=0, help="the first N of the split (0: all)")
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 2, 5, 12])
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 128])
-    parser.add_argument("--baseline-batch", type=int, default=64)
+    parser.add_argument("--baseline-batch", type=int, default=64,
+                        help="the batch size the other searches run at (and dist-s2s's reference for same best)")
+    parser.add_argument("--baseline-batches", type=int, nargs="+",
+                        help="run the other searches at these batch sizes instead (default: --baseline-batch)")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.6],
                         help="length penalties; the second and later only at the largest beam")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
@@ -111,7 +114,7 @@ def main() -> None:
                 precision = name.split(", ")[1] if ", " in name else args.precisions[0]
                 if translator.ensemble.precision != precision:
                     translator.ensemble = Ensemble(translator.ensemble.models, precision)
-                for batch in args.batches if ours else [args.baseline_batch]:
+                for batch in args.batches if ours else (args.baseline_batches or [args.baseline_batch]):
                     started = time.perf_counter()
                     found = decoded(translator, sources, beam=beam, batch=batch, alpha=alpha, search=search)
                     seconds = time.perf_counter() - started
