@@ -430,6 +430,24 @@ def _prepare_scale() -> list[str]:
             f"MB) | [data](docs/data.md), `prepare-scale.json` |"]
 
 
+def decoding_baselines_table() -> str:
+    """docs/evaluation.md: dist-s2s (fp32) against the plain-PyTorch search and the search before, every beam
+    and batch size, one run."""
+    if not (RESULTS / "translate-cpu-main-baselines.json").is_file():
+        return "`translate-cpu-main-baselines.json` missing: run benchmarks/translate_throughput.py --baseline-batches"
+    result = load("translate-cpu-main-baselines.json")
+    batches = sorted({r["batch"] for r in result["runs"]})
+    lines = ["| beam | search | " + " | ".join(f"{b} a batch" for b in batches) + " |",
+             "|---:|---|" + "---:|" * len(batches)]
+    for beam in sorted({r["beam"] for r in result["runs"]}):
+        for name in dict.fromkeys(r["search"] for r in result["runs"]):
+            cells = [next((f"{r['sentences_per_sec']:.1f}" for r in result["runs"]
+                           if (r["search"], r["beam"], r["batch"]) == (name, beam, size)), "–") for size in batches]
+            lines.append(f"| {beam} | {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"Sentences/s, fp32, α 0, test2016; commit {result['commit']}, {result['date']}."]
+    return "\n".join(lines)
+
+
 def _decoding_speed() -> list[str]:
     """README: beam 12 / 64 a batch against OpenNMT-py's onmt_translate, measured in one sitting."""
     if not (RESULTS / "translate-cpu-main.json").is_file() or not (RESULTS / "opennmt-peer.json").is_file():
@@ -489,6 +507,8 @@ def main() -> None:
     rewrite(REPO / "docs" / "evaluation.md", "<!-- averaging:start -->", "<!-- averaging:end -->", averaging_table())
     rewrite(REPO / "docs" / "evaluation.md", "<!-- decoding-speed:start -->", "<!-- decoding-speed:end -->",
             decoding_speed_table())
+    rewrite(REPO / "docs" / "evaluation.md", "<!-- decoding-baselines:start -->", "<!-- decoding-baselines:end -->",
+            decoding_baselines_table())
     rewrite(REPO / "docs" / "serving.md", "<!-- serve-load:start -->", "<!-- serve-load:end -->", serve_load_table())
     rewrite(REPO / "README.md", "<!-- results:start -->", "<!-- results:end -->", results_table())
 
