@@ -15,22 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
+from decoding_setup import model_and_sources, search_before
 from torch.profiler import ProfilerActivity, profile
 
-from dist_s2s.config import load_config
 from dist_s2s.decode import beam as beam_module
 from dist_s2s.decode.translator import Translator
-from dist_s2s.evaluate.evaluate import split_rows
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import beam_before  # noqa: E402  (the oracle the tests keep)
+beam_before = search_before()
+if beam_before is None:
+    raise SystemExit("profile_decoding needs tests/beam_before.py (the search before) beside this checkout")
 
 GROUPS = {
     "LSTM layers": {"aten::mkldnn_rnn_layer", "aten::_thnn_fused_lstm_cell", "aten::lstm_cell"},
@@ -111,12 +109,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path)
     args, overrides = parser.parse_known_args()
-    torch.set_num_threads(args.threads)
-    config = load_config(args.config, overrides)
-    translator = Translator(config, [Path(args.checkpoint)])
-    sources = [list(ids) for ids in split_rows(Path(config.data.out_dir), args.split).column("src_ids").to_pylist()]
-    sources = sources[:args.sentences] if args.sentences else sources
-    translator.translate_ids(sources[:16], 2)  # warm-up
+    translator, sources = model_and_sources(args, overrides)
     records = [run(translator, sources, search=search, beam=args.beam, batch=batch, alpha=args.alpha)
                for search in ("before", "now") for batch in args.batches]
     if args.output:

@@ -18,20 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
+from decoding_setup import model_and_sources, search_before
 from plain_beam import plain_beam_search
 
-from dist_s2s.config import load_config
-from dist_s2s.data.vocab import PAD_ID
 from dist_s2s.decode.beam import Ensemble
-from dist_s2s.decode.translator import Translator
-from dist_s2s.evaluate.evaluate import split_rows
+from dist_s2s.decode.translator import Translator, length_sorted_batches
 
 Search = Callable[..., list[list[int]]]
 """(translator, src, lengths, *, beam, alpha) → each sentence's best translation as ids."""
@@ -39,15 +35,14 @@ Search = Callable[..., list[list[int]]]
 
 def before_search() -> Search | None:
     """The search before issue 36, from tests/ (None where the tests are not beside this checkout)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    try:
-        from beam_before import EnsembleBefore, beam_search_before
-    except ImportError:
+    before = search_before()
+    if before is None:
         return None
 
     def search(translator, src, lengths, *, beam, alpha):
-        found = beam_search_before(EnsembleBefore(translator.ensemble.models), src, lengths, beam,
-                                   max_length_ratio=translator.config.eval.max_length_ratio, length_penalty=alpha)
+        found = before.beam_search_before(before.EnsembleBefore(translator.ensemble.models), src, lengths, beam,
+                                          max_length_ratio=translator.config.eval.max_length_ratio,
+                                          length_penalty=alpha)
         return [hypotheses[0].tokens if hypotheses else [] for hypotheses in found]
     return search
 
@@ -65,13 +60,7 @@ def decoded(translator: Translator, sources: list[list[int]], *, beam: int, batc
         return [found[0].ids for found in translator.translate_ids(sources, beam, batch_size=batch,
                                                                    length_penalty=alpha)]
     results: list[list[int]] = [[] for _ in sources]
-    order = sorted(range(len(sources)), key=lambda i: -len(sources[i]))
-    for start in range(0, len(order), batch):
-        chunk = order[start:start + batch]
-        lengths = torch.tensor([len(sources[i]) for i in chunk])
-        src = torch.full((len(chunk), int(lengths.max())), PAD_ID, dtype=torch.long)
-        for row, index in enumerate(chunk):
-            src[row, :len(sources[index])] = torch.tensor(sources[index])
+    for chunk, src, lengths in length_sorted_batches(sources, batch):
         for index, ids in zip(chunk, search(translator, src, lengths, beam=beam, alpha=alpha)):
             results[index] = ids
     return results
@@ -96,12 +85,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path)
     args, overrides = parser.parse_known_args()
-    torch.set_num_threads(args.threads)
-    config = load_config(args.config, overrides)
-    translator = Translator(config, [Path(args.checkpoint)])
-    sources = [list(ids) for ids in split_rows(Path(config.data.out_dir), args.split).column("src_ids").to_pylist()]
-    sources = sources[:args.sentences] if args.sentences else sources
-    translator.translate_ids(sources[:16], 2)  # warm-up
+    translator, sources = model_and_sources(args, overrides)
     searches = {"dist-s2s": None, "plain PyTorch": plain, "before (tests/beam_before.py)": before_search()}
     searches.update({f"dist-s2s, {precision}": None for precision in args.precisions[1:]})
     runs, reference = [], {}

@@ -14,6 +14,7 @@ as an ensemble.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,15 +115,9 @@ class Translator:
         if length_penalty is None:
             length_penalty = self.config.eval.length_penalty
         results: list[list[Translation]] = [[Translation("", [], 0.0)] for _ in sources]
-        order = sorted((i for i, ids in enumerate(sources) if ids), key=lambda i: -len(sources[i]))
         with Progress(progress or "", len(sources), unit="sentences", show=progress is not None) as bar:
-            bar.advance(len(sources) - len(order))  # empty lines: nothing to decode
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
-                lengths = torch.tensor([len(sources[i]) for i in chunk])
-                src = torch.full((len(chunk), int(lengths.max())), PAD_ID, dtype=torch.long)
-                for row, index in enumerate(chunk):
-                    src[row, :len(sources[index])] = torch.tensor(sources[index])
+            bar.advance(sum(1 for ids in sources if not ids))  # empty lines: nothing to decode
+            for chunk, src, lengths in length_sorted_batches(sources, batch_size):
                 found = beam_search(self.ensemble, to_device(src, self.device), lengths, beam,
                                     max_length_ratio=self.config.eval.max_length_ratio, nbest=nbest,
                                     length_penalty=length_penalty)
@@ -139,6 +134,20 @@ class Translator:
     def unknown_share(self, lines: list[str]) -> float:
         ids = [i for line in lines for i in self.source_ids(line)]
         return sum(i == UNK_ID for i in ids) / max(1, len(ids))
+
+
+def length_sorted_batches(sources: list[list[int]], batch_size: int
+                          ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """The non-empty sources, longest first so a batch pads little, `batch_size` at a time: each batch's
+    indices into `sources`, its padded source ids [n, longest] and its lengths (host)."""
+    order = sorted((i for i, ids in enumerate(sources) if ids), key=lambda i: -len(sources[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        lengths = torch.tensor([len(sources[i]) for i in chunk])
+        src = torch.full((len(chunk), int(lengths.max())), PAD_ID, dtype=torch.long)
+        for row, index in enumerate(chunk):
+            src[row, :len(sources[index])] = torch.tensor(sources[index])
+        yield chunk, src, lengths
 
 
 def moses_nbest_lines(index: int, translations: list[Translation]) -> list[str]:
