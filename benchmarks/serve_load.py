@@ -22,7 +22,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -30,6 +32,30 @@ import psutil
 from dist_s2s.config import load_config
 from dist_s2s.decode.translator import Translator
 from dist_s2s.evaluate.evaluate import split_rows
+
+
+@contextmanager
+def serving(config: str, checkpoint: str, port: int, overrides: list[str], *, wait_s: float = 300
+            ) -> Iterator[tuple[subprocess.Popen, str]]:
+    """The real `dist-s2s serve` in a process of its own on 127.0.0.1:`port`, once `/health` answers (or after
+    `wait_s`): the process and its URL; stopped on leaving."""
+    server_log = tempfile.TemporaryFile("w+")  # read by no one while it runs: a pipe would fill and stall it
+    server = subprocess.Popen([sys.executable, "-m", "dist_s2s", "serve", "--config", config, "--checkpoint",
+                               checkpoint, "--port", str(port), *overrides], stdout=server_log,
+                              stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield server, url
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
 
 
 def post(url: str, sentence: str, beam: int) -> tuple[float, bool]:
@@ -85,18 +111,7 @@ def main() -> None:
     del translator
     print(f"translate (one process, batches of {config.eval.batch_size}): {translate_rate:.1f} sentences/s", flush=True)
 
-    server_log = tempfile.TemporaryFile("w+")  # read by no one while it runs: a pipe would fill and stall it
-    server = subprocess.Popen([sys.executable, "-m", "dist_s2s", "serve", "--config", args.config, "--checkpoint",
-                               args.checkpoint, "--port", str(args.port), *overrides], stdout=server_log,
-                              stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{args.port}"
-    try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with serving(args.config, args.checkpoint, args.port, overrides) as (server, url):
         process = psutil.Process(server.pid)
         warmup = None
         if args.warmup_clients:
@@ -118,9 +133,6 @@ def main() -> None:
                   f"{row['rss_before_mb']} → {row['rss_after_mb']} MB", flush=True)
         with urllib.request.urlopen(url + "/health") as response:
             batching = json.loads(response.read())["batching"]
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
     result = {"config": args.config, "checkpoint": args.checkpoint, "split": args.split, "beam": beam,
               "length_penalty": config.eval.length_penalty, "serve": vars(config.serve),
               "translate_sentences_per_sec": round(translate_rate, 2), "warmup": warmup, "loads": rows,

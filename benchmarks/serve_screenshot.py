@@ -12,10 +12,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from selenium import webdriver
@@ -23,6 +20,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
+from serve_load import serving
 
 
 def free_port() -> int:
@@ -39,17 +37,7 @@ def main() -> None:
                                                            "Two dogs run across the snow."])
     parser.add_argument("--output", type=Path, required=True)
     args, overrides = parser.parse_known_args()
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "dist_s2s", "serve", "--config", args.config, "--checkpoint",
-                               args.checkpoint, "--port", str(port), *overrides])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+    with serving(args.config, args.checkpoint, free_port(), overrides, wait_s=120) as (_, url):
         options = webdriver.ChromeOptions()
         for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,1300"):
             options.add_argument(flag)
@@ -68,9 +56,6 @@ def main() -> None:
             browser.save_screenshot(str(args.output))
         finally:
             browser.quit()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     print(f"wrote {args.output}")
 
 
