@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dist_s2s.evaluate.analysis import MEANING_GROUPS, PHRASES, length_edges, meaning_grouping
+from dist_s2s.evaluate.analysis import (MEANING_GROUPS, ORDER_TWINS, PHRASES, length_edges, meaning_grouping,
+                                        order_sensitivity)
 
 
 def vectors_clustered_by(cluster_of: dict[int, int], spread: float = 0.1) -> np.ndarray:
@@ -36,6 +37,23 @@ def test_vectors_that_cluster_by_shared_words_and_ignore_order_score_badly():
     scores = meaning_grouping(vectors_clustered_by(by_surface))
     assert scores["nearest_same_meaning"] == 0.0
     assert scores["between_over_within"] < 1
+
+
+def test_the_order_twins_differ_only_in_who_is_named_where():
+    people = {"john", "mary", "i", "me", "she", "her"}
+    for first, second in ORDER_TWINS:
+        words = [[w for w in PHRASES[i].lower().split() if w not in people] for i in (first, second)]
+        assert words[0] == words[1] and PHRASES[first] != PHRASES[second]
+    assert sorted(i for pair in ORDER_TWINS for i in pair) == list(range(len(PHRASES)))
+
+
+def test_order_sensitivity_tells_a_bag_of_words_from_vectors_that_follow_meaning():
+    meaning = {i: n for n, group in enumerate(g for pair in MEANING_GROUPS for g in pair) for i in group}
+    by_surface = {i: n for n, pair in enumerate(ORDER_TWINS) for i in pair}
+    follows_meaning = order_sensitivity(vectors_clustered_by(meaning))
+    bag_of_words = order_sensitivity(vectors_clustered_by(by_surface, spread=0.0))
+    assert follows_meaning["order_told_apart"] == 1.0 and follows_meaning["order_pair_cosine"] < 0.9
+    assert bag_of_words == {"order_told_apart": 0.0, "order_pair_cosine": pytest.approx(1.0)}
 
 
 def test_random_vectors_sit_near_chance():

@@ -30,6 +30,10 @@ MEANING_GROUPS = (((0, 3, 4), (1, 2, 5)), ((6, 7, 8), (9, 10, 11)))
 (said in another word order or voice). Figure 2's claim is that phrases group by these."""
 
 
+ORDER_TWINS = ((0, 1), (4, 5), (2, 3), (6, 9), (7, 10), (8, 11))
+"""PHRASES in pairs with the same words and the other meaning (the names or the pronouns swapped)."""
+
+
 def length_edges(lengths: list[float]) -> list[float]:
     """LENGTH_EDGES below the longest sentence: captions stop at an open bin above 35 words, news reaches 79."""
     longest = max(lengths, default=0)
@@ -119,6 +123,22 @@ def meaning_grouping(vectors: np.ndarray, groups=MEANING_GROUPS) -> dict[str, fl
                 (within if meaning[other] == meaning[index] else between).append(distance)
     return {"nearest_same_meaning": float(np.mean(nearest_same)),
             "between_over_within": float(np.mean(between) / np.mean(within))}
+
+
+def order_sensitivity(vectors: np.ndarray, groups=MEANING_GROUPS, twins=ORDER_TWINS) -> dict[str, float]:
+    """Does word order move a sentence's vector? The share of phrases nearer to a phrase of their own meaning
+    than to their twin with the same words swapped (a bag of words scores 0, vectors that follow meaning 1),
+    and the cosine of Figure 2's own pair, "John admires Mary" / "Mary admires John"."""
+    meaning = {index: group for pair in groups for group in pair for index in group}
+    twin_of = {a: b for pair in twins for a, b in (pair, pair[::-1])}
+    told_apart = []
+    for index, twin in twin_of.items():
+        own = [o for o in meaning[index] if o != index]
+        nearest_own = min(float(np.linalg.norm(vectors[index] - vectors[o])) for o in own)
+        told_apart.append(nearest_own < float(np.linalg.norm(vectors[index] - vectors[twin])))
+    first, second = vectors[twins[0][0]], vectors[twins[0][1]]
+    cosine = float(first @ second / (np.linalg.norm(first) * np.linalg.norm(second)))
+    return {"order_told_apart": float(np.mean(told_apart)), "order_pair_cosine": cosine}
 
 
 def pca_2d(vectors: np.ndarray) -> np.ndarray:

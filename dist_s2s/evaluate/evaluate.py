@@ -173,6 +173,6 @@ def _analyses(translator: Translator, rows: pa.Table, src_ids: list[list[int]], 
         plots.append(analysis.plot_bins(by_rarity, "average frequency rank of the source words",
                                         "BLEU by word rarity", report_dir / "bleu_by_rarity.png"))
     vectors = analysis.sentence_vectors(translator)
-    scores["phrase_grouping"] = analysis.meaning_grouping(vectors)
+    scores["phrase_grouping"] = {**analysis.meaning_grouping(vectors), **analysis.order_sensitivity(vectors)}
     plots.append(analysis.plot_pca(analysis.pca_2d(vectors), analysis.PHRASES, report_dir / "sentence_pca.png"))
     return plots
