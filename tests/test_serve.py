@@ -197,6 +197,44 @@ def test_the_batcher_joins_only_requests_with_the_same_options_and_bounds_its_qu
     assert results == [[["2:[1]"]], [["2:[2]"], ["2:[3]"]], [["5:[4]"]], [["2:[5]"]]]
 
 
+def record_batches(max_batch: int, wait_s: float, max_wait_s: float, arrivals: list[float]) -> list[int]:
+    """The batch sizes a batcher forms from one-sentence requests submitted at `arrivals` (seconds from the
+    first)."""
+    sizes = []
+
+    def decode(sources, options):
+        sizes.append(len(sources))
+        return [[ids] for ids in sources]
+
+    batcher = Batcher(decode, max_batch=max_batch, batch_wait_s=wait_s, batch_max_wait_s=max_wait_s, max_queued=64)
+    try:
+        started, jobs = time.monotonic(), []
+        for at in arrivals:
+            time.sleep(max(0.0, started + at - time.monotonic()))
+            jobs.append(batcher.submit([[len(jobs)]], Options(2, 1, 0.0)))
+        assert [job.result.result(timeout=10) for job in jobs] == [[[[i]]] for i in range(len(jobs))]
+    finally:
+        batcher.close()
+    return sizes
+
+
+def test_a_batch_gathers_requests_while_they_keep_coming_closer_than_the_wait():
+    """Clients answered together come back one by one: 0.25 s apart with a 0.6 s gap, five requests over a
+    second share one batch (a fixed 0.6 s wait from the first would have split them); a request after a
+    quiet spell starts the next."""
+    assert record_batches(64, 0.6, 10.0, [0.0, 0.25, 0.5, 0.75, 1.0, 2.2]) == [5, 1]
+
+
+def test_a_batch_closes_at_its_longest_wait_even_while_requests_keep_coming():
+    assert record_batches(64, 0.8, 1.4, [0.0, 0.4, 0.8, 1.2, 1.6, 2.0]) == [4, 2]
+
+
+def test_a_full_batch_closes_at_once_without_waiting():
+    started = time.monotonic()
+    assert record_batches(3, 10.0, 10.0, [0.0, 0.0, 0.0]) == [3]
+    assert time.monotonic() - started < 5
+
+
 def test_the_command_listens_on_127_0_0_1_only_and_serves_the_best_checkpoint(model, tmp_path):
     config, checkpoint = model
     port = free_port()

@@ -222,7 +222,9 @@ class ServeConfig:
     max_batch: int = 64
     """Sentences decoded together: requests arriving together share one batched beam search up to this."""
     batch_wait_ms: float = 5.0
-    """How long the first request of a batch waits for others to join it."""
+    """A batch closes when no request has joined it for this long (a lone request waits this once)."""
+    batch_max_wait_ms: float = 50.0
+    """...or this long after its first request arrived, whichever comes first."""
     max_beam: int = 12
     """Widest beam (and most n-best) a request may ask for."""
 

@@ -65,6 +65,9 @@ def _check_ranges(config: Config) -> None:
                        "serve.batch_wait_ms": config.serve.batch_wait_ms}.items():
         if value < 0:
             raise UserError(f"config key {key} must be >= 0, got {value}")
+    if config.serve.batch_max_wait_ms < config.serve.batch_wait_ms:
+        raise UserError(f"config key serve.batch_max_wait_ms must be >= serve.batch_wait_ms "
+                        f"({config.serve.batch_wait_ms}), got {config.serve.batch_max_wait_ms}")
     for key in ("adam_beta1", "adam_beta2"):
         if not 0 <= getattr(config.optim, key) < 1:
             raise UserError(f"config key optim.{key} must be in [0, 1), got {getattr(config.optim, key)}")

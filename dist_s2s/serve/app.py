@@ -39,10 +39,6 @@ from dist_s2s.train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
-DISCONNECT_POLL_S = 0.05
-"""How often a waiting request checks that its client is still there."""
-
-
 class Refused(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -64,7 +60,7 @@ def create_app(config: Config, checkpoints: list[Path], translator: Translator |
         return found
 
     batcher = Batcher(decode, max_batch=serve.max_batch, batch_wait_s=serve.batch_wait_ms / 1000,
-                      max_queued=serve.max_queued)
+                      batch_max_wait_s=serve.batch_max_wait_ms / 1000, max_queued=serve.max_queued)
     health = _health(config, checkpoints, translator, attention)
 
     @asynccontextmanager
@@ -102,15 +98,22 @@ def create_app(config: Config, checkpoints: list[Path], translator: Translator |
             job = batcher.submit(sources, options)
         except Overloaded as error:
             raise Refused(503, str(error)) from None
-        answer = asyncio.wrap_future(job.result)
-        while not answer.done():
-            if await request.is_disconnected():
-                job.cancel()  # not decoded if its batch has not started
-                return {"translations": []}
-            await asyncio.wait([answer], timeout=DISCONNECT_POLL_S)
+        answer, gone = asyncio.wrap_future(job.result), asyncio.ensure_future(_client_gone(request))
+        await asyncio.wait([answer, gone], return_when=asyncio.FIRST_COMPLETED)
+        if not answer.done():
+            job.cancel()  # not decoded if its batch has not started
+            return {"translations": []}
+        gone.cancel()
         return {"translations": [_answer(found, options) for found in job.result.result()]}
 
     return app
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client hangs up: the server hears of it as it happens (no polling, which would take
+    the interpreter from the decoding thread once per waiting request every few milliseconds)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _body(request: Request, serve) -> str:

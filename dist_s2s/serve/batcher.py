@@ -1,9 +1,13 @@
 """Dynamic batching: requests that arrive together are decoded together, in one batched beam search.
 
-A request's sentences join a queue; one decoding thread takes the oldest request, waits up to
-`batch_wait_s` for others with the same decoding options (beam, n-best, length penalty) to join it, up to
-`max_batch` sentences, and decodes them all in one call. A server under concurrent load then decodes
-batches as `translate` does instead of one sentence at a time. A request whose client went away before its
+A request's sentences join a queue; one decoding thread takes the oldest request and gathers the requests
+with the same decoding options (beam, n-best, length penalty) that join it, up to `max_batch` sentences,
+then decodes them all in one call. The batch closes when no request has joined for `batch_wait_s` (a
+quiet gap), or `batch_max_wait_s` after its first request arrived: clients that each wait for their
+answer before sending again come back one by one over several milliseconds once a batch is answered, and a
+fixed wait from the first of them would split them into a small batch and a large one (measured:
+benchmarks/serve_load.py). A lone request pays one gap; a server under concurrent load decodes batches as
+`translate` does instead of one sentence at a time. A request whose client went away before its
 batch started is dropped unseen; the queue's size is bounded (`Overloaded` past `max_queued` sentences).
 """
 
@@ -33,6 +37,7 @@ class Options:
 class Job:
     sources: list[list[int]]
     options: Options
+    queued_at: float = field(default_factory=time.monotonic)
     result: Future = field(default_factory=Future)
     """Set to one list of hypotheses per source, in order, or to the decoder's exception."""
 
@@ -67,8 +72,11 @@ class BatchStats:
 class Batcher:
     """Owns the decoding thread; `submit` from any thread, `close` once."""
 
-    def __init__(self, decode: Decode, *, max_batch: int, batch_wait_s: float, max_queued: int):
-        self.decode, self.max_batch, self.batch_wait_s, self.max_queued = decode, max_batch, batch_wait_s, max_queued
+    def __init__(self, decode: Decode, *, max_batch: int, batch_wait_s: float, max_queued: int,
+                 batch_max_wait_s: float | None = None):
+        self.decode, self.max_batch, self.max_queued = decode, max_batch, max_queued
+        self.batch_wait_s = batch_wait_s
+        self.batch_max_wait_s = batch_wait_s if batch_max_wait_s is None else max(batch_wait_s, batch_max_wait_s)
         self.stats = BatchStats()
         self._queue: deque[Job] = deque()
         self._queued_sentences = 0
@@ -101,7 +109,8 @@ class Batcher:
         self._thread.join()
 
     def _take_batch(self) -> list[Job] | None:
-        """The oldest live request and the ones with its options that arrive within the wait, up to max_batch."""
+        """The oldest live request and the ones with its options that join it, up to max_batch, until none has
+        joined for batch_wait_s or batch_max_wait_s has passed since the first arrived."""
         with self._ready:
             while not self._closed and not self._queue:
                 self._ready.wait()
@@ -112,8 +121,8 @@ class Batcher:
             if first.result.cancelled():  # its client left: no batch waits for company on its behalf
                 self.stats.dropped_requests += 1
                 return []
-            batch, size = [first], len(first.sources)
-            deadline = time.monotonic() + self.batch_wait_s
+            batch, size, latest = [first], len(first.sources), first.queued_at
+            closes_at = first.queued_at + self.batch_max_wait_s
             while size < self.max_batch:
                 joining = next((job for job in self._queue if job.options == first.options
                                 and size + len(job.sources) <= self.max_batch), None)
@@ -122,8 +131,9 @@ class Batcher:
                     self._queued_sentences -= len(joining.sources)
                     batch.append(joining)
                     size += len(joining.sources)
+                    latest = max(latest, joining.queued_at)
                     continue
-                left = deadline - time.monotonic()
+                left = min(latest + self.batch_wait_s, closes_at) - time.monotonic()
                 if left <= 0:
                     break
                 self._ready.wait(left)
