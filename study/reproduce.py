@@ -1,6 +1,6 @@
-"""Run the reproduction study of configs/experiments/study.yaml with the project's own commands.
+"""Run a reproduction study (configs/experiments/trained/study.yaml) with the project's own commands.
 
-    .venv/bin/python study/reproduce.py                       # the whole study (hours on 2 CPU cores)
+    .venv/bin/python study/reproduce.py --study configs/experiments/trained/study.yaml   # hours on 2 CPU cores
     .venv/bin/python study/reproduce.py --study S.yaml --set train.max_steps=20 ...
 
 Every step is a `dist-s2s` subprocess (train, evaluate, translate --nbest, rescore), tracked in
@@ -217,6 +217,10 @@ def run(study: Study, overrides: list[str]) -> dict:
     # the reference: named by the plan, or the depth row with the lowest valid ppl (selection on valid only)
     best = study.reference or min(study.depth_rows, key=lambda row: trained[row]["valid_ppl"])
     runner.results["ensemble_row"] = best
+    runner.results["layout"] = {  # what study/report.py needs to know of the plan
+        "rows": study.rows, "depth_rows": study.depth_rows, "seeds": study.ensemble_seeds if study.reference else [],
+        "long_rows": study.long_sentences.rows if study.long_sentences else [],
+        "long_splits": study.long_sentences.splits if study.long_sentences else []}
     seeds = [runner.train(best, seed) for seed in study.ensemble_seeds]
     members = [trained[best], *seeds]
     ensemble = [m["checkpoint"] for m in members]
@@ -257,7 +261,7 @@ def run(study: Study, overrides: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--study", type=Path, default=REPO / "configs" / "experiments" / "study.yaml")
+    parser.add_argument("--study", type=Path, default=REPO / "configs" / "experiments" / "trained" / "study.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every command of the study (e.g. data.root=...)")
     args = parser.parse_args()
