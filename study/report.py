@@ -215,10 +215,10 @@ def claim_depth(runs: StudyRuns) -> tuple[list[str], Verdict]:
                                   for s in splits) + " |")
     spread = runs.spread(splits[0], "ppl")
     reference_valid = runs.trained[runs.reference]["valid_ppl"]
+    off_plateau = {runs.layers(r): runs.trained[r]["valid_ppl"] <= 1.5 * reference_valid for r in depth}
     lines += ["", f"Seed spread of {splits[0]} ppl: {fmt(spread)}. Off the plateau (valid ppl within 1.5 × the "
-                  f"reference's {fmt(reference_valid)}): " + ", ".join(
-                      f"{runs.layers(r)} layers {'yes' if runs.trained[r]['valid_ppl'] <= 1.5 * reference_valid else 'no'}"
-                      for r in depth)]
+                  f"reference's {fmt(reference_valid)}): "
+                  + ", ".join(f"{layers} layers {'yes' if off else 'no'}" for layers, off in off_plateau.items())]
     if not steps or spread is None or any(None in s for s in steps):
         verdict = NOT_JUDGED
     elif all((after - before) / before <= -0.05 for _, _, before, after in steps):
@@ -279,9 +279,10 @@ def claim_ensemble(runs: StudyRuns) -> tuple[list[str], Verdict]:
         ensemble = runs.score("ensemble", split, top, "bleu")
         mean, best = (statistics.mean(bleu), max(bleu)) if bleu else (None, None)
         ppl = runs.member_scores(split, "ppl")
+        mean_ppl = statistics.mean(ppl) if ppl else None
         lines.append(f"| {split} | {fmt(mean)} | {fmt(best)} | {fmt(ensemble)} | "
                      + (f"{fmt(runs.score(average, split, top, 'bleu'))} | " if average else "")
-                     + f"{fmt(statistics.mean(ppl) if ppl else None)} | {fmt(runs.score('ensemble', split, top, 'ppl'))} |")
+                     + f"{fmt(mean_ppl)} | {fmt(runs.score('ensemble', split, top, 'ppl'))} |")
         if None not in (ensemble, best):
             beats_best.append(ensemble > best)
             beats_mean.append(ensemble > mean)
@@ -374,10 +375,11 @@ def claim_sentence_vectors(runs: StudyRuns) -> tuple[list[str], Verdict]:
 
 def claim_rescoring(runs: StudyRuns) -> tuple[list[str], Verdict]:
     lines = ["## Claim 7: rescoring a weaker model's n-best lists", "",
-             "| split | first pass | BLEU | rescored by | BLEU | n-best | weight |", "|---|---|---:|---|---:|---:|---:|"]
+             "| split | first pass | BLEU | rescored by | BLEU | n-best | weight |",
+             "|---|---|---:|---|---:|---:|---:|"]
     chosen = runs.study.get("rescore_weight")
     rescored = runs.study.get("rescored", {})
-    for key, r in rescored.items():
+    for r in rescored.values():
         lines.append(f"| {r['split']} | {r['first_pass_row']} | {fmt(r['first_pass'])} | {r['rescorer_row']} | "
                      f"{fmt(r['rescored'])} | {r['nbest']} | {r['weight']} |")
     if chosen:
@@ -464,8 +466,8 @@ def plots(runs: StudyRuns, out: Path) -> list[Path]:
         layers = runs.layers(reference)
         axis.vlines(layers, min(member_ppl), max(member_ppl), color="black", linewidth=3, alpha=0.4,
                     label=f"{len(member_ppl)} seeds' range")
-    axis.set(xlabel="LSTM layers (encoder and decoder)", ylabel="test perplexity", xticks=[runs.layers(r) for r in depth],
-             title="perplexity by depth and source order")
+    axis.set(xlabel="LSTM layers (encoder and decoder)", ylabel="test perplexity",
+             xticks=[runs.layers(r) for r in depth], title="perplexity by depth and source order")
     axis.legend(fontsize=7)
     written.append(save_figure(figure, out / "ppl_by_depth.png"))
 
