@@ -8,7 +8,9 @@ pipeline is from the single device at the last step.
 Both runs are `dist-s2s train` with configs/paper-synthetic.yaml (configs/paper.yaml's sizes and recipe: 4 × 1000
 LSTMs, 160k / 80k words, SGD 0.7, batches of 128, the wavefront in the chain layout) on the same batches, each
 ending with a checkpoint and a validation (newstest2012 + 2013). Memory is each process's peak RSS and PSS, sampled
-every half second. `--stages` picks a smaller layout when the machine cannot hold 8 ranks.
+every half second. `--stages 8 4 2` tries each layout in turn until one runs: a layout the machine cannot hold
+(a rank killed for memory) is recorded with the memory its ranks had reached, and the next one is tried.
+`--reuse-single` keeps a finished one-device run of an earlier call (it takes 20 minutes at this size).
 """
 
 from __future__ import annotations
@@ -73,19 +75,31 @@ def free_port() -> int:
 
 
 def run(label: str, command: list[str], env: dict[str, str], log_path: Path) -> dict:
+    """The command's time and memory; `exit` set when it failed, `killed_for_memory` when the kernel's OOM
+    killer ended one of its processes meanwhile."""
     print(f"{label}: {' '.join(command)}", flush=True)
+    kills_before = oom_kills()
     started = time.perf_counter()
     with RankMemory() as memory, open(log_path, "w") as log:
         result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"paper_steps: {label} failed (exit {result.returncode}); see {log_path}")
     mb = lambda peaks: {rank: round(value / 2**20) for rank, value in sorted(peaks.items())}  # noqa: E731
     record = {"seconds": round(seconds, 1), "peak_rss_mb_per_rank": mb(memory.rss),
               "peak_pss_mb_per_rank": mb(memory.pss), "peak_pss_mb_sum": round(sum(memory.pss.values()) / 2**20),
+              "peak_rss_mb_sum": round(sum(memory.rss.values()) / 2**20),
               "machine_available_low_mb": round(memory.machine_low_mb)}
+    if result.returncode != 0:
+        record.update(exit=result.returncode, killed_for_memory=oom_kills() > kills_before, log=str(log_path))
     print(f"{label}: {record}", flush=True)
     return record
+
+
+def oom_kills() -> int:
+    """Processes the kernel has killed for memory since boot (/proc/vmstat's oom_kill)."""
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        if line.startswith("oom_kill "):
+            return int(line.split()[1])
+    return 0
 
 
 def losses(run_dir: Path) -> list[dict]:
@@ -96,26 +110,48 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="the prepared 12M-pair data.out_dir")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--stages", type=int, default=8)
+    parser.add_argument("--stages", type=int, nargs="+", default=[8, 4, 2],
+                        help="layouts to try in turn until one fits the machine's memory")
     parser.add_argument("--work", default="runs/paper-steps")
+    parser.add_argument("--reuse-single", action="store_true",
+                        help="keep the one-device run an earlier call left in --work")
     parser.add_argument("--output")
     args = parser.parse_args()
     work = Path(args.work).resolve()
-    subprocess.run(["rm", "-rf", str(work)], check=True)
-    work.mkdir(parents=True)
+    single_record = work / "single.json"
+    if not (args.reuse_single and single_record.is_file()):
+        subprocess.run(["rm", "-rf", str(work)], check=True)
+    work.mkdir(parents=True, exist_ok=True)
     common = [f"--data.out_dir={Path(args.data).resolve()}", f"--train.max_steps={args.steps}", "--train.log_every=1",
               f"--train.valid_every={args.steps}", f"--train.checkpoint_every={args.steps}", "--train.device=cpu"]
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    single_dir, pipeline_dir = work / "single", work / f"pipeline-{args.stages}"
-
-    single = run("one device", [sys.executable, "-m", "dist_s2s", "train", "--config", CONFIG, *common,
-                                "--parallel.stages=1", f"--train.run_dir={single_dir}"],
-                 {**env, "OMP_NUM_THREADS": str(os.cpu_count())}, work / "single.log")
-    pipeline = run(f"{args.stages} stages", [
-        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(args.stages), "--master_port",
-        str(free_port()), "--module", "dist_s2s", "train", "--config", CONFIG, *common,
-        f"--parallel.stages={args.stages}", f"--train.run_dir={pipeline_dir}"],
-        {**env, "OMP_NUM_THREADS": "1"}, work / "pipeline.log")
+    single_dir = work / "single"
+    if single_record.is_file():
+        single = json.loads(single_record.read_text())
+        print(f"one device: kept from {single_dir}", flush=True)
+    else:
+        single = run("one device", [sys.executable, "-m", "dist_s2s", "train", "--config", CONFIG, *common,
+                                    "--parallel.stages=1", f"--train.run_dir={single_dir}"],
+                     {**env, "OMP_NUM_THREADS": str(os.cpu_count())}, work / "single.log")
+        if "exit" in single:
+            raise SystemExit(f"paper_steps: one device failed (exit {single['exit']}); see {single['log']}")
+        single_record.write_text(json.dumps(single) + "\n")
+    did_not_fit = []
+    for stages in args.stages:
+        pipeline_dir = work / f"pipeline-{stages}"
+        subprocess.run(["rm", "-rf", str(pipeline_dir)], check=True)
+        pipeline = run(f"{stages} stages", [
+            sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(stages), "--master_port",
+            str(free_port()), "--module", "dist_s2s", "train", "--config", CONFIG, *common,
+            f"--parallel.stages={stages}", f"--train.run_dir={pipeline_dir}"],
+            {**env, "OMP_NUM_THREADS": "1"}, work / f"pipeline-{stages}.log")
+        if "exit" not in pipeline:
+            break
+        if not pipeline["killed_for_memory"]:
+            raise SystemExit(f"paper_steps: {stages} stages failed (exit {pipeline['exit']}); see {pipeline['log']}")
+        did_not_fit.append({"stages": stages, **pipeline})
+    else:
+        raise SystemExit(f"paper_steps: no layout of {args.stages} fits this machine's memory")
 
     checkpoints = {name: CheckpointDir(directory / "checkpoints", 3).path_of(args.steps)
                    for name, directory in (("single", single_dir), ("pipeline", pipeline_dir))}
@@ -132,8 +168,8 @@ def main() -> None:
         if "valid/ppl" in a:
             valid = {"single": a["valid/ppl"], "pipeline": b["valid/ppl"]}
     record = {
-        "config": CONFIG, "data": args.data, "steps": args.steps, "stages": args.stages, "parameters": parameters,
-        "one_device": single, "pipeline": pipeline,
+        "config": CONFIG, "data": args.data, "steps": args.steps, "stages": stages, "parameters": parameters,
+        "one_device": single, "pipeline": pipeline, "did_not_fit": did_not_fit,
         "largest_weight_difference_at_last_step": largest,
         "largest_relative_loss_difference": max(step["relative"] for step in per_step) if per_step else None,
         "valid_ppl": valid, "per_step": per_step,

@@ -283,18 +283,26 @@ def paper_steps_table() -> str:
         return "`paper-steps-12m.json` missing: run benchmarks/paper_steps.py"
     run = load("paper-steps-12m.json")["runs"][-1]
     one, pipe = run["one_device"], run["pipeline"]
-    ranks = pipe["peak_pss_mb_per_rank"]
+
+    def per_rank(record: dict) -> str:
+        return ", ".join(f"{rank}: {mb:,}" for rank, mb in sorted(record["peak_pss_mb_per_rank"].items(),
+                                                                  key=lambda item: int(item[0])))
+
     lines = [f"{run['parameters']:,} parameters, {run['steps']} steps (commit {run['commit']}, {run['cores']} cores, "
              f"{run['memory_gb']} GB).", "",
-             "| | time | peak PSS | per rank (PSS, MB) |", "|---|---:|---:|---|",
-             f"| one device | {_minutes(one['seconds'])} | {one['peak_pss_mb_sum']:,} MB | |",
-             f"| {run['stages']} stages (`deepspeed --num_gpus {run['stages']}`, gloo) | {_minutes(pipe['seconds'])} | "
-             f"{pipe['peak_pss_mb_sum']:,} MB | " + ", ".join(f"{rank}: {mb:,}" for rank, mb in sorted(
-                 ranks.items(), key=lambda item: int(item[0]))) + " |", "",
-             f"At step {run['steps']} the largest weight difference is "
-             f"{run['largest_weight_difference_at_last_step']:.2e}, the largest relative loss difference over the "
-             f"steps {run['largest_relative_loss_difference']:.2e}; validation perplexity "
-             f"{run['valid_ppl']['single']:.2f} on one device, {run['valid_ppl']['pipeline']:.2f} in the pipeline."]
+             "| | time | peak PSS, all ranks | per rank (PSS, MB) |", "|---|---:|---:|---|",
+             f"| one device | {_minutes(one['seconds'])} | {one['peak_pss_mb_sum']:,} MB | |"]
+    for failed in run.get("did_not_fit", []):
+        lines.append(f"| {failed['stages']} stages: killed for memory after {_minutes(failed['seconds'])} | – | "
+                     f"{failed['peak_pss_mb_sum']:,} MB (lowest free: {failed['machine_available_low_mb']:,} MB) | "
+                     f"{per_rank(failed)} |")
+    launcher = f"`deepspeed --num_gpus {run['stages']}`, gloo"
+    lines += [f"| {run['stages']} stages ({launcher}) | {_minutes(pipe['seconds'])} | {pipe['peak_pss_mb_sum']:,} MB | "
+              f"{per_rank(pipe)} |", "",
+              f"At step {run['steps']} the largest weight difference is "
+              f"{run['largest_weight_difference_at_last_step']:.2e}, the largest relative loss difference over the "
+              f"steps {run['largest_relative_loss_difference']:.2e}; validation perplexity "
+              f"{run['valid_ppl']['single']:.2f} on one device, {run['valid_ppl']['pipeline']:.2f} in the pipeline."]
     return "\n".join(lines)
 
 
@@ -349,12 +357,13 @@ def serve_load_table() -> str:
         warmup = result["warmup"]
         lines += [f"First an unrecorded warm-up load of {warmup['clients']} clients: server RSS "
                   f"{warmup['rss_before_mb']:,} → {warmup['rss_after_mb']:,} MB.", ""]
-    header = "| clients | sentences/s | × translate | p50 latency | p99 latency | errors | server RSS before → after |"
-    lines += [header, "|---:|---:|---:|---:|---:|---:|---:|"]
+    header = ("| clients | sentences/s | × translate | p50 latency | p99 latency | errors | mean batch | "
+              "server RSS before → after |")
+    lines += [header, "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["loads"]:
         lines.append(f"| {row['clients']} | {row['sentences_per_sec']:.1f} | {row['vs_translate']:.2f} | "
-                     f"{row['p50_ms']:,} ms | {row['p99_ms']:,} ms | {row['errors']} | {row['rss_before_mb']:,} → "
-                     f"{row['rss_after_mb']:,} MB |")
+                     f"{row['p50_ms']:,} ms | {row['p99_ms']:,} ms | {row['errors']} | {row.get('mean_batch', '–')} | "
+                     f"{row['rss_before_mb']:,} → {row['rss_after_mb']:,} MB |")
     batching = result["batching"]
     lines += ["", f"Over the whole run the server decoded {batching['sentences']:,} sentences in "
                   f"{batching['batches']:,} batches (mean {batching['mean_batch']}, "
@@ -430,6 +439,19 @@ def _prepare_scale() -> list[str]:
             f"MB) | [data](docs/data.md), `prepare-scale.json` |"]
 
 
+def _paper_steps() -> list[str]:
+    """README: the paper's model from the 12M-pair shards, the pipeline against one device."""
+    if not (RESULTS / "paper-steps-12m.json").is_file():
+        return ["| the paper's model on 12M pairs | `paper-steps-12m.json` missing | |"]
+    run = load("paper-steps-12m.json")["runs"][-1]
+    unfit = "".join(f"; {f['stages']} ranks need more than this machine's {run['memory_gb']} GB "
+                    f"({f['peak_pss_mb_sum'] / 1024:.1f} GB reached)" for f in run.get("did_not_fit", []))
+    return [f"| the paper's model ({run['parameters'] / 1e6:.0f}M parameters) from the 12M-pair shards, "
+            f"{run['steps']} steps, {run['stages']}-stage pipeline (gloo) vs one device | largest weight difference "
+            f"{run['largest_weight_difference_at_last_step']:.1e}, valid ppl {run['valid_ppl']['pipeline']:.2f} vs "
+            f"{run['valid_ppl']['single']:.2f}{unfit} | [data](docs/data.md), `paper-steps-12m.json` |"]
+
+
 def decoding_baselines_table() -> str:
     """docs/evaluation.md: dist-s2s (fp32) against the plain-PyTorch search and the search before, every beam
     and batch size, one run."""
@@ -474,7 +496,7 @@ def results_table() -> str:
                   "the main job + Luong attention"),
             _bleu("bleu-multi30k.json", "the paper's recipe", "multi30k-paper.yaml",  # multi30k.yaml when it ran
                   "fp32, no dropout, 7.5 epochs, beam 12"),
-            *_news(), *_decoding_speed(), *_prepare_scale(), *_one_device_vs_plain(), *_pipelines(),
+            *_news(), *_decoding_speed(), *_prepare_scale(), *_paper_steps(), *_one_device_vs_plain(), *_pipelines(),
             *_bf16_and_projection(),
             "| reproduction of the paper's 7 claims | 5 reproduced at small scale, 2 not at this budget | "
             "[docs/REPRODUCTION.md](docs/REPRODUCTION.md) |"]
