@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dist_s2s.evaluate.analysis import (MEANING_GROUPS, ORDER_TWINS, PHRASES, length_edges, meaning_grouping,
-                                        order_sensitivity)
+from dist_s2s.evaluate.analysis import (
+    MEANING_GROUPS,
+    ORDER_TWINS,
+    PHRASES,
+    length_edges,
+    meaning_grouping,
+    order_sensitivity,
+)
 
 
 def vectors_clustered_by(cluster_of: dict[int, int], spread: float = 0.1) -> np.ndarray:
