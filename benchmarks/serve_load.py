@@ -7,7 +7,8 @@ Each client sends its share of the split's sentences one request at a time (the 
 the server would) and waits for each answer; sentences/s is the whole set over the wall time, latency is
 each request's. The server is the real command, a process of its own on 127.0.0.1; its memory (RSS) is read
 before and after each load. The baseline is `translate`'s decoding of the same sentences in one process, at
-the same beam and length penalty, measured in the same run (nothing else running beside it).
+the same beam and length penalty, measured before and after the loads in the same run (nothing else running
+beside it; the ratios use the mean of the two, both are kept).
 """
 
 from __future__ import annotations
@@ -88,12 +89,32 @@ def load(url: str, sentences: list[str], clients: int, beam: int) -> dict:
             "errors": sum(not ok for _, ok in results)}
 
 
+def batches_of_clients_rate(translator: Translator, sentences: list[str], beam: int, clients: int) -> float:
+    """The most a server can do for `clients` one-sentence clients: `translate`'s search in one process on
+    batches of `clients` sentences in the split's order (not sorted by length: the server batches what
+    arrives together), each decoded alone."""
+    sources = [translator.source_ids(s) for s in sentences]
+    started = time.perf_counter()
+    for start in range(0, len(sources), clients):
+        translator.translate_ids(sources[start:start + clients], beam)
+    rate = len(sources) / (time.perf_counter() - started)
+    print(f"the same search on batches of {clients} in arrival order: {rate:.1f} sentences/s", flush=True)
+    return rate
+
+
+def batching(url: str) -> dict:
+    """The server's batching counters so far (GET /health)."""
+    with urllib.request.urlopen(url + "/health") as response:
+        return json.loads(response.read())["batching"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--split", default="test2016")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 32, 32],
+                        help="one load per number, in this order (32 three times: is the memory flat?)")
     parser.add_argument("--warmup-clients", type=int, default=32,
                         help="one unrecorded load first: the server's kernels for each batch shape are made once "
                              "(its memory grows while they are, then stays); 0: none")
@@ -104,12 +125,16 @@ def main() -> None:
     beam = config.eval.beam_size
     sentences = split_rows(Path(config.data.out_dir), args.split).column("src_text").to_pylist()
 
-    translator = Translator(config, [Path(args.checkpoint)])
-    started = time.perf_counter()
-    translator.translate(sentences, beam)
-    translate_rate = len(sentences) / (time.perf_counter() - started)
-    del translator
-    print(f"translate (one process, batches of {config.eval.batch_size}): {translate_rate:.1f} sentences/s", flush=True)
+    def translate_rate() -> float:
+        translator = Translator(config, [Path(args.checkpoint)])
+        started = time.perf_counter()
+        translator.translate(sentences, beam)
+        rate = len(sentences) / (time.perf_counter() - started)
+        print(f"translate (one process, batches of {config.eval.batch_size}): {rate:.1f} sentences/s", flush=True)
+        return rate
+
+    translate_before = translate_rate()
+    ceiling = batches_of_clients_rate(Translator(config, [Path(args.checkpoint)]), sentences, beam, max(args.clients))
 
     with serving(args.config, args.checkpoint, args.port, overrides) as (server, url):
         process = psutil.Process(server.pid)
@@ -123,20 +148,30 @@ def main() -> None:
                   f"{warmup['rss_after_mb']} MB", flush=True)
         rows = []
         for clients in args.clients:
-            before = process.memory_info().rss
+            before, batched = process.memory_info().rss, batching(url)
             row = load(url + "/translate", sentences, clients, beam)
+            after = batching(url)
+            batches = after["batches"] - batched["batches"]
             row.update(rss_before_mb=round(before / 2**20), rss_after_mb=round(process.memory_info().rss / 2**20),
-                       vs_translate=round(row["sentences_per_sec"] / translate_rate, 2))
+                       vs_translate=round(row["sentences_per_sec"] / translate_before, 2), batches=batches,
+                       mean_batch=round((after["sentences"] - batched["sentences"]) / max(1, batches), 2))
             rows.append(row)
             print(f"{clients:>3} clients: {row['sentences_per_sec']:6.1f} sentences/s ({row['vs_translate']:.2f} × "
-                  f"translate), p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, {row['errors']} errors, server RSS "
-                  f"{row['rss_before_mb']} → {row['rss_after_mb']} MB", flush=True)
-        with urllib.request.urlopen(url + "/health") as response:
-            batching = json.loads(response.read())["batching"]
+                  f"translate), p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, {row['errors']} errors, "
+                  f"{batches} batches (mean {row['mean_batch']}), server RSS {row['rss_before_mb']} → "
+                  f"{row['rss_after_mb']} MB", flush=True)
+        totals = batching(url)
+    translate_after = translate_rate()  # the machine's speed drifts: the baseline before and after the loads
+    translate_mean = (translate_before + translate_after) / 2
+    for row in rows:
+        row["vs_translate"] = round(row["sentences_per_sec"] / translate_mean, 2)
     result = {"config": args.config, "checkpoint": args.checkpoint, "split": args.split, "beam": beam,
               "length_penalty": config.eval.length_penalty, "serve": vars(config.serve),
-              "translate_sentences_per_sec": round(translate_rate, 2), "warmup": warmup, "loads": rows,
-              "batching": batching, "overrides": overrides,
+              "translate_sentences_per_sec": round(translate_mean, 2),
+              "translate_before_after": [round(translate_before, 2), round(translate_after, 2)],
+              "batches_of_clients": {"clients": max(args.clients), "sentences_per_sec": round(ceiling, 2)},
+              "warmup": warmup, "loads": rows,
+              "batching": totals, "overrides": overrides,
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                        text=True).stdout.strip(),
               "host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),

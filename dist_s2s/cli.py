@@ -195,8 +195,9 @@ def _serve(config: Config, args: argparse.Namespace) -> None:
 
     import uvicorn
 
-    from dist_s2s.serve.app import create_app
+    from dist_s2s.serve.app import KERNEL_CACHE_ENV, create_app
 
+    os.environ.setdefault(KERNEL_CACHE_ENV, str(config.serve.kernel_cache))  # read by oneDNN at its first kernel
     host = args.host or config.serve.host
     port = args.port or config.serve.port
     app = create_app(config, [Path(c) for c in args.checkpoint])

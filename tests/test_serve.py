@@ -229,6 +229,12 @@ def test_a_batch_closes_at_its_longest_wait_even_while_requests_keep_coming():
     assert record_batches(64, 0.8, 1.4, [0.0, 0.4, 0.8, 1.2, 1.6, 2.0]) == [4, 2]
 
 
+def test_after_a_batch_the_gap_counts_only_once_its_clients_have_come_back():
+    """Three requests answered together come back 0.3 s apart, wider than the 0.2 s gap: they still share the
+    next batch (the gap alone would decode them one by one), closing a gap after the third."""
+    assert record_batches(64, 0.2, 3.0, [0.0, 0.0, 0.0, 0.5, 0.8, 1.1]) == [3, 3]
+
+
 def test_a_full_batch_closes_at_once_without_waiting():
     started = time.monotonic()
     assert record_batches(3, 10.0, 10.0, [0.0, 0.0, 0.0]) == [3]
@@ -246,6 +252,8 @@ def test_the_command_listens_on_127_0_0_1_only_and_serves_the_best_checkpoint(mo
     try:
         wait_for_http(f"http://127.0.0.1:{port}/health", 60, alive=lambda: server.poll() is None)
         assert listening_addresses(server.pid) == {"127.0.0.1"}
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as health:
+            assert json.loads(health.read())["kernel_cache"] == "128", "oneDNN keeps serve.kernel_cache kernels"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
             assert b"<title>dist-s2s</title>" in page.read()
     finally:

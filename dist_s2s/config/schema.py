@@ -227,6 +227,10 @@ class ServeConfig:
     """...or this long after its first request arrived, whichever comes first."""
     max_beam: int = 12
     """Widest beam (and most n-best) a request may ask for."""
+    kernel_cache: int = 128
+    """oneDNN kernels (primitives) the server keeps for the batch shapes it meets (ONEDNN_PRIMITIVE_CACHE_CAPACITY,
+    unless that is set; oneDNN's own default is 1024): a server meets far more shapes than one `translate`, and
+    each kept kernel holds memory, so at 1024 the server grows for thousands of requests. 0: none kept."""
 
 
 @dataclass

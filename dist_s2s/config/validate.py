@@ -62,7 +62,8 @@ def _check_ranges(config: Config) -> None:
                        "optim.decay_start_epoch": config.optim.decay_start_epoch,
                        "eval.length_penalty": config.eval.length_penalty,
                        "train.early_stop_patience": config.train.early_stop_patience,
-                       "serve.batch_wait_ms": config.serve.batch_wait_ms}.items():
+                       "serve.batch_wait_ms": config.serve.batch_wait_ms,
+                       "serve.kernel_cache": config.serve.kernel_cache}.items():
         if value < 0:
             raise UserError(f"config key {key} must be >= 0, got {value}")
     if config.serve.batch_max_wait_ms < config.serve.batch_wait_ms:

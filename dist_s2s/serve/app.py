@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -38,6 +39,9 @@ from dist_s2s.serve.batcher import Batcher, Options, Overloaded
 from dist_s2s.train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
+
+KERNEL_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+"""How many oneDNN kernels a process keeps, read when it makes its first (`dist-s2s serve` sets serve.kernel_cache)."""
 
 class Refused(Exception):
     def __init__(self, status: int, message: str):
@@ -206,4 +210,5 @@ def _health(config: Config, checkpoints: list[Path], translator: Translator, att
                          "config_hash": manifest.config_hash, "src_vocab": manifest.vocab.src_size,
                          "tgt_vocab": manifest.vocab.tgt_size},
             "limits": {key: getattr(config.serve, key) for key in ("max_sentences", "max_chars", "max_queued",
-                                                                   "max_batch", "max_beam")}}
+                                                                   "max_batch", "max_beam")},
+            "kernel_cache": os.environ.get(KERNEL_CACHE_ENV, "oneDNN's default")}

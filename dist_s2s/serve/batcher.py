@@ -2,13 +2,17 @@
 
 A request's sentences join a queue; one decoding thread takes the oldest request and gathers the requests
 with the same decoding options (beam, n-best, length penalty) that join it, up to `max_batch` sentences,
-then decodes them all in one call. The batch closes when no request has joined for `batch_wait_s` (a
-quiet gap), or `batch_max_wait_s` after its first request arrived: clients that each wait for their
-answer before sending again come back one by one over several milliseconds once a batch is answered, and a
-fixed wait from the first of them would split them into a small batch and a large one (measured:
-benchmarks/serve_load.py). A lone request pays one gap; a server under concurrent load decodes batches as
-`translate` does instead of one sentence at a time. A request whose client went away before its
-batch started is dropped unseen; the queue's size is bounded (`Overloaded` past `max_queued` sentences).
+then decodes them all in one call. The batch closes at `max_batch` sentences, when no request has joined it
+for `batch_wait_s` (a quiet gap), or `batch_max_wait_s` after it opened (when its first request arrived or
+the decoder became free, whichever is later). After a batch the gap counts only once as many requests have
+arrived as that batch answered: clients that wait for their answer before sending again (an application
+translating a document sentence by sentence) come back one by one over tens of milliseconds as the answers
+go out and the new requests are read. Measured with benchmarks/serve_load.py at 32 such clients: a fixed
+5 ms wait from the first of them split them into a small batch and a large one (mean 3.2 sentences), and a
+quiet gap alone kept them in two groups of 16 that took turns, each queued whole while the other decoded. A
+lone request pays one gap; a server under concurrent load decodes batches as `translate` does instead of
+one sentence at a time. A request whose client went away before its batch started is dropped unseen; the
+queue's size is bounded (`Overloaded` past `max_queued` sentences).
 """
 
 from __future__ import annotations
@@ -82,6 +86,10 @@ class Batcher:
         self._queued_sentences = 0
         self._ready = threading.Condition()
         self._closed = False
+        self._free_since = 0.0
+        """When the decoder last finished a batch: clients it answered come back from then on."""
+        self._answered = 0
+        """How many requests that batch answered: as many may be on their way back."""
         self._thread = threading.Thread(target=self._run, name="decoder", daemon=True)
         self._thread.start()
 
@@ -110,7 +118,8 @@ class Batcher:
 
     def _take_batch(self) -> list[Job] | None:
         """The oldest live request and the ones with its options that join it, up to max_batch, until none has
-        joined for batch_wait_s or batch_max_wait_s has passed since the first arrived."""
+        joined for batch_wait_s or batch_max_wait_s has passed, both counted from when the first arrived or the
+        decoder became free, whichever is later."""
         with self._ready:
             while not self._closed and not self._queue:
                 self._ready.wait()
@@ -121,8 +130,10 @@ class Batcher:
             if first.result.cancelled():  # its client left: no batch waits for company on its behalf
                 self.stats.dropped_requests += 1
                 return []
-            batch, size, latest = [first], len(first.sources), first.queued_at
-            closes_at = first.queued_at + self.batch_max_wait_s
+            opened = max(first.queued_at, self._free_since)  # the batch starts gathering here
+            batch, size, latest = [first], len(first.sources), opened
+            returned = int(first.queued_at >= self._free_since)  # requests sent since the last answers went out
+            closes_at = opened + self.batch_max_wait_s
             while size < self.max_batch:
                 joining = next((job for job in self._queue if job.options == first.options
                                 and size + len(job.sources) <= self.max_batch), None)
@@ -132,8 +143,11 @@ class Batcher:
                     batch.append(joining)
                     size += len(joining.sources)
                     latest = max(latest, joining.queued_at)
+                    returned += joining.queued_at >= self._free_since
                     continue
-                left = min(latest + self.batch_wait_s, closes_at) - time.monotonic()
+                # until as many requests have come in as the last batch answered, only the longest wait ends it
+                quiet_at = latest + self.batch_wait_s if returned >= self._answered else closes_at
+                left = min(quiet_at, closes_at) - time.monotonic()
                 if left <= 0:
                     break
                 self._ready.wait(left)
@@ -153,6 +167,7 @@ class Batcher:
                 for job in live:
                     job.result.set_exception(error)
                 continue
+            self._free_since, self._answered = time.monotonic(), len(live)
             self.stats.batches += 1
             self.stats.sentences += len(sources)
             self.stats.largest = max(self.stats.largest, len(sources))
