@@ -314,9 +314,9 @@ def claim_length_and_rarity(runs: StudyRuns) -> tuple[list[str], Verdict]:
     length_ok, length_note = [], []
     for label, split in length_cases:
         entry, overall = runs.entry(label, split, top), runs.score(label, split, top, "bleu")
-        if entry is None or overall is None:
+        short = [b for b in entry["bleu_by_length"] if float(b["high"]) <= 35 and b["sentences"]] if entry else []
+        if not short or not overall:  # nothing to judge a share of
             continue
-        short = [b for b in entry["bleu_by_length"] if float(b["high"]) <= 35 and b["sentences"]]
         worst = min(short, key=lambda b: b["bleu"])
         length_ok.append(all(b["bleu"] >= 0.8 * overall for b in short))
         length_note.append(f"{split}: lowest bin up to 35 words {bounds(worst)} at {fmt(worst['bleu'])} "
