@@ -59,7 +59,8 @@ class StudyRuns:
         self.snapshot, self.study, self.runs = snapshot, snapshot["study"], snapshot["runs"]
         self.trained, self.evaluated = self.study.get("trained", {}), self.study.get("evaluated", {})
         self.layout = self.study.get("layout", {})
-        self.reference = self.study["ensemble_row"]
+        self.reference = self.study.get("ensemble_row")
+        """None while the study's rows are still training: the report is then its progress."""
 
     # --- what the study holds -------------------------------------------------------------------------
     def entry(self, label: str, split: str, beam: int) -> dict | None:
@@ -407,8 +408,21 @@ def verdict_table(verdicts: list[Verdict]) -> list[str]:
         f"| {v.claim} | {v.title} | {v.paper} | {v.ours} | **{v.verdict}** |" for v in verdicts]
 
 
+def progress(runs: StudyRuns) -> str:
+    """tables.md while the rows still train: each finished training's valid perplexity and run."""
+    lines = [f"The study is running: {len(runs.trained)} trainings finished, no evaluation yet (test sets are decoded "
+             "after every row has trained). Valid perplexity of the best checkpoint, read from MLflow:", "",
+             "| training | layers | source | valid ppl | MLflow run |", "|---|---:|---|---:|---|"]
+    for name, trained in runs.trained.items():
+        lines.append(f"| {name} | {runs.layers(name)} | {'reversed' if runs.reversed_source(name) else 'forward'} | "
+                     f"{fmt(min(v for _, v in runs.valid_curve(name)))} | {trained['mlflow_run_id']} |")
+    return "\n".join(lines + [""] + _runs_and_commands(runs)) + "\n"
+
+
 def tables(runs: StudyRuns) -> tuple[str, list[Verdict]]:
     """tables.md: the verdicts, each claim's table, the rows that count, the runs and the commands."""
+    if runs.reference is None:
+        return progress(runs), []
     sections, verdicts = [], []
     for claim in CLAIMS:
         lines, verdict = claim(runs)
@@ -439,9 +453,7 @@ def _runs_and_commands(runs: StudyRuns) -> list[str]:
 
 # --- plots ------------------------------------------------------------------------------------------------
 def plots(runs: StudyRuns, out: Path) -> list[Path]:
-    top, splits, reference = runs.top(), runs.splits(), runs.reference
     written = []
-
     figure, axis = plt.subplots(figsize=(5.5, 3.8))  # every training's valid perplexity
     for name in runs.trained:
         if curve := runs.valid_curve(name):
@@ -452,7 +464,10 @@ def plots(runs: StudyRuns, out: Path) -> list[Path]:
     axis.set(xlabel="step", ylabel="valid perplexity", yscale="log", title="validation perplexity")
     axis.legend(fontsize=6)
     written.append(save_figure(figure, out / "valid_ppl.png"))
+    if runs.reference is None:  # still training: no evaluation to plot
+        return written
 
+    top, splits, reference = runs.top(), runs.splits(), runs.reference
     depth = runs.depth_rows()  # claims 1 and 2: perplexity by depth, forward and reversed, with the seed spread
     figure, axis = plt.subplots(figsize=(4.8, 3.6))
     for rows, label in ((depth, "reversed"), ([runs.forward_of(r) for r in depth], "forward")):
@@ -566,7 +581,7 @@ def main() -> None:
     text, verdicts = tables(runs)
     (args.out / "tables.md").write_text(text)
     written = plots(runs, args.out)
-    if args.doc:
+    if args.doc and verdicts:
         write_verdicts(args.doc, verdicts)
     print(f"wrote {args.out / 'tables.md'}, {args.out / SNAPSHOT} and {len(written)} plots")
 

@@ -180,3 +180,13 @@ def test_the_report_regenerates_from_its_snapshot_alone(tmp_path):
     for plot in ("valid_ppl", "ppl_by_depth", "bleu_vs_beam", "ensemble", "bleu_by_length", "bleu_by_rarity",
                  "rescoring"):
         assert (out / f"{plot}.png").read_bytes()[:4] == b"\x89PNG", plot
+
+
+def test_while_the_rows_train_the_report_is_their_progress(tmp_path):
+    study = paper_like_study()
+    del study["study"]["ensemble_row"]
+    study["study"]["evaluated"] = {}
+    text, found = report.tables(report.StudyRuns(study))
+    assert found == [] and "The study is running: 12 trainings finished" in text
+    assert "| reversed-4layer | 4 | reversed | 8.73 | train-reversed-4layer |" in text
+    assert [p.name for p in report.plots(report.StudyRuns(study), tmp_path)] == ["valid_ppl.png"]
