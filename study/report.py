@@ -166,7 +166,7 @@ def claim_reversal(runs: StudyRuns) -> tuple[list[str], Verdict]:
              f"the spread (max − min) over the reference's {len(runs.members()) or 1} seeds.", "",
              "| layers | split | forward ppl | reversed ppl | change | forward BLEU | reversed BLEU | gain |",
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
-    judged = []  # (ppl change, BLEU gain, ppl spread, BLEU spread) on the first split, per depth
+    judged = []  # (split, layers, ppl change, ppl drop, BLEU gain) for every split and depth
     for row in runs.depth_rows():
         forward = runs.forward_of(row)
         if forward is None:
@@ -176,22 +176,25 @@ def claim_reversal(runs: StudyRuns) -> tuple[list[str], Verdict]:
             fb, rb = runs.score(forward, split, top, "bleu"), runs.score(row, split, top, "bleu")
             lines.append(f"| {runs.layers(row)} | {split} | {fmt(fp)} | {fmt(rp)} | {pct(fp, rp)} | {fmt(fb)} | "
                          f"{fmt(rb)} | {fmt(None if rb is None or fb is None else rb - fb, 2)} |")
-            if split == splits[0] and None not in (fp, rp, fb, rb):
-                judged.append((runs.layers(row), (rp - fp) / fp, fp - rp, rb - fb))
-    ppl_spread, bleu_spread = runs.spread(splits[0], "ppl"), runs.spread(splits[0], "bleu")
-    lines += ["", f"Seed spread on {splits[0]}: ppl {fmt(ppl_spread)}, BLEU {fmt(bleu_spread)}."]
+            if None not in (fp, rp, fb, rb):
+                judged.append((split, runs.layers(row), (rp - fp) / fp, fp - rp, rb - fb))
+    spreads = {split: (runs.spread(split, "ppl"), runs.spread(split, "bleu")) for split in splits}
+    lines += ["", "Seed spread: " + "; ".join(f"{split} ppl {fmt(ppl)}, BLEU {fmt(bleu)}"
+                                             for split, (ppl, bleu) in spreads.items()) + "."]
     for row in runs.long_rows():
         for split in runs.long_splits():
             lines.append(f"- {row} ({'reversed' if runs.reversed_source(row) else 'forward'}), {split}: ppl "
                          f"{fmt(runs.score(row, split, top, 'ppl'))}, BLEU {fmt(runs.score(row, split, top, 'bleu'))}")
-    if not judged or ppl_spread is None:
+    if not judged or any(None in spread for spread in spreads.values()):
         verdict = NOT_JUDGED
-    elif all(ppl_down > ppl_spread and gain > bleu_spread for _, _, ppl_down, gain in judged):
-        verdict = REPRODUCED if all(change <= -0.10 for _, change, _, _ in judged) else DIRECTION
+    elif all(drop > spreads[split][0] and gain > spreads[split][1] for split, _, _, drop, gain in judged):
+        verdict = REPRODUCED if all(change <= -0.10 for _, _, change, _, _ in judged) else DIRECTION
     else:
         verdict = NOT_REPRODUCED
+    ppl_spread, bleu_spread = spreads[splits[0]]
+    judged_first = [(layers, change, drop, gain) for split, layers, change, drop, gain in judged if split == splits[0]]
     ours = "; ".join(f"{layers} layer{'s' * (layers > 1)}: ppl {100 * change:+.0f}%, BLEU {gain:+.2f}"
-                     for layers, change, _, gain in judged)
+                     for layers, change, _, gain in judged_first)
     return lines, Verdict(1, "reversing the source helps", "test ppl 5.8 → 4.7 (−19%), BLEU 25.9 → 30.6",
                           f"{splits[0]}, forward → reversed: {ours or '–'} (seed spread: ppl {fmt(ppl_spread)}, "
                           f"BLEU {fmt(bleu_spread)})", verdict)
@@ -206,28 +209,30 @@ def claim_depth(runs: StudyRuns) -> tuple[list[str], Verdict]:
         lines.append(f"| {runs.layers(row)} | {fmt(runs.trained[row]['valid_ppl'])} | "
                      + " | ".join(fmt(runs.score(row, s, top, "ppl")) for s in splits) + " |")
     lines += ["", "| step | valid | " + " | ".join(splits) + " |", "|---|---:|" + "---:|" * len(splits)]
-    steps = []
+    steps = []  # (split, shallow layers, deep layers, ppl before, ppl after) for every split
     for shallow, deep in zip(depth, depth[1:]):
-        before, after = runs.score(shallow, splits[0], top, "ppl"), runs.score(deep, splits[0], top, "ppl")
-        steps.append((runs.layers(shallow), runs.layers(deep), before, after))
+        steps += [(s, runs.layers(shallow), runs.layers(deep), runs.score(shallow, s, top, "ppl"),
+                   runs.score(deep, s, top, "ppl")) for s in splits]
         lines.append(f"| {runs.layers(shallow)} → {runs.layers(deep)} | "
                      f"{pct(runs.trained[shallow]['valid_ppl'], runs.trained[deep]['valid_ppl'])} | "
                      + " | ".join(pct(runs.score(shallow, s, top, "ppl"), runs.score(deep, s, top, "ppl"))
                                   for s in splits) + " |")
-    spread = runs.spread(splits[0], "ppl")
+    spreads = {s: runs.spread(s, "ppl") for s in splits}
+    spread = spreads[splits[0]]
     reference_valid = runs.trained[runs.reference]["valid_ppl"]
     off_plateau = {runs.layers(r): runs.trained[r]["valid_ppl"] <= 1.5 * reference_valid for r in depth}
-    lines += ["", f"Seed spread of {splits[0]} ppl: {fmt(spread)}. Off the plateau (valid ppl within 1.5 × the "
-                  f"reference's {fmt(reference_valid)}): "
-                  + ", ".join(f"{layers} layers {'yes' if off else 'no'}" for layers, off in off_plateau.items())]
-    if not steps or spread is None or any(None in s for s in steps):
+    lines += ["", "Seed spread of the test perplexity: " + ", ".join(f"{s} {fmt(v)}" for s, v in spreads.items())
+              + f". Off the plateau (valid ppl within 1.5 × the reference's {fmt(reference_valid)}): "
+              + ", ".join(f"{layers} layers {'yes' if off else 'no'}" for layers, off in off_plateau.items())]
+    if not steps or None in spreads.values() or any(None in step for step in steps):
         verdict = NOT_JUDGED
-    elif all((after - before) / before <= -0.05 for _, _, before, after in steps):
+    elif all((after - before) / before <= -0.05 for _, _, _, before, after in steps):
         verdict = REPRODUCED
-    elif all(before - after > spread for _, _, before, after in steps):
+    elif all(before - after > spreads[s] for s, _, _, before, after in steps):
         verdict = DIRECTION
     else:
         verdict = NOT_REPRODUCED
+    steps = [(a, b, before, after) for s, a, b, before, after in steps if s == splits[0]]
     ours = "; ".join(f"{a} → {b} layers: {pct(before, after)}" for a, b, before, after in steps)
     return lines, Verdict(2, "each added layer lowers perplexity by nearly 10%", "4 layers chosen for it",
                           f"{splits[0]} ppl {ours or '–'} (seed spread {fmt(spread)})", verdict)

@@ -81,6 +81,19 @@ def paper_like_study() -> dict:
     return snapshot
 
 
+def with_a_second_split(snapshot: dict, split: str = "test2017") -> dict:
+    """The same study decoded on another test set too, with the same scores."""
+    study = copy.deepcopy(snapshot)
+    for key, entry in list(study["study"]["evaluated"].items()):
+        if entry["split"] == "test2016":
+            run_id = entry["mlflow_run_id"] + f"-{split}"
+            copied = {**entry, "split": split, "mlflow_run_id": run_id}
+            study["study"]["evaluated"][key.replace("test2016", split)] = copied
+            study["runs"][run_id] = {"metrics": {name.replace("test2016", split): value for name, value in
+                                                 study["runs"][entry["mlflow_run_id"]]["metrics"].items()}}
+    return study
+
+
 def verdicts(snapshot: dict) -> dict[int, str]:
     return {v.claim: v.verdict for v in report.tables(report.StudyRuns(snapshot))[1]}
 
@@ -113,6 +126,15 @@ def test_reversal_short_of_ten_percent_at_one_depth_is_a_direction_and_forward_a
     assert verdicts(smaller)[1] == "reproduced in direction, not in size"
     behind = metric(paper_like_study(), "forward-1layer", "test2016", 12, "test2016/bleu", 21.5)
     assert verdicts(behind)[1] == "not reproduced"
+
+
+def test_reversal_and_depth_must_hold_on_every_test_set():
+    both = with_a_second_split(paper_like_study())
+    assert verdicts(both)[1] == verdicts(both)[2] == "reproduced"
+    worse = metric(both, "forward-4layer", "test2017", 12, "test2017/ppl", 9.6)  # forward ahead on test2017 only
+    assert verdicts(worse)[1] == "not reproduced"
+    deeper_worse = metric(both, "reversed-4layer", "test2017", 12, "test2017/ppl", 11.0)
+    assert verdicts(deeper_worse)[2] == "not reproduced"
 
 
 def test_beam_two_at_half_the_gain_is_a_direction_and_within_noise_a_failure():
