@@ -2,9 +2,12 @@
 
     .venv/bin/python benchmarks/serve_load.py --config configs/multi30k.yaml \\
         --checkpoint runs/multi30k/checkpoints/step-00002724.pt --output benchmarks/results/serve-load.json
+    .venv/bin/python benchmarks/serve_load.py ... --clients 8 --sentences-per-request 8 \\
+        --output benchmarks/results/serve-load-documents.json
 
 Each client sends its share of the split's sentences one request at a time (the way an application calling
-the server would) and waits for each answer; sentences/s is the whole set over the wall time, latency is
+the server would; one sentence a request, or `--sentences-per-request` N of them, a document at once) and
+waits for each answer; sentences/s is the whole set over the wall time, latency is
 each request's. The server is the real command, a process of its own on 127.0.0.1; its memory (RSS) is read
 before and after each load. The baseline is `translate`'s decoding of the same sentences in one process, at
 the same beam and length penalty, measured before and after the loads in the same run (nothing else running
@@ -59,23 +62,23 @@ def serving(config: str, checkpoint: str, port: int, overrides: list[str], *, wa
         server.wait(timeout=60)
 
 
-def post(url: str, sentence: str, beam: int) -> tuple[float, bool]:
-    body = json.dumps({"sentences": [sentence], "beam": beam}).encode()
+def post(url: str, sentences: list[str], beam: int) -> tuple[float, bool]:
+    body = json.dumps({"sentences": sentences, "beam": beam}).encode()
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     started = time.perf_counter()
     try:
         with urllib.request.urlopen(request, timeout=600) as response:
-            ok = response.status == 200 and len(json.loads(response.read())["translations"]) == 1
+            ok = response.status == 200 and len(json.loads(response.read())["translations"]) == len(sentences)
     except OSError:
         ok = False
     return time.perf_counter() - started, ok
 
 
-def load(url: str, sentences: list[str], clients: int, beam: int) -> dict:
+def load(url: str, sentences: list[str], clients: int, beam: int, *, per_request: int = 1) -> dict:
     shares = [sentences[i::clients] for i in range(clients)]
 
     def client(share: list[str]) -> list[tuple[float, bool]]:
-        return [post(url, sentence, beam) for sentence in share]
+        return [post(url, share[start:start + per_request], beam) for start in range(0, len(share), per_request)]
 
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -89,16 +92,16 @@ def load(url: str, sentences: list[str], clients: int, beam: int) -> dict:
             "errors": sum(not ok for _, ok in results)}
 
 
-def batches_of_clients_rate(translator: Translator, sentences: list[str], beam: int, clients: int) -> float:
-    """The most a server can do for `clients` one-sentence clients: `translate`'s search in one process on
-    batches of `clients` sentences in the split's order (not sorted by length: the server batches what
-    arrives together), each decoded alone."""
+def batches_of_clients_rate(translator: Translator, sentences: list[str], beam: int, batch: int) -> float:
+    """The most a server can do when its clients hold `batch` sentences in flight together: `translate`'s
+    search in one process on batches of `batch` sentences in the split's order (not sorted by length: the
+    server batches what arrives together), each decoded alone."""
     sources = [translator.source_ids(s) for s in sentences]
     started = time.perf_counter()
-    for start in range(0, len(sources), clients):
-        translator.translate_ids(sources[start:start + clients], beam)
+    for start in range(0, len(sources), batch):
+        translator.translate_ids(sources[start:start + batch], beam)
     rate = len(sources) / (time.perf_counter() - started)
-    print(f"the same search on batches of {clients} in arrival order: {rate:.1f} sentences/s", flush=True)
+    print(f"the same search on batches of {batch} in arrival order: {rate:.1f} sentences/s", flush=True)
     return rate
 
 
@@ -118,6 +121,9 @@ def main() -> None:
     parser.add_argument("--warmup-clients", type=int, default=32,
                         help="one unrecorded load first: the server's kernels for each batch shape are made once "
                              "(its memory grows while they are, then stays); 0: none")
+    parser.add_argument("--sentences-per-request", type=int, default=1,
+                        help="each client sends this many consecutive sentences of its share in one request "
+                             "(an application translating a document at once)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--output")
     args, overrides = parser.parse_known_args()
@@ -134,14 +140,15 @@ def main() -> None:
         return rate
 
     translate_before = translate_rate()
-    ceiling = batches_of_clients_rate(Translator(config, [Path(args.checkpoint)]), sentences, beam, max(args.clients))
+    ceiling = batches_of_clients_rate(Translator(config, [Path(args.checkpoint)]), sentences, beam,
+                                      max(args.clients) * args.sentences_per_request)
 
     with serving(args.config, args.checkpoint, args.port, overrides) as (server, url):
         process = psutil.Process(server.pid)
         warmup = None
         if args.warmup_clients:
             started_mb = round(process.memory_info().rss / 2**20)
-            load(url + "/translate", sentences, args.warmup_clients, beam)
+            load(url + "/translate", sentences, args.warmup_clients, beam, per_request=args.sentences_per_request)
             warmup = {"clients": args.warmup_clients, "rss_before_mb": started_mb,
                       "rss_after_mb": round(process.memory_info().rss / 2**20)}
             print(f"warm-up, {args.warmup_clients} clients: server RSS {warmup['rss_before_mb']} → "
@@ -149,7 +156,7 @@ def main() -> None:
         rows = []
         for clients in args.clients:
             before, batched = process.memory_info().rss, batching(url)
-            row = load(url + "/translate", sentences, clients, beam)
+            row = load(url + "/translate", sentences, clients, beam, per_request=args.sentences_per_request)
             after = batching(url)
             batches = after["batches"] - batched["batches"]
             row.update(rss_before_mb=round(before / 2**20), rss_after_mb=round(process.memory_info().rss / 2**20),
@@ -167,9 +174,12 @@ def main() -> None:
         row["vs_translate"] = round(row["sentences_per_sec"] / translate_mean, 2)
     result = {"config": args.config, "checkpoint": args.checkpoint, "split": args.split, "beam": beam,
               "length_penalty": config.eval.length_penalty, "serve": vars(config.serve),
+              "sentences_per_request": args.sentences_per_request,
               "translate_sentences_per_sec": round(translate_mean, 2),
               "translate_before_after": [round(translate_before, 2), round(translate_after, 2)],
-              "batches_of_clients": {"clients": max(args.clients), "sentences_per_sec": round(ceiling, 2)},
+              "batches_of_clients": {"clients": max(args.clients),
+                                     "batch": max(args.clients) * args.sentences_per_request,
+                                     "sentences_per_sec": round(ceiling, 2)},
               "warmup": warmup, "loads": rows,
               "batching": totals, "overrides": overrides,
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
