@@ -378,6 +378,15 @@ def serve_load_table() -> str:
     lines += ["", f"Over the whole run the server decoded {batching['sentences']:,} sentences in "
                   f"{batching['batches']:,} batches (mean {batching['mean_batch']}, "
                   f"largest {batching['largest_batch']})."]
+    if (RESULTS / "serve-load-documents.json").is_file():
+        documents = load("serve-load-documents.json")
+        row, (before, after) = documents["loads"][-1], documents["translate_before_after"]
+        lines += ["", f"Documents (`serve-load-documents.json`, commit {documents['commit']}): {row['clients']} "
+                      f"clients sending {documents['sentences_per_request']} sentences a request: "
+                      f"{row['sentences_per_sec']:.1f} sentences/s, {row['vs_translate']:.2f} × `translate` "
+                      f"({before:.1f} before, {after:.1f} after), batches of {row['mean_batch']} on average, "
+                      f"p50 {row['p50_ms']:,} ms a request, {row['errors']} errors, server RSS "
+                      f"{row['rss_before_mb']:,} → {row['rss_after_mb']:,} MB."]
     return "\n".join(lines)
 
 
