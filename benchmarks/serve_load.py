@@ -131,8 +131,9 @@ def main() -> None:
     beam = config.eval.beam_size
     sentences = split_rows(Path(config.data.out_dir), args.split).column("src_text").to_pylist()
 
+    translator = Translator(config, [Path(args.checkpoint)])  # one copy of the model for every baseline
+
     def translate_rate() -> float:
-        translator = Translator(config, [Path(args.checkpoint)])
         started = time.perf_counter()
         translator.translate(sentences, beam)
         rate = len(sentences) / (time.perf_counter() - started)
@@ -140,8 +141,7 @@ def main() -> None:
         return rate
 
     translate_before = translate_rate()
-    ceiling = batches_of_clients_rate(Translator(config, [Path(args.checkpoint)]), sentences, beam,
-                                      max(args.clients) * args.sentences_per_request)
+    ceiling = batches_of_clients_rate(translator, sentences, beam, max(args.clients) * args.sentences_per_request)
 
     with serving(args.config, args.checkpoint, args.port, overrides) as (server, url):
         process = psutil.Process(server.pid)

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 KERNEL_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 """How many oneDNN kernels a process keeps, read when it makes its first (`dist-s2s serve` sets serve.kernel_cache)."""
 
+
 class Refused(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
