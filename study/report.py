@@ -44,7 +44,8 @@ def snapshot_from_store(study_dir: Path) -> dict:
         run = client.get_run(trained["mlflow_run_id"])
         history = client.get_metric_history(run.info.run_id, "valid/ppl")
         runs[run.info.run_id] = {"name": f"train {name}", "params": {
-            key: run.data.params.get(key) for key in ("data.reverse_source", "model.num_layers", "train.seed")},
+            key: run.data.params.get(key) for key in ("data.reverse_source", "model.num_layers", "train.seed",
+                                                      "optim.epochs")},
             "valid_ppl": sorted([m.step, m.value] for m in history)}
     for key, evaluated in study.get("evaluated", {}).items():
         run = client.get_run(evaluated["mlflow_run_id"])
@@ -79,6 +80,11 @@ class StudyRuns:
 
     def layers(self, name: str) -> int:
         return int(self.param(name, "model.num_layers"))
+
+    def epochs(self, name: str) -> str:
+        """The row's training budget in epochs ("–" in snapshots from before it was recorded)."""
+        epochs = self.param(name, "optim.epochs")
+        return "–" if epochs is None else f"{float(epochs):g}"
 
     def reversed_source(self, name: str) -> bool:
         return self.param(name, "data.reverse_source") == "True"
@@ -135,6 +141,21 @@ class StudyRuns:
         return next((n for n in self.rows() if not self.reversed_source(n) and self.layers(n) == self.layers(row)),
                     None)
 
+    def reversal_pairs(self) -> list[tuple[str, str]]:
+        """(forward, reversed) rows compared for claim 1, shallow to deep: the plan's pairs, each at one budget,
+        or each depth row with the forward row of its depth."""
+        pairs = self.layout.get("reversal_pairs") or [[self.forward_of(r), r] for r in self.depth_rows()]
+        return sorted(((f, r) for f, r in pairs if f), key=lambda pair: self.layers(pair[1]))
+
+    def superseded(self) -> dict[str, str]:
+        """Rows trained, then replaced by a change to the plan: reported with their curves, not counted."""
+        return {name: why for name, why in self.layout.get("superseded", {}).items() if name in self.trained}
+
+    def deepest_rows(self) -> list[str]:
+        """Every counted row of the greatest depth: each must be off the plateau for the study to count."""
+        deepest = max(self.layers(r) for r in self.rows())
+        return [r for r in self.rows() if self.layers(r) == deepest]
+
 
 def fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
@@ -164,17 +185,15 @@ def claim_reversal(runs: StudyRuns) -> tuple[list[str], Verdict]:
     lines = ["## Claim 1: reversing the source", "",
              f"Test perplexity and BLEU at beam {top}, forward against reversed at each depth; the noise floor is "
              f"the spread (max − min) over the reference's {len(runs.members()) or 1} seeds.", "",
-             "| layers | split | forward ppl | reversed ppl | change | forward BLEU | reversed BLEU | gain |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "| layers | epochs | split | forward ppl | reversed ppl | change | forward BLEU | reversed BLEU | gain |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     judged = []  # (split, layers, ppl change, ppl drop, BLEU gain) for every split and depth
-    for row in runs.depth_rows():
-        forward = runs.forward_of(row)
-        if forward is None:
-            continue
+    for forward, row in runs.reversal_pairs():
         for split in splits:
             fp, rp = runs.score(forward, split, top, "ppl"), runs.score(row, split, top, "ppl")
             fb, rb = runs.score(forward, split, top, "bleu"), runs.score(row, split, top, "bleu")
-            lines.append(f"| {runs.layers(row)} | {split} | {fmt(fp)} | {fmt(rp)} | {pct(fp, rp)} | {fmt(fb)} | "
+            lines.append(f"| {runs.layers(row)} | {runs.epochs(row)} | {split} | {fmt(fp)} | {fmt(rp)} | "
+                         f"{pct(fp, rp)} | {fmt(fb)} | "
                          f"{fmt(rb)} | {fmt(None if rb is None or fb is None else rb - fb, 2)} |")
             if None not in (fp, rp, fb, rb):
                 judged.append((split, runs.layers(row), (rp - fp) / fp, fp - rp, rb - fb))
@@ -203,10 +222,10 @@ def claim_reversal(runs: StudyRuns) -> tuple[list[str], Verdict]:
 def claim_depth(runs: StudyRuns) -> tuple[list[str], Verdict]:
     top, splits, depth = runs.top(), runs.splits(), runs.depth_rows()
     lines = ["## Claim 2: depth (reversed source)", "",
-             "| layers | valid ppl | " + " | ".join(f"{s} ppl" for s in splits) + " |",
-             "|---:|---:|" + "---:|" * len(splits)]
+             "| layers | epochs | valid ppl | " + " | ".join(f"{s} ppl" for s in splits) + " |",
+             "|---:|---:|---:|" + "---:|" * len(splits)]
     for row in depth:
-        lines.append(f"| {runs.layers(row)} | {fmt(runs.trained[row]['valid_ppl'])} | "
+        lines.append(f"| {runs.layers(row)} | {runs.epochs(row)} | {fmt(runs.trained[row]['valid_ppl'])} | "
                      + " | ".join(fmt(runs.score(row, s, top, "ppl")) for s in splits) + " |")
     lines += ["", "| step | valid | " + " | ".join(splits) + " |", "|---|---:|" + "---:|" * len(splits)]
     steps = []  # (split, shallow layers, deep layers, ppl before, ppl after) for every split
@@ -220,10 +239,12 @@ def claim_depth(runs: StudyRuns) -> tuple[list[str], Verdict]:
     spreads = {s: runs.spread(s, "ppl") for s in splits}
     spread = spreads[splits[0]]
     reference_valid = runs.trained[runs.reference]["valid_ppl"]
-    off_plateau = {runs.layers(r): runs.trained[r]["valid_ppl"] <= 1.5 * reference_valid for r in depth}
-    lines += ["", "Seed spread of the test perplexity: " + ", ".join(f"{s} {fmt(v)}" for s, v in spreads.items())
+    off_plateau = {r: runs.trained[r]["valid_ppl"] / reference_valid for r in runs.deepest_rows()}
+    lines += ["", "Seed spread of the test perplexity (the reference's seeds): "
+              + ", ".join(f"{s} {fmt(v)}" for s, v in spreads.items())
               + f". Off the plateau (valid ppl within 1.5 × the reference's {fmt(reference_valid)}): "
-              + ", ".join(f"{layers} layers {'yes' if off else 'no'}" for layers, off in off_plateau.items())]
+              + ", ".join(f"{r} {ratio:.2f} × ({'yes' if ratio <= 1.5 else 'no'})" for r, ratio in off_plateau.items())
+              + "."]
     if not steps or None in spreads.values() or any(None in step for step in steps):
         verdict = NOT_JUDGED
     elif all((after - before) / before <= -0.05 for _, _, _, before, after in steps):
@@ -417,9 +438,10 @@ def progress(runs: StudyRuns) -> str:
     """tables.md while the rows still train: each finished training's valid perplexity and run."""
     lines = [f"The study is running: {len(runs.trained)} trainings finished, no evaluation yet (test sets are decoded "
              "after every row has trained). Valid perplexity of the best checkpoint, read from MLflow:", "",
-             "| training | layers | source | valid ppl | MLflow run |", "|---|---:|---|---:|---|"]
+             "| training | layers | epochs | source | valid ppl | MLflow run |", "|---|---:|---:|---|---:|---|"]
     for name, trained in runs.trained.items():
-        lines.append(f"| {name} | {runs.layers(name)} | {'reversed' if runs.reversed_source(name) else 'forward'} | "
+        lines.append(f"| {name} | {runs.layers(name)} | {runs.epochs(name)} | "
+                     f"{'reversed' if runs.reversed_source(name) else 'forward'} | "
                      f"{fmt(min(v for _, v in runs.valid_curve(name)))} | {trained['mlflow_run_id']} |")
     return "\n".join(lines + [""] + _runs_and_commands(runs)) + "\n"
 
@@ -445,7 +467,14 @@ def tables(runs: StudyRuns) -> tuple[str, list[Verdict]]:
 
 
 def _runs_and_commands(runs: StudyRuns) -> list[str]:
-    lines = ["## MLflow runs", "", "| what | run id |", "|---|---|"]
+    lines = []
+    if superseded := runs.superseded():
+        lines += ["## Rows replaced by a change to the plan (not counted)", "",
+                  "| training | layers | epochs | valid ppl | why |", "|---|---:|---:|---:|---|"]
+        lines += [f"| {name} | {runs.layers(name)} | {runs.epochs(name)} | {fmt(runs.trained[name]['valid_ppl'])} | "
+                  f"{why} |" for name, why in superseded.items()]
+        lines += [""]
+    lines += ["## MLflow runs", "", "| what | run id |", "|---|---|"]
     lines += [f"| train {name} | {t['mlflow_run_id']} |" for name, t in runs.trained.items()]
     lines += [f"| evaluate {e['label']} {e['split']} beam {e['beam']} | {e['mlflow_run_id']} |"
               for e in runs.evaluated.values()]
@@ -475,8 +504,13 @@ def plots(runs: StudyRuns, out: Path) -> list[Path]:
     top, splits, reference = runs.top(), runs.splits(), runs.reference
     depth = runs.depth_rows()  # claims 1 and 2: perplexity by depth, forward and reversed, with the seed spread
     figure, axis = plt.subplots(figsize=(4.8, 3.6))
-    for rows, label in ((depth, "reversed"), ([runs.forward_of(r) for r in depth], "forward")):
-        present = [r for r in rows if r]
+    pairs = runs.reversal_pairs()
+    lines = [(depth, "reversed (depth rows)" if [r for _, r in pairs] != depth else "reversed")]
+    if [r for _, r in pairs] != depth:  # claim 1's reversed rows differ from claim 2's: both drawn
+        lines.append(([r for _, r in pairs], "reversed (reversal pairs)"))
+    lines.append(([f for f, _ in pairs], "forward"))
+    for rows, label in lines:
+        present = [r for r in rows if runs.score(r, splits[0], top, "ppl") is not None]
         axis.plot([runs.layers(r) for r in present], [runs.score(r, splits[0], top, "ppl") for r in present],
                   marker="o", label=f"{label}, {splits[0]}")
     axis.plot([runs.layers(r) for r in depth], [runs.trained[r]["valid_ppl"] for r in depth], marker=".",

@@ -73,22 +73,34 @@ class Study:
     average_last: int = 0
     """Average the reference's last N checkpoints (`dist-s2s average`) and evaluate the result (0: not)."""
     long_sentences: LongSentences | None = None
+    reversal_pairs: list[list[str]] = field(default_factory=list)
+    """[forward, reversed] rows compared for claim 1; none: each depth row with the forward row of its depth."""
+    superseded: dict[str, str] = field(default_factory=dict)
+    """Rows trained earlier and replaced (a plan change), each with its reason: reported, not counted."""
 
     @classmethod
     def load(cls, path: Path) -> Study:
         raw = yaml.safe_load(path.read_text())
         required = {"run_dir", "rows", "depth_rows", "ensemble_seeds", "splits", "beam_sweep", "rescore"}
-        optional = {"reference", "average_last", "long_sentences"}
+        optional = {"reference", "average_last", "long_sentences", "reversal_pairs", "superseded"}
         if unknown := set(raw) - required - optional:
             raise SystemExit(f"{path}: unknown study key {sorted(unknown)[0]}")
         if missing := required - set(raw):
             raise SystemExit(f"{path}: missing study key {sorted(missing)[0]}")
         long = raw.get("long_sentences")
+        named = [*raw["depth_rows"], *(row for pair in raw.get("reversal_pairs", []) for row in pair)]
+        if raw.get("reference"):
+            named.append(raw["reference"])
+        if stray := [row for row in named if row not in raw["rows"]]:
+            raise SystemExit(f"{path}: row {stray[0]} is compared but not in rows (it would never train)")
+        if missing_config := [row for row in raw["rows"] if not (path.parent / f"{row}.yaml").is_file()]:
+            raise SystemExit(f"{path}: row {missing_config[0]} has no config {path.parent / missing_config[0]}.yaml")
         return cls(folder=path.parent, run_dir=REPO / raw["run_dir"], rows=raw["rows"], depth_rows=raw["depth_rows"],
                    ensemble_seeds=raw["ensemble_seeds"], splits=raw["splits"],
                    beam_sweep=BeamSweep(**raw["beam_sweep"]), rescore=Rescoring(**raw["rescore"]),
                    reference=raw.get("reference"), average_last=raw.get("average_last", 0),
-                   long_sentences=LongSentences(**long) if long else None)
+                   long_sentences=LongSentences(**long) if long else None,
+                   reversal_pairs=raw.get("reversal_pairs", []), superseded=raw.get("superseded", {}))
 
     def config(self, row: str) -> Path:
         return self.folder / f"{row}.yaml"
@@ -213,14 +225,16 @@ class Runner:
 
 def run(study: Study, overrides: list[str]) -> dict:
     runner = Runner(study, overrides)
+    runner.results["layout"] = {  # what study/report.py needs to know of the plan, from the first training on
+        "rows": study.rows, "depth_rows": study.depth_rows, "seeds": study.ensemble_seeds if study.reference else [],
+        "long_rows": study.long_sentences.rows if study.long_sentences else [],
+        "long_splits": study.long_sentences.splits if study.long_sentences else [],
+        "reversal_pairs": study.reversal_pairs, "superseded": study.superseded}
+    runner.save()
     trained = {row: runner.train(row) for row in study.rows}
     # the reference: named by the plan, or the depth row with the lowest valid ppl (selection on valid only)
     best = study.reference or min(study.depth_rows, key=lambda row: trained[row]["valid_ppl"])
     runner.results["ensemble_row"] = best
-    runner.results["layout"] = {  # what study/report.py needs to know of the plan
-        "rows": study.rows, "depth_rows": study.depth_rows, "seeds": study.ensemble_seeds if study.reference else [],
-        "long_rows": study.long_sentences.rows if study.long_sentences else [],
-        "long_splits": study.long_sentences.splits if study.long_sentences else []}
     seeds = [runner.train(best, seed) for seed in study.ensemble_seeds]
     members = [trained[best], *seeds]
     ensemble = [m["checkpoint"] for m in members]

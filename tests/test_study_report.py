@@ -35,10 +35,10 @@ def paper_like_study() -> dict:
         "depth_rows": [f"reversed-{n}layer" for n in (1, 2, 4)], "seeds": SEEDS,
         "long_rows": ["news", "news-forward"], "long_splits": ["newstest2013"]}}, "runs": {}}
 
-    def train(name: str, layers: int, reversed_source: bool, valid_ppl: float) -> None:
+    def train(name: str, layers: int, reversed_source: bool, valid_ppl: float, epochs: float = 12.0) -> None:
         run_id = f"train-{name}"
         snapshot["study"]["trained"][name] = {"mlflow_run_id": run_id, "valid_ppl": valid_ppl}
-        snapshot["runs"][run_id] = {"params": {"model.num_layers": str(layers),
+        snapshot["runs"][run_id] = {"params": {"model.num_layers": str(layers), "optim.epochs": str(epochs),
                                                "data.reverse_source": str(reversed_source)},
                                     "valid_ppl": [[100, valid_ppl * 2], [200, valid_ppl]]}
 
@@ -79,6 +79,31 @@ def paper_like_study() -> dict:
                          "first_pass": 17.0, "rescored": 18.0, "nbest": 12, "weight": 0.5}}
     snapshot["study"]["rescore_weight"] = {"chosen": 0.5, "on": "valid", "valid_bleu": {"0.0": 15.2, "0.5": 16.0}}
     return snapshot
+
+
+def with_longer_depth_rows(snapshot: dict, test_ppl: dict[int, float], valid_ppl: dict[int, float]) -> dict:
+    """The plan's change of 2026-12-07: claim 2 on reversed rows of 20 epochs, claim 1 on its own pairs, and the
+    12-epoch 4-layer row superseded."""
+    study = copy.deepcopy(snapshot)
+    layout = study["study"]["layout"]
+    layout["reversal_pairs"] = [[f"forward-{n}layer", f"reversed-{n}layer"] for n in (1, 2, 4)]
+    layout["depth_rows"] = [f"reversed-{n}layer-20ep" for n in (1, 2, 4)]
+    layout["rows"] = [*layout["rows"], *layout["depth_rows"]]
+    layout["superseded"] = {"reversed-4layer-12ep": "stayed on the plateau"}
+    for layers in (1, 2, 4):
+        name, run_id = f"reversed-{layers}layer-20ep", f"train-reversed-{layers}layer-20ep"
+        study["study"]["trained"][name] = {"mlflow_run_id": run_id, "valid_ppl": valid_ppl[layers]}
+        study["runs"][run_id] = {"params": {"model.num_layers": str(layers), "optim.epochs": "20.0",
+                                            "data.reverse_source": "True"}, "valid_ppl": [[100, valid_ppl[layers]]]}
+        eval_id = f"eval-{name}"
+        study["study"]["evaluated"][f"{name}|test2016|beam12"] = {
+            "mlflow_run_id": eval_id, "label": name, "split": "test2016", "beam": 12, "signature": SIGNATURE,
+            "bleu_by_length": [], "bleu_by_rarity": []}
+        study["runs"][eval_id] = {"metrics": {"test2016/ppl": test_ppl[layers], "test2016/bleu": 20.0}}
+    study["study"]["trained"]["reversed-4layer-12ep"] = {"mlflow_run_id": "train-old", "valid_ppl": 50.0}
+    study["runs"]["train-old"] = {"params": {"model.num_layers": "4", "optim.epochs": "12.0",
+                                             "data.reverse_source": "True"}, "valid_ppl": [[100, 50.0]]}
+    return study
 
 
 def with_a_second_split(snapshot: dict, split: str = "test2017") -> dict:
@@ -210,5 +235,37 @@ def test_while_the_rows_train_the_report_is_their_progress(tmp_path):
     study["study"]["evaluated"] = {}
     text, found = report.tables(report.StudyRuns(study))
     assert found == [] and "The study is running: 12 trainings finished" in text
-    assert "| reversed-4layer | 4 | reversed | 8.73 | train-reversed-4layer |" in text
+    assert "| reversed-4layer | 4 | 12 | reversed | 8.73 | train-reversed-4layer |" in text
     assert [p.name for p in report.plots(report.StudyRuns(study), tmp_path)] == ["valid_ppl.png"]
+
+
+def test_depth_is_judged_on_the_depth_rows_and_reversal_on_the_plans_pairs():
+    # the 20-epoch depth rows: deeper is worse, and no forward row of their budget exists
+    study = with_longer_depth_rows(paper_like_study(), test_ppl={1: 9.0, 2: 9.5, 4: 10.5},
+                                   valid_ppl={1: 8.0, 2: 8.5, 4: 9.5})
+    found = verdicts(study)
+    assert found[2] == "not reproduced"
+    assert found[1] == "reproduced", "reversal compares its 12-epoch pairs, untouched by the depth rows"
+    text = report.tables(report.StudyRuns(study))[0]
+    assert "| 4 | 20 | 9.50 | 10.50 |" in text, "the depth table shows each row's epochs"
+    assert "| 4 | 12 | test2016 | 12.12 | 9.70 |" in text, "the reversal table shows the pair's epochs"
+    better = with_longer_depth_rows(paper_like_study(), test_ppl={1: 12.0, 2: 10.8, 4: 9.7},
+                                    valid_ppl={1: 11.0, 2: 9.8, 4: 8.8})
+    assert verdicts(better)[2] == "reproduced"
+
+
+def test_a_superseded_row_is_listed_with_its_reason_and_counts_for_nothing():
+    study = with_longer_depth_rows(paper_like_study(), test_ppl={1: 12.0, 2: 10.8, 4: 9.7},
+                                   valid_ppl={1: 11.0, 2: 9.8, 4: 8.8})
+    text = report.tables(report.StudyRuns(study))[0]
+    assert "| reversed-4layer-12ep | 4 | 12 | 50.00 | stayed on the plateau |" in text
+    without = copy.deepcopy(study)
+    del without["study"]["trained"]["reversed-4layer-12ep"]
+    assert verdicts(study) == verdicts(without)
+
+
+def test_every_deepest_row_is_checked_against_the_plateau_bound():
+    study = paper_like_study()  # reference valid 9.72; the forward 4-layer row at 10.91 (1.12 ×)
+    study["study"]["trained"]["forward-4layer"]["valid_ppl"] = 15.0  # 1.54 ×
+    text = report.tables(report.StudyRuns(study))[0]
+    assert "reversed-4layer 0.90 × (yes)" in text and "forward-4layer 1.54 × (no)" in text
