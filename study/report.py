@@ -479,10 +479,25 @@ def _runs_and_commands(runs: StudyRuns) -> list[str]:
     lines += [f"| evaluate {e['label']} {e['split']} beam {e['beam']} | {e['mlflow_run_id']} |"
               for e in runs.evaluated.values()]
     commands = runs.study.get("commands", [])
-    lines += ["", f"## Commands, in the order they ran (minutes; {sum(c['seconds'] for c in commands) / 3600:.1f} "
-                  "hours in all)", "", "```"]
-    lines += [f"{c['command'].replace(str(REPO) + '/', '')}    # {c['seconds'] / 60:.1f}" for c in commands]
+    lines += ["", f"## Commands, in the order they ended (minutes; {busy_seconds(commands) / 3600:.1f} hours of "
+                  f"wall-clock time in all, {sum(c['seconds'] for c in commands) / 3600:.1f} hours of commands)",
+              "", "```"]
+    lines += [f"{c['command'].replace(str(REPO) + '/', '')}    # {c['seconds'] / 60:.1f}"
+              + (f", {c['threads']} thread{'s' * (c['threads'] > 1)}" if c.get("threads") else "") for c in commands]
     return lines + ["```"]
+
+
+def busy_seconds(commands: list[dict]) -> float:
+    """The wall-clock time the study's commands took: commands that ran side by side (`reproduce.py --parallel`)
+    counted once, the gaps between working sessions not at all. Commands recorded without a start time ran one
+    at a time."""
+    spans = sorted((c["started"], c["started"] + c["seconds"]) for c in commands if "started" in c)
+    total = sum(c["seconds"] for c in commands if "started" not in c)
+    end = float("-inf")
+    for start, stop in spans:
+        total += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    return total
 
 
 # --- plots ------------------------------------------------------------------------------------------------

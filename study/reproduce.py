@@ -8,15 +8,22 @@ MLflow as those commands track themselves. Steps whose result file exists are sk
 interrupted training resumes from its checkpoint, so rerunning after a crash picks up where it
 stopped. Everything lands in `<run_dir>/study.json` (scores, perplexities, MLflow run ids,
 commands); `study/report.py` turns that into tables and plots.
+
+`--parallel N` trains N rows at a time, each on cores ÷ N threads (evaluations stay one at a time, on
+every core). On a 2-core machine two one-thread trainings side by side do nearly twice the work of one
+two-thread training: the paper's LSTM's matrix products are too small for a second thread to pay.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +37,7 @@ from dist_s2s.config import load_config  # noqa: E402
 from dist_s2s.decode.rescore import read_nbest  # noqa: E402
 from dist_s2s.evaluate.evaluate import split_rows  # noqa: E402
 from dist_s2s.train.checkpoint import CheckpointDir  # noqa: E402
+from dist_s2s.train.tracking import UNSENT_FILE  # noqa: E402
 
 
 @dataclass
@@ -116,23 +124,40 @@ class Runner:
         self.study, self.overrides = study, overrides
         self.results_path = study.run_dir / "study.json"
         self.results = json.loads(self.results_path.read_text()) if self.results_path.is_file() else {}
+        self.lock = threading.Lock()  # trainings side by side (--parallel) record their results one at a time
 
     def save(self) -> None:
-        self.study.run_dir.mkdir(parents=True, exist_ok=True)
-        self.results_path.write_text(json.dumps(self.results, indent=2) + "\n")
+        with self.lock:
+            self.study.run_dir.mkdir(parents=True, exist_ok=True)
+            self.results_path.write_text(json.dumps(self.results, indent=2) + "\n")
 
-    def command(self, *arguments: str) -> None:
+    def command(self, *arguments: str, threads: int | None = None) -> None:
+        """One `dist-s2s` command; `threads`: its torch threads (default: every core)."""
         command = [sys.executable, "-m", "dist_s2s", *arguments, *self.overrides]
-        print("$ dist-s2s " + " ".join(arguments), flush=True)
-        started = time.perf_counter()
-        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+        print("$ dist-s2s " + " ".join(arguments) + (f"    # {threads} thread(s)" if threads else ""), flush=True)
+        started, wall = time.perf_counter(), time.time()
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise SystemExit(f"failed ({result.returncode}): {' '.join(command)}\n{result.stderr[-3000:]}")
-        self.results.setdefault("commands", []).append(
-            {"command": "dist-s2s " + " ".join([*arguments, *self.overrides]),
-             "seconds": round(time.perf_counter() - started, 1)})
+        with self.lock:
+            self.results.setdefault("commands", []).append(
+                {"command": "dist-s2s " + " ".join([*arguments, *self.overrides]), "started": round(wall, 1),
+                 "seconds": round(time.perf_counter() - started, 1), **({"threads": threads} if threads else {})})
 
-    def train(self, row: str, seed: int | None = None) -> dict:
+    def train_all(self, jobs: list[tuple[str, int | None]], parallel: int) -> list[dict]:
+        """Trainings `parallel` at a time, each on cores ÷ parallel threads, in the order given."""
+        if parallel <= 1:
+            return [self.train(row, seed) for row, seed in jobs]
+        threads = max(1, (os.cpu_count() or parallel) // parallel)
+        pool = ThreadPoolExecutor(max_workers=parallel)
+        futures = [pool.submit(self.train, row, seed, threads) for row, seed in jobs]
+        try:
+            return [future.result() for future in futures]
+        finally:  # a failure stops here: what runs finishes, what waits is not started
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def train(self, row: str, seed: int | None = None, threads: int | None = None) -> dict:
         """A row's training run (resumed if interrupted); its valid ppl, checkpoint and MLflow run id."""
         name = row if seed is None else f"{row}-seed{seed}"
         trained = self.results.setdefault("trained", {})
@@ -142,11 +167,13 @@ class Runner:
         extra = [f"--train.run_dir={run_dir}"] + ([f"--train.seed={seed}"] if seed is not None else [])
         if (run_dir / "checkpoints" / "index.json").is_file():
             extra.append("--train.resume=true")
-        self.command("train", "--config", str(self.study.config(row)), *extra)
+        self.command("train", "--config", str(self.study.config(row)), *extra, threads=threads)
+        if (run_dir / UNSENT_FILE).is_file():  # metrics MLflow missed (a busy store): sent before they are read
+            self.command("sync", "--config", str(self.study.config(row)), f"--train.run_dir={run_dir}")
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         valid = [r for r in records if "valid/ppl" in r]
         checkpoints = CheckpointDir(run_dir / "checkpoints", 1)
-        trained[name] = {
+        entry = {
             "row": row, "seed": seed, "run_dir": str(run_dir),
             "checkpoint": str(checkpoints.best() or checkpoints.latest()),  # the best by valid ppl when kept
             "latest_checkpoint": str(checkpoints.latest()),
@@ -154,8 +181,10 @@ class Runner:
             "valid_ppl": valid[-1]["valid/ppl"], "valid_ppl_curve": [[r["step"], r["valid/ppl"]] for r in valid],
             "train_ppl_curve": [[r["step"], r["train/ppl"]] for r in records if "train/ppl" in r],
         }
+        with self.lock:
+            trained[name] = entry
         self.save()
-        return trained[name]
+        return entry
 
     def evaluate(self, label: str, row: str, checkpoints: list[str], *, split: str, beam: int) -> dict:
         key = f"{label}|{split}|beam{beam}"
@@ -223,7 +252,7 @@ class Runner:
         return done[key]
 
 
-def run(study: Study, overrides: list[str]) -> dict:
+def run(study: Study, overrides: list[str], parallel: int = 1) -> dict:
     runner = Runner(study, overrides)
     runner.results["layout"] = {  # what study/report.py needs to know of the plan, from the first training on
         "rows": study.rows, "depth_rows": study.depth_rows, "seeds": study.ensemble_seeds if study.reference else [],
@@ -231,11 +260,18 @@ def run(study: Study, overrides: list[str]) -> dict:
         "long_splits": study.long_sentences.splits if study.long_sentences else [],
         "reversal_pairs": study.reversal_pairs, "superseded": study.superseded}
     runner.save()
-    trained = {row: runner.train(row) for row in study.rows}
+    long_rows = study.long_sentences.rows if study.long_sentences else []
+    if study.reference:  # every training is known from the plan: all of them side by side as --parallel allows
+        done = runner.train_all([(row, None) for row in study.rows]
+                                + [(study.reference, seed) for seed in study.ensemble_seeds]
+                                + [(row, None) for row in long_rows], parallel)
+        trained = dict(zip(study.rows, done))
+    else:  # the seeds' row is chosen on the rows' valid perplexity: they train first
+        trained = dict(zip(study.rows, runner.train_all([(row, None) for row in study.rows], parallel)))
     # the reference: named by the plan, or the depth row with the lowest valid ppl (selection on valid only)
     best = study.reference or min(study.depth_rows, key=lambda row: trained[row]["valid_ppl"])
     runner.results["ensemble_row"] = best
-    seeds = [runner.train(best, seed) for seed in study.ensemble_seeds]
+    seeds = runner.train_all([(best, seed) for seed in study.ensemble_seeds], parallel)
     members = [trained[best], *seeds]
     ensemble = [m["checkpoint"] for m in members]
     averaged = runner.average(best, study.average_last) if study.average_last else None
@@ -265,8 +301,8 @@ def run(study: Study, overrides: list[str]) -> dict:
     for split in study.rescore.splits:
         runner.rescore(split, study.rescore.first_pass, rescorer, weight)
     if study.long_sentences:  # claims 5 and 1 on news
-        for row in study.long_sentences.rows:
-            news = runner.train(row)
+        for news in runner.train_all([(row, None) for row in long_rows], parallel):
+            row = news["row"]
             for split in study.long_sentences.splits:
                 runner.evaluate(row, row, [news["checkpoint"]], split=split, beam=top)
     runner.save()
@@ -278,9 +314,13 @@ def main() -> None:
     parser.add_argument("--study", type=Path, default=REPO / "configs" / "experiments" / "trained" / "study.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every command of the study (e.g. data.root=...)")
+    parser.add_argument("--parallel", type=int, default=1, metavar="N",
+                        help="train N rows at a time, each on cores ÷ N threads (default 1: one at a time)")
     args = parser.parse_args()
+    if args.parallel < 1:
+        parser.error(f"--parallel {args.parallel}: at least 1")
     study = Study.load(args.study.resolve())
-    results = run(study, [f"--{item}" for item in args.set])
+    results = run(study, [f"--{item}" for item in args.set], args.parallel)
     print(f"study done: {len(results['trained'])} trainings, {len(results['evaluated'])} evaluations → "
           f"{study.run_dir / 'study.json'}")
 

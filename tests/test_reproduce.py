@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -31,12 +32,15 @@ def test_the_study_driver_trains_selects_on_valid_evaluates_ensembles_and_rescor
         "rescore: {first_pass: forward-1layer, rescorer: best, nbest: 3, weight: 0.5, splits: [test2016]}\n")
     command = [sys.executable, str(REPO / "study" / "reproduce.py"), "--study", str(tmp_path / "study.yaml"),
                "--set", f"data.root={SHARED_DATA}", "--set", "train.max_steps=12", "--set", "train.valid_every=6",
-               "--set", "train.checkpoint_every=6"]
+               "--set", "train.checkpoint_every=6", "--parallel", "2"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     results = json.loads((tmp_path / "study" / "study.json").read_text())
 
     trained = results["trained"]
+    trainings = [c for c in results["commands"] if c["command"].startswith("dist-s2s train")]
+    assert len(trainings) == 4 and {c["threads"] for c in trainings} == {max(1, (os.cpu_count() or 2) // 2)}, \
+        "two trainings side by side, each on half the cores"
     assert set(trained) == {"reversed-1layer", "reversed-2layer", "forward-1layer", f"{results['ensemble_row']}-seed2"}
     depth = {row: trained[row]["valid_ppl"] for row in ("reversed-1layer", "reversed-2layer")}
     assert results["ensemble_row"] == min(depth, key=depth.get), "the ensemble's row is chosen on valid ppl"

@@ -269,3 +269,12 @@ def test_every_deepest_row_is_checked_against_the_plateau_bound():
     study["study"]["trained"]["forward-4layer"]["valid_ppl"] = 15.0  # 1.54 ×
     text = report.tables(report.StudyRuns(study))[0]
     assert "reversed-4layer 0.90 × (yes)" in text and "forward-4layer 1.54 × (no)" in text
+
+
+def test_the_study_time_counts_side_by_side_trainings_once_and_session_gaps_not_at_all():
+    commands = [{"seconds": 600.0},                                # recorded before start times were
+                {"started": 1000.0, "seconds": 3600.0},            # two trainings side by side ...
+                {"started": 1060.0, "seconds": 3000.0},            # ... the second inside the first
+                {"started": 4700.0, "seconds": 300.0},             # an evaluation after them
+                {"started": 90_000.0, "seconds": 1200.0}]          # the next working session
+    assert report.busy_seconds(commands) == 600 + 3600 + 300 + 1200

@@ -1,10 +1,14 @@
-"""The reproduction study's plan as study/reproduce.py loads it: rows compared with each other train the same
-number of epochs, and a plan that names a row it never trains is refused in one line."""
+"""The reproduction study's driver (study/reproduce.py) without training anything: the plan it loads (rows
+compared with each other train the same epochs; a plan naming a row it never trains is refused in one line) and
+how it schedules trainings side by side."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+import threading
+import time
 
 import pytest
 from conftest import REPO
@@ -57,3 +61,48 @@ def test_a_row_without_its_config_is_refused_in_one_line(tmp_path):
                     "rescore: {first_pass: reversed-1layer, rescorer: best}\n")
     with pytest.raises(SystemExit, match=r"row reversed-1layer has no config .*reversed-1layer.yaml"):
         reproduce.Study.load(plan)
+
+
+class RecordingRunner(reproduce.Runner):
+    """A runner whose trainings only record when they ran and on how many threads; `failing` fails."""
+
+    def __init__(self, study, failing: str | None = None):
+        super().__init__(study, [])
+        self.failing, self.started, self.running, self.most_at_once = failing, [], 0, 0
+        self.count = threading.Lock()
+
+    def train(self, row, seed=None, threads=None):
+        with self.count:
+            self.started.append((row, threads))
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        time.sleep(0.2 if row != self.failing else 0.05)
+        with self.count:
+            self.running -= 1
+        if row == self.failing:
+            raise SystemExit(f"failed: {row}")
+        return {"row": row, "seed": seed}
+
+
+def small_study(tmp_path):
+    return reproduce.Study(folder=tmp_path, run_dir=tmp_path / "study", rows=[], depth_rows=[], ensemble_seeds=[],
+                           splits=[], beam_sweep=reproduce.BeamSweep([12], []),
+                           rescore=reproduce.Rescoring("a", "b"))
+
+
+def test_side_by_side_trainings_share_the_cores_and_keep_the_plans_order(tmp_path):
+    runner = RecordingRunner(small_study(tmp_path))
+    done = runner.train_all([("a", None), ("b", None), ("c", 2), ("d", None)], parallel=2)
+    assert [d["row"] for d in done] == ["a", "b", "c", "d"] and done[2]["seed"] == 2
+    assert runner.most_at_once == 2
+    assert {threads for _, threads in runner.started} == {max(1, (os.cpu_count() or 2) // 2)}
+    one_at_a_time = RecordingRunner(small_study(tmp_path))
+    one_at_a_time.train_all([("a", None), ("b", None)], parallel=1)
+    assert one_at_a_time.most_at_once == 1 and {t for _, t in one_at_a_time.started} == {None}  # every core
+
+
+def test_a_failed_training_stops_the_study_before_the_trainings_still_waiting(tmp_path):
+    runner = RecordingRunner(small_study(tmp_path), failing="a")
+    with pytest.raises(SystemExit, match="failed: a"):
+        runner.train_all([("a", None), ("b", None), ("c", None), ("d", None), ("e", None)], parallel=2)
+    assert "e" not in [row for row, _ in runner.started], "queued trainings are cancelled, not run for hours"
