@@ -10,8 +10,9 @@ stopped. Everything lands in `<run_dir>/study.json` (scores, perplexities, MLflo
 commands); `study/report.py` turns that into tables and plots.
 
 `--parallel N` trains N rows at a time, each on cores ÷ N threads (evaluations stay one at a time, on
-every core). On a 2-core machine two one-thread trainings side by side do nearly twice the work of one
-two-thread training: the paper's LSTM's matrix products are too small for a second thread to pay.
+every core). On a 2-core machine two one-thread trainings side by side do 1.25 × the work of one
+two-thread training (the study's 4-layer rows): the LSTM's matrix products are too small for a second
+thread to pay in full.
 """
 
 from __future__ import annotations
