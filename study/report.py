@@ -151,6 +151,15 @@ class StudyRuns:
         """Rows trained, then replaced by a change to the plan: reported with their curves, not counted."""
         return {name: why for name, why in self.layout.get("superseded", {}).items() if name in self.trained}
 
+    def same_order_peer(self, row: str) -> str | None:
+        """For a row whose source order is not the reference's: the row at the reference's depth and budget in
+        the row's own order (the off-plateau bound without the reversal's own effect in it)."""
+        if self.reversed_source(row) == self.reversed_source(self.reference):
+            return None
+        return next((r for r in self.rows() if self.reversed_source(r) == self.reversed_source(row)
+                     and self.layers(r) == self.layers(self.reference)
+                     and self.epochs(r) == self.epochs(self.reference)), None)
+
     def deepest_rows(self) -> list[str]:
         """Every counted row of the greatest depth: each must be off the plateau for the study to count."""
         deepest = max(self.layers(r) for r in self.rows())
@@ -245,6 +254,12 @@ def claim_depth(runs: StudyRuns) -> tuple[list[str], Verdict]:
               + f". Off the plateau (valid ppl within 1.5 × the reference's {fmt(reference_valid)}): "
               + ", ".join(f"{r} {ratio:.2f} × ({'yes' if ratio <= 1.5 else 'no'})" for r, ratio in off_plateau.items())
               + "."]
+    for row in off_plateau:  # a row in the other source order also against the reference's depth in its own order
+        peer = runs.same_order_peer(row)
+        if peer is not None:
+            lines.append(f"{row} against {peer}, the reference's depth in its own source order: "
+                         f"{runs.trained[row]['valid_ppl'] / runs.trained[peer]['valid_ppl']:.2f} × "
+                         f"({fmt(runs.trained[row]['valid_ppl'])} vs {fmt(runs.trained[peer]['valid_ppl'])}).")
     if not steps or None in spreads.values() or any(None in step for step in steps):
         verdict = NOT_JUDGED
     elif all((after - before) / before <= -0.05 for _, _, _, before, after in steps):

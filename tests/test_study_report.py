@@ -269,6 +269,9 @@ def test_every_deepest_row_is_checked_against_the_plateau_bound():
     study["study"]["trained"]["forward-4layer"]["valid_ppl"] = 15.0  # 1.54 ×
     text = report.tables(report.StudyRuns(study))[0]
     assert "reversed-4layer 0.90 × (yes)" in text and "forward-4layer 1.54 × (no)" in text
+    # the forward row also against the forward 2-layer row (12.15): what is left once the reversal's own effect is out
+    assert "forward-4layer against forward-2layer, the reference's depth in its own source order: 1.23 ×" in text
+    assert "reversed-4layer against" not in text
 
 
 def test_the_study_time_counts_side_by_side_trainings_once_and_session_gaps_not_at_all():
