@@ -451,7 +451,10 @@ def verdict_table(verdicts: list[Verdict]) -> list[str]:
 
 def progress(runs: StudyRuns) -> str:
     """tables.md while the rows still train: each finished training's valid perplexity and run."""
-    lines = [f"The study is running: {len(runs.trained)} trainings finished, no evaluation yet (test sets are decoded "
+    replaced = len(runs.superseded())
+    lines = [f"The study is running: {len(runs.trained)} trainings finished"
+             + (f" ({replaced} of them replaced by a change to the plan)" if replaced else "")
+             + ", no evaluation yet (test sets are decoded "
              "after every row has trained). Valid perplexity of the best checkpoint, read from MLflow:", "",
              "| training | layers | epochs | source | valid ppl | MLflow run |", "|---|---:|---:|---|---:|---|"]
     for name, trained in runs.trained.items():
