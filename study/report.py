@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import statistics
 from dataclasses import dataclass
@@ -88,6 +89,14 @@ class StudyRuns:
 
     def reversed_source(self, name: str) -> bool:
         return self.param(name, "data.reverse_source") == "True"
+
+    def valid_ppl(self, name: str) -> float:
+        """Valid perplexity of the checkpoint the study evaluates (the best one under train.keep_best), read from
+        the MLflow curve at that checkpoint's step; study.json's own figure where the curve lacks the step."""
+        trained = self.trained[name]
+        step = re.search(r"step-(\d+)\.pt$", trained.get("checkpoint", ""))
+        at_step = {s: v for s, v in self.valid_curve(name)}
+        return at_step.get(int(step.group(1)), trained["valid_ppl"]) if step else trained["valid_ppl"]
 
     def valid_curve(self, name: str) -> list[tuple[int, float]]:
         return [tuple(point) for point in self.runs[self.trained[name]["mlflow_run_id"]]["valid_ppl"]]
@@ -234,7 +243,7 @@ def claim_depth(runs: StudyRuns) -> tuple[list[str], Verdict]:
              "| layers | epochs | valid ppl | " + " | ".join(f"{s} ppl" for s in splits) + " |",
              "|---:|---:|---:|" + "---:|" * len(splits)]
     for row in depth:
-        lines.append(f"| {runs.layers(row)} | {runs.epochs(row)} | {fmt(runs.trained[row]['valid_ppl'])} | "
+        lines.append(f"| {runs.layers(row)} | {runs.epochs(row)} | {fmt(runs.valid_ppl(row))} | "
                      + " | ".join(fmt(runs.score(row, s, top, "ppl")) for s in splits) + " |")
     lines += ["", "| step | valid | " + " | ".join(splits) + " |", "|---|---:|" + "---:|" * len(splits)]
     steps = []  # (split, shallow layers, deep layers, ppl before, ppl after) for every split
@@ -242,13 +251,13 @@ def claim_depth(runs: StudyRuns) -> tuple[list[str], Verdict]:
         steps += [(s, runs.layers(shallow), runs.layers(deep), runs.score(shallow, s, top, "ppl"),
                    runs.score(deep, s, top, "ppl")) for s in splits]
         lines.append(f"| {runs.layers(shallow)} → {runs.layers(deep)} | "
-                     f"{pct(runs.trained[shallow]['valid_ppl'], runs.trained[deep]['valid_ppl'])} | "
+                     f"{pct(runs.valid_ppl(shallow), runs.valid_ppl(deep))} | "
                      + " | ".join(pct(runs.score(shallow, s, top, "ppl"), runs.score(deep, s, top, "ppl"))
                                   for s in splits) + " |")
     spreads = {s: runs.spread(s, "ppl") for s in splits}
     spread = spreads[splits[0]]
-    reference_valid = runs.trained[runs.reference]["valid_ppl"]
-    off_plateau = {r: runs.trained[r]["valid_ppl"] / reference_valid for r in runs.deepest_rows()}
+    reference_valid = runs.valid_ppl(runs.reference)
+    off_plateau = {r: runs.valid_ppl(r) / reference_valid for r in runs.deepest_rows()}
     lines += ["", "Seed spread of the test perplexity (the reference's seeds): "
               + ", ".join(f"{s} {fmt(v)}" for s, v in spreads.items())
               + f". Off the plateau (valid ppl within 1.5 × the reference's {fmt(reference_valid)}): "
@@ -258,8 +267,8 @@ def claim_depth(runs: StudyRuns) -> tuple[list[str], Verdict]:
         peer = runs.same_order_peer(row)
         if peer is not None:
             lines.append(f"{row} against {peer}, the reference's depth in its own source order: "
-                         f"{runs.trained[row]['valid_ppl'] / runs.trained[peer]['valid_ppl']:.2f} × "
-                         f"({fmt(runs.trained[row]['valid_ppl'])} vs {fmt(runs.trained[peer]['valid_ppl'])}).")
+                         f"{runs.valid_ppl(row) / runs.valid_ppl(peer):.2f} × "
+                         f"({fmt(runs.valid_ppl(row))} vs {fmt(runs.valid_ppl(peer))}).")
     if not steps or None in spreads.values() or any(None in step for step in steps):
         verdict = NOT_JUDGED
     elif all((after - before) / before <= -0.05 for _, _, _, before, after in steps):
@@ -460,7 +469,7 @@ def progress(runs: StudyRuns) -> str:
     for name, trained in runs.trained.items():
         lines.append(f"| {name} | {runs.layers(name)} | {runs.epochs(name)} | "
                      f"{'reversed' if runs.reversed_source(name) else 'forward'} | "
-                     f"{fmt(min(v for _, v in runs.valid_curve(name)))} | {trained['mlflow_run_id']} |")
+                     f"{fmt(runs.valid_ppl(name))} | {trained['mlflow_run_id']} |")
     return "\n".join(lines + [""] + _runs_and_commands(runs)) + "\n"
 
 
@@ -489,7 +498,7 @@ def _runs_and_commands(runs: StudyRuns) -> list[str]:
     if superseded := runs.superseded():
         lines += ["## Rows replaced by a change to the plan (not counted)", "",
                   "| training | layers | epochs | valid ppl | why |", "|---|---:|---:|---:|---|"]
-        lines += [f"| {name} | {runs.layers(name)} | {runs.epochs(name)} | {fmt(runs.trained[name]['valid_ppl'])} | "
+        lines += [f"| {name} | {runs.layers(name)} | {runs.epochs(name)} | {fmt(runs.valid_ppl(name))} | "
                   f"{why} |" for name, why in superseded.items()]
         lines += [""]
     lines += ["## MLflow runs", "", "| what | run id |", "|---|---|"]
@@ -546,7 +555,7 @@ def plots(runs: StudyRuns, out: Path) -> list[Path]:
         present = [r for r in rows if runs.score(r, splits[0], top, "ppl") is not None]
         axis.plot([runs.layers(r) for r in present], [runs.score(r, splits[0], top, "ppl") for r in present],
                   marker="o", label=f"{label}, {splits[0]}")
-    axis.plot([runs.layers(r) for r in depth], [runs.trained[r]["valid_ppl"] for r in depth], marker=".",
+    axis.plot([runs.layers(r) for r in depth], [runs.valid_ppl(r) for r in depth], marker=".",
               linestyle="--", label="reversed, valid")
     member_ppl = runs.member_scores(splits[0], "ppl")
     if member_ppl:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -174,12 +175,14 @@ class Runner:
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         valid = [r for r in records if "valid/ppl" in r]
         checkpoints = CheckpointDir(run_dir / "checkpoints", 1)
+        chosen = checkpoints.best() or checkpoints.latest()  # the best by valid ppl when kept
+        at_step = {r["step"]: r["valid/ppl"] for r in valid}
         entry = {
             "row": row, "seed": seed, "run_dir": str(run_dir),
-            "checkpoint": str(checkpoints.best() or checkpoints.latest()),  # the best by valid ppl when kept
-            "latest_checkpoint": str(checkpoints.latest()),
+            "checkpoint": str(chosen), "latest_checkpoint": str(checkpoints.latest()),
             "mlflow_run_id": (run_dir / "mlflow_run_id").read_text().strip(),
-            "valid_ppl": valid[-1]["valid/ppl"], "valid_ppl_curve": [[r["step"], r["valid/ppl"]] for r in valid],
+            "valid_ppl": at_step.get(checkpoint_step(chosen), valid[-1]["valid/ppl"]),  # the chosen checkpoint's
+            "last_valid_ppl": valid[-1]["valid/ppl"], "valid_ppl_curve": [[r["step"], r["valid/ppl"]] for r in valid],
             "train_ppl_curve": [[r["step"], r["train/ppl"]] for r in records if "train/ppl" in r],
         }
         with self.lock:
@@ -251,6 +254,12 @@ class Runner:
                      "signature": str(bleu.get_signature())}
         self.save()
         return done[key]
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The training step a checkpoint file was written at (`step-00002724.pt`), None for another name."""
+    found = re.fullmatch(r"step-(\d+)", path.stem)
+    return int(found.group(1)) if found else None
 
 
 def run(study: Study, overrides: list[str], parallel: int = 1) -> dict:

@@ -281,3 +281,13 @@ def test_the_study_time_counts_side_by_side_trainings_once_and_session_gaps_not_
                 {"started": 4700.0, "seconds": 300.0},             # an evaluation after them
                 {"started": 90_000.0, "seconds": 1200.0}]          # the next working session
     assert report.busy_seconds(commands) == 600 + 3600 + 300 + 1200
+
+
+def test_a_row_is_reported_at_the_valid_perplexity_of_the_checkpoint_it_is_evaluated_with():
+    study = paper_like_study()  # reversed-1layer: its best checkpoint at step 200 (10.8), the last validation worse
+    run = study["runs"]["train-reversed-1layer"]
+    run["valid_ppl"] = [[100, 21.6], [200, 10.8], [300, 11.9]]
+    study["study"]["trained"]["reversed-1layer"].update(checkpoint="/runs/x/checkpoints/step-00000200.pt",
+                                                         valid_ppl=11.9)  # study.json's last figure
+    assert report.StudyRuns(study).valid_ppl("reversed-1layer") == 10.8
+    assert "| 1 | 12 | 10.80 |" in report.tables(report.StudyRuns(study))[0]
