@@ -525,8 +525,9 @@ def _reproduction() -> str:
     if not verdicts:
         plan = yaml.safe_load((REPO / "configs" / "experiments" / "trained" / "study.yaml").read_text())
         planned = len(plan["rows"]) + len(plan["ensemble_seeds"]) + len(plan["long_sentences"]["rows"])
+        counted = len(set(runs.trained) - set(runs.superseded()))
         return (f"| reproduction of the paper's 7 claims | {first}; rerun with models that train: running, "
-                f"{len(set(runs.trained) - set(runs.superseded()))} of {planned} trainings done | [docs/REPRODUCTION.md](docs/REPRODUCTION.md) |")
+                f"{counted} of {planned} trainings done | [docs/REPRODUCTION.md](docs/REPRODUCTION.md) |")
     counts = ", ".join(f"{verdicts.count(kind)} {kind}" for kind in (report.REPRODUCED, report.DIRECTION,
                                                                     report.NOT_REPRODUCED) if verdicts.count(kind))
     mixed = len(verdicts) - sum(verdicts.count(k) for k in (report.REPRODUCED, report.DIRECTION, report.NOT_REPRODUCED))
