@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -38,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from dist_s2s.config import load_config  # noqa: E402
 from dist_s2s.decode.rescore import read_nbest  # noqa: E402
 from dist_s2s.evaluate.evaluate import split_rows  # noqa: E402
-from dist_s2s.train.checkpoint import CheckpointDir  # noqa: E402
+from dist_s2s.train.checkpoint import CheckpointDir, step_of  # noqa: E402
 from dist_s2s.train.tracking import UNSENT_FILE  # noqa: E402
 
 
@@ -181,7 +180,7 @@ class Runner:
             "row": row, "seed": seed, "run_dir": str(run_dir),
             "checkpoint": str(chosen), "latest_checkpoint": str(checkpoints.latest()),
             "mlflow_run_id": (run_dir / "mlflow_run_id").read_text().strip(),
-            "valid_ppl": at_step.get(checkpoint_step(chosen), valid[-1]["valid/ppl"]),  # the chosen checkpoint's
+            "valid_ppl": at_step.get(step_of(chosen), valid[-1]["valid/ppl"]),  # the chosen checkpoint's
             "last_valid_ppl": valid[-1]["valid/ppl"], "valid_ppl_curve": [[r["step"], r["valid/ppl"]] for r in valid],
             "train_ppl_curve": [[r["step"], r["train/ppl"]] for r in records if "train/ppl" in r],
         }
@@ -256,21 +255,14 @@ class Runner:
         return done[key]
 
 
-def checkpoint_step(path: Path) -> int | None:
-    """The training step a checkpoint file was written at (`step-00002724.pt`), None for another name."""
-    found = re.fullmatch(r"step-(\d+)", path.stem)
-    return int(found.group(1)) if found else None
-
-
 def run(study: Study, overrides: list[str], parallel: int = 1) -> dict:
     runner = Runner(study, overrides)
+    long_rows = study.long_sentences.rows if study.long_sentences else []
     runner.results["layout"] = {  # what study/report.py needs to know of the plan, from the first training on
         "rows": study.rows, "depth_rows": study.depth_rows, "seeds": study.ensemble_seeds if study.reference else [],
-        "long_rows": study.long_sentences.rows if study.long_sentences else [],
-        "long_splits": study.long_sentences.splits if study.long_sentences else [],
+        "long_rows": long_rows, "long_splits": study.long_sentences.splits if study.long_sentences else [],
         "reversal_pairs": study.reversal_pairs, "superseded": study.superseded}
     runner.save()
-    long_rows = study.long_sentences.rows if study.long_sentences else []
     if study.reference:  # every training is known from the plan: all of them side by side as --parallel allows
         done = runner.train_all([(row, None) for row in study.rows]
                                 + [(study.reference, seed) for seed in study.ensemble_seeds]

@@ -15,7 +15,7 @@ from conftest import REPO, SHARED_DATA, tiny_config
 
 from dist_s2s.cli import main
 from dist_s2s.train.best import BestSoFar
-from dist_s2s.train.checkpoint import CheckpointDir, load_checkpoint
+from dist_s2s.train.checkpoint import CheckpointDir, load_checkpoint, step_of
 from dist_s2s.train.trainer import train
 
 
@@ -36,6 +36,12 @@ def test_the_best_checkpoint_outlives_rotation_and_goes_when_a_better_one_comes(
     assert sorted(p.name for p in tmp_path.glob("step-*.pt")) == ["step-00000004.pt", "step-00000005.pt"]
     assert [(e["step"], e["value"]) for e in checkpoints.evaluations()] == [(1, 9.0), (2, 5.0), (3, 6.0), (4, 7.0),
                                                                               (5, 4.0)]
+
+
+def test_a_checkpoints_file_name_gives_back_its_step(tmp_path):
+    directory = CheckpointDir(tmp_path, keep=1)
+    assert [step_of(directory.path_of(step)) for step in (0, 227, 123_456_789)] == [0, 227, 123_456_789]
+    assert step_of(tmp_path / "average-last5.pt") is None
 
 
 def test_without_keep_best_the_scores_are_listed_but_nothing_is_spared(tmp_path):

@@ -43,22 +43,26 @@ def test_every_row_the_plan_compares_is_trained_and_superseded_rows_are_not():
     assert not set(study.superseded) & set(study.rows)
 
 
+def write_plan(folder, rows: list[str], extra: str = "") -> object:
+    """A study.yaml over `rows`, the first one the depth row and the rescoring's first pass, plus `extra`."""
+    plan = folder / "study.yaml"
+    plan.write_text(f"run_dir: runs/x\nrows: [{', '.join(rows)}]\ndepth_rows: [{rows[0]}]\n{extra}"
+                    "ensemble_seeds: []\nsplits: [test2016]\nbeam_sweep: {beams: [12], splits: []}\n"
+                    f"rescore: {{first_pass: {rows[0]}, rescorer: best}}\n")
+    return plan
+
+
 def test_a_compared_row_missing_from_the_rows_is_refused_in_one_line(tmp_path):
     for row in ("reversed-1layer", "forward-1layer"):
         (tmp_path / f"{row}.yaml").write_text("model: {num_layers: 1}\n")
-    plan = tmp_path / "study.yaml"
-    plan.write_text("run_dir: runs/x\nrows: [reversed-1layer, forward-1layer]\ndepth_rows: [reversed-1layer]\n"
-                    "reversal_pairs: [[forward-1layer, reversed-4layer]]\nensemble_seeds: []\nsplits: [test2016]\n"
-                    "beam_sweep: {beams: [12], splits: []}\nrescore: {first_pass: forward-1layer, rescorer: best}\n")
+    plan = write_plan(tmp_path, ["reversed-1layer", "forward-1layer"],
+                      "reversal_pairs: [[forward-1layer, reversed-4layer]]\n")
     with pytest.raises(SystemExit, match=r"row reversed-4layer is compared but not in rows"):
         reproduce.Study.load(plan)
 
 
 def test_a_row_without_its_config_is_refused_in_one_line(tmp_path):
-    plan = tmp_path / "study.yaml"
-    plan.write_text("run_dir: runs/x\nrows: [reversed-1layer]\ndepth_rows: [reversed-1layer]\nensemble_seeds: []\n"
-                    "splits: [test2016]\nbeam_sweep: {beams: [12], splits: []}\n"
-                    "rescore: {first_pass: reversed-1layer, rescorer: best}\n")
+    plan = write_plan(tmp_path, ["reversed-1layer"])
     with pytest.raises(SystemExit, match=r"row reversed-1layer has no config .*reversed-1layer.yaml"):
         reproduce.Study.load(plan)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,13 @@ def write_part(main: Path, name: str, weights: dict[str, torch.Tensor],
     path = main.with_name(f"{main.stem}.{name}.pt")
     payload = {"format": PART_FORMAT, "weights": weights, **({"optimizer": optimizer} if optimizer else {})}
     return {"file": path.name, "sha256": write_file(path, payload)}
+
+
+def step_of(path: Path) -> int | None:
+    """The step a checkpoint file was written at (`step-00002724.pt`; the inverse of CheckpointDir.path_of),
+    None for a file of another name."""
+    found = re.fullmatch(r"step-(\d+)", Path(path).stem)
+    return int(found.group(1)) if found else None
 
 
 class CheckpointDir:
