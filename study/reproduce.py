@@ -9,10 +9,11 @@ interrupted training resumes from its checkpoint, so rerunning after a crash pic
 stopped. Everything lands in `<run_dir>/study.json` (scores, perplexities, MLflow run ids,
 commands); `study/report.py` turns that into tables and plots.
 
-`--parallel N` trains N rows at a time, each on cores ÷ N threads (evaluations stay one at a time, on
-every core). On a 2-core machine two one-thread trainings side by side do 1.25 × the work of one
-two-thread training (the study's 4-layer rows): the LSTM's matrix products are too small for a second
-thread to pay in full.
+`--parallel N` runs N steps at a time (trainings and evaluations alike), each on cores ÷ N threads, in
+the plan's order: a step starts as soon as a worker is free and the steps it needs have ended, so the
+evaluations of the rows already trained fill the time the last trainings leave. On a 2-core machine
+two one-thread trainings side by side do 1.25 × the work of one two-thread training (the study's
+4-layer rows): the LSTM's matrix products are too small for a second thread to pay in full.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from sacrebleu.metrics import BLEU
@@ -118,22 +121,36 @@ class Study:
 class Runner:
     """Runs `dist-s2s` commands with the study's extra overrides, logging each one to study.json."""
 
-    def __init__(self, study: Study, overrides: list[str]):
+    def __init__(self, study: Study, overrides: list[str], parallel: int = 1):
         # One MLflow store for the whole study (trainings and evaluations), unless one is named.
         if not any(o.startswith("--tracking.uri=") for o in overrides):
             overrides = [*overrides, f"--tracking.uri=sqlite:///{study.run_dir.resolve()}/mlflow.db"]
         self.study, self.overrides = study, overrides
         self.results_path = study.run_dir / "study.json"
         self.results = json.loads(self.results_path.read_text()) if self.results_path.is_file() else {}
-        self.lock = threading.Lock()  # trainings side by side (--parallel) record their results one at a time
+        self.lock = threading.Lock()  # steps side by side (--parallel) record their results one at a time
+        self.threads = max(1, (os.cpu_count() or parallel) // parallel) if parallel > 1 else None
+        """Each command's torch threads: the cores shared by the steps side by side (None: every core)."""
 
     def save(self) -> None:
         with self.lock:
             self.study.run_dir.mkdir(parents=True, exist_ok=True)
             self.results_path.write_text(json.dumps(self.results, indent=2) + "\n")
 
-    def command(self, *arguments: str, threads: int | None = None) -> None:
-        """One `dist-s2s` command; `threads`: its torch threads (default: every core)."""
+    def done(self, section: str, key: str) -> dict | None:
+        with self.lock:
+            return self.results.get(section, {}).get(key)
+
+    def record(self, section: str, key: str, entry: dict) -> dict:
+        """`entry` as results[section][key], written to study.json at once (a crash keeps it)."""
+        with self.lock:
+            self.results.setdefault(section, {})[key] = entry
+        self.save()
+        return entry
+
+    def command(self, *arguments: str) -> None:
+        """One `dist-s2s` command on the runner's share of the cores."""
+        threads = self.threads
         command = [sys.executable, "-m", "dist_s2s", *arguments, *self.overrides]
         env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
         print("$ dist-s2s " + " ".join(arguments) + (f"    # {threads} thread(s)" if threads else ""), flush=True)
@@ -146,29 +163,16 @@ class Runner:
                 {"command": "dist-s2s " + " ".join([*arguments, *self.overrides]), "started": round(wall, 1),
                  "seconds": round(time.perf_counter() - started, 1), **({"threads": threads} if threads else {})})
 
-    def train_all(self, jobs: list[tuple[str, int | None]], parallel: int) -> list[dict]:
-        """Trainings `parallel` at a time, each on cores ÷ parallel threads, in the order given."""
-        if parallel <= 1:
-            return [self.train(row, seed) for row, seed in jobs]
-        threads = max(1, (os.cpu_count() or parallel) // parallel)
-        pool = ThreadPoolExecutor(max_workers=parallel)
-        futures = [pool.submit(self.train, row, seed, threads) for row, seed in jobs]
-        try:
-            return [future.result() for future in futures]
-        finally:  # a failure stops here: what runs finishes, what waits is not started
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def train(self, row: str, seed: int | None = None, threads: int | None = None) -> dict:
+    def train(self, row: str, seed: int | None = None) -> dict:
         """A row's training run (resumed if interrupted); its valid ppl, checkpoint and MLflow run id."""
         name = row if seed is None else f"{row}-seed{seed}"
-        trained = self.results.setdefault("trained", {})
-        if name in trained:
-            return trained[name]
+        if entry := self.done("trained", name):
+            return entry
         run_dir = self.study.run_dir / name
         extra = [f"--train.run_dir={run_dir}"] + ([f"--train.seed={seed}"] if seed is not None else [])
         if (run_dir / "checkpoints" / "index.json").is_file():
             extra.append("--train.resume=true")
-        self.command("train", "--config", str(self.study.config(row)), *extra, threads=threads)
+        self.command("train", "--config", str(self.study.config(row)), *extra)
         if (run_dir / UNSENT_FILE).is_file():  # metrics MLflow missed (a busy store): sent before they are read
             self.command("sync", "--config", str(self.study.config(row)), f"--train.run_dir={run_dir}")
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -184,51 +188,42 @@ class Runner:
             "last_valid_ppl": valid[-1]["valid/ppl"], "valid_ppl_curve": [[r["step"], r["valid/ppl"]] for r in valid],
             "train_ppl_curve": [[r["step"], r["train/ppl"]] for r in records if "train/ppl" in r],
         }
-        with self.lock:
-            trained[name] = entry
-        self.save()
-        return entry
+        return self.record("trained", name, entry)
 
     def evaluate(self, label: str, row: str, checkpoints: list[str], *, split: str, beam: int) -> dict:
         key = f"{label}|{split}|beam{beam}"
-        evaluated = self.results.setdefault("evaluated", {})
-        if key in evaluated:
-            return evaluated[key]
+        if entry := self.done("evaluated", key):
+            return entry
         out = self.study.run_dir / "eval" / f"{label}-{split}-beam{beam}.json"
         report_dir = self.study.run_dir / "eval" / label
         self.command("evaluate", "--config", str(self.study.config(row)), "--checkpoint", *checkpoints,
                      "--split", split, "--beam", str(beam), "--output", str(out), f"--train.run_dir={report_dir}")
         scores = json.loads(out.read_text())
-        evaluated[key] = {"label": label, "split": split, "beam": beam, "members": len(checkpoints),
-                          **{k: scores[k] for k in ("bleu", "chrf", "perplexity", "length_ratio", "sentences",
-                                                    "signature", "bleu_by_length", "bleu_by_rarity",
-                                                    "phrase_grouping", "mlflow_run_id", "report_dir")}}
-        self.save()
-        return evaluated[key]
+        return self.record("evaluated", key, {
+            "label": label, "split": split, "beam": beam, "members": len(checkpoints),
+            **{k: scores[k] for k in ("bleu", "chrf", "perplexity", "length_ratio", "sentences", "signature",
+                                      "bleu_by_length", "bleu_by_rarity", "phrase_grouping", "mlflow_run_id",
+                                      "report_dir")}})
 
     def average(self, row: str, last: int) -> dict:
         """The mean of the row's last `last` checkpoints (`dist-s2s average --last`), as a trained entry."""
-        averaged = self.results.setdefault("averaged", {})
-        if row in averaged:
-            return averaged[row]
-        run_dir = Path(self.results["trained"][row]["run_dir"])
+        if entry := self.done("averaged", row):
+            return entry
+        run_dir = Path(self.done("trained", row)["run_dir"])
         output = self.study.run_dir / "average" / f"{row}-last{last}.pt"
         output.parent.mkdir(parents=True, exist_ok=True)
         self.command("average", "--config", str(self.study.config(row)), f"--train.run_dir={run_dir}",
                      "--last", str(last), "--output", str(output))
-        averaged[row] = {"row": row, "last": last, "checkpoint": str(output)}
-        self.save()
-        return averaged[row]
+        return self.record("averaged", row, {"row": row, "last": last, "checkpoint": str(output)})
 
     def rescore(self, split: str, first_row: str, rescorer_row: str, weight: float | None = None) -> dict:
-        done = self.results.setdefault("rescored", {})
         weight = self.study.rescore.weight if weight is None else weight
         fixed = weight == self.study.rescore.weight and not self.study.rescore.weight_grid
         key = split if fixed else f"{split}|{weight}"  # the first study's keys stay as they were
-        if key in done:
-            return done[key]
+        if entry := self.done("rescored", key):
+            return entry
         spec, folder = self.study.rescore, self.study.run_dir / "rescore"
-        first, rescorer = self.results["trained"][first_row], self.results["trained"][rescorer_row]
+        first, rescorer = self.done("trained", first_row), self.done("trained", rescorer_row)
         folder.mkdir(parents=True, exist_ok=True)
         config = load_config(self.study.config(first_row), [o for o in self.overrides if o.startswith("--data.")])
         rows = split_rows(REPO / config.data.out_dir, split)
@@ -248,67 +243,156 @@ class Runner:
         bleu = BLEU()
         scores = {name: round(bleu.corpus_score(path.read_text(encoding="utf-8").splitlines(), [references]).score, 2)
                   for name, path in (("first_pass", first_best_path), ("rescored", rescored))}
-        done[key] = {**scores, "split": split, "first_pass_row": first_row, "rescorer_row": rescorer_row,
-                     "nbest": spec.nbest, "weight": weight, "sentences": len(sources),
-                     "signature": str(bleu.get_signature())}
-        self.save()
-        return done[key]
+        return self.record("rescored", key, {
+            **scores, "split": split, "first_pass_row": first_row, "rescorer_row": rescorer_row, "nbest": spec.nbest,
+            "weight": weight, "sentences": len(sources), "signature": str(bleu.get_signature())})
+
+
+@dataclass
+class Step:
+    run: Callable[[], Any]
+    needs: list[Future]
+    result: Future
+
+
+class Steps:
+    """The study's steps, `parallel` at a time: a free worker takes the first step, in the order added, whose
+    needs have ended, so a step waiting for a training never holds a worker that an evaluation could use.
+
+    The first failure stops the study: the steps running finish, the steps waiting never start, and the
+    failure is raised when the block ends (`with Steps(n) as steps: ...` waits for every step).
+    """
+
+    def __init__(self, parallel: int):
+        self.ready = threading.Condition()
+        self.waiting: list[Step] = []
+        self.once: dict[str, Future] = {}
+        self.closed = False
+        self.failure: BaseException | None = None
+        self.workers = [threading.Thread(target=self._work, daemon=True) for _ in range(max(1, parallel))]
+        for worker in self.workers:
+            worker.start()
+
+    def add(self, run: Callable[[], Any], *, needs: list[Future] = (), key: str | None = None) -> Future:
+        """`run()` once `needs` have ended; a `key` added before returns that step's future (no double work)."""
+        with self.ready:
+            if key in self.once:
+                return self.once[key]
+            step = Step(run, list(needs), Future())
+            self.waiting.append(step)
+            if key is not None:
+                self.once[key] = step.result
+            self.ready.notify_all()
+            return step.result
+
+    def _next(self) -> Step | None:
+        """The first waiting step whose needs have ended; None once the study is over or has failed."""
+        with self.ready:
+            while self.failure is None:
+                if step := next((s for s in self.waiting if all(n.done() for n in s.needs)), None):
+                    self.waiting.remove(step)
+                    step.result.set_running_or_notify_cancel()
+                    return step
+                if self.closed and not self.waiting:
+                    return None
+                self.ready.wait()
+            return None
+
+    def _work(self) -> None:
+        while step := self._next():
+            try:
+                step.result.set_result(step.run())
+            except BaseException as error:  # re-raised by __exit__ in the main thread
+                step.result.set_exception(error)
+                with self.ready:
+                    self.failure = self.failure or error
+            with self.ready:
+                self.ready.notify_all()
+
+    def __enter__(self) -> Steps:
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        with self.ready:
+            self.closed = True
+            if error is not None and self.failure is None:  # the plan itself failed: start nothing more
+                self.failure = error
+            self.ready.notify_all()
+        for worker in self.workers:
+            worker.join()
+        for step in self.waiting:
+            step.result.cancel()
+        if self.failure is not None and self.failure is not error:
+            raise self.failure
 
 
 def run(study: Study, overrides: list[str], parallel: int = 1) -> dict:
-    runner = Runner(study, overrides)
+    runner = Runner(study, overrides, parallel)
     long_rows = study.long_sentences.rows if study.long_sentences else []
-    runner.results["layout"] = {  # what study/report.py needs to know of the plan, from the first training on
-        "rows": study.rows, "depth_rows": study.depth_rows, "seeds": study.ensemble_seeds if study.reference else [],
-        "long_rows": long_rows, "long_splits": study.long_sentences.splits if study.long_sentences else [],
-        "reversal_pairs": study.reversal_pairs, "superseded": study.superseded}
+    with runner.lock:
+        runner.results["layout"] = {  # what study/report.py needs to know of the plan, from the first training on
+            "rows": study.rows, "depth_rows": study.depth_rows,
+            "seeds": study.ensemble_seeds if study.reference else [], "long_rows": long_rows,
+            "long_splits": study.long_sentences.splits if study.long_sentences else [],
+            "reversal_pairs": study.reversal_pairs, "superseded": study.superseded}
     runner.save()
-    if study.reference:  # every training is known from the plan: all of them side by side as --parallel allows
-        done = runner.train_all([(row, None) for row in study.rows]
-                                + [(study.reference, seed) for seed in study.ensemble_seeds]
-                                + [(row, None) for row in long_rows], parallel)
-        trained = dict(zip(study.rows, done))
-    else:  # the seeds' row is chosen on the rows' valid perplexity: they train first
-        trained = dict(zip(study.rows, runner.train_all([(row, None) for row in study.rows], parallel)))
-    # the reference: named by the plan, or the depth row with the lowest valid ppl (selection on valid only)
-    best = study.reference or min(study.depth_rows, key=lambda row: trained[row]["valid_ppl"])
-    runner.results["ensemble_row"] = best
-    seeds = runner.train_all([(best, seed) for seed in study.ensemble_seeds], parallel)
-    members = [trained[best], *seeds]
-    ensemble = [m["checkpoint"] for m in members]
-    averaged = runner.average(best, study.average_last) if study.average_last else None
-    top = max(study.beam_sweep.beams)
-    for split in study.splits:  # every row and the ensemble at the largest beam (claims 1, 2, 4, 5, 6)
-        for row in study.rows:
-            runner.evaluate(row, row, [trained[row]["checkpoint"]], split=split, beam=top)
-        runner.evaluate("ensemble", best, ensemble, split=split, beam=top)
-        if study.reference:  # each member alone: the seed spread, the mean and the best member (claims 1, 4)
-            for seed, member in zip(study.ensemble_seeds, seeds):
-                runner.evaluate(f"{best}-seed{seed}", best, [member["checkpoint"]], split=split, beam=top)
-        if averaged:
-            runner.evaluate(f"{best}-average{study.average_last}", best, [averaged["checkpoint"]], split=split,
-                            beam=top)
-    for split in study.beam_sweep.splits:  # the smaller beams: the best single row and the ensemble (claim 3)
-        for beam in study.beam_sweep.beams:
-            runner.evaluate(best, best, [trained[best]["checkpoint"]], split=split, beam=beam)
-            runner.evaluate("ensemble", best, ensemble, split=split, beam=beam)
-    rescorer = best if study.rescore.rescorer == "best" else study.rescore.rescorer
+    with Steps(parallel) as steps:
+        def train(row: str, seed: int | None = None) -> Future:
+            return steps.add(lambda: runner.train(row, seed))
+
+        def evaluate(label: str, row: str, members: list[Future], *, split: str, beam: int) -> Future:
+            return steps.add(lambda: runner.evaluate(label, row, [m.result()["checkpoint"] for m in members],
+                                                     split=split, beam=beam),
+                             needs=members, key=f"{label}|{split}|beam{beam}")
+
+        trained = {row: train(row) for row in study.rows}
+        # the reference: named by the plan, or the depth row with the lowest valid ppl (selection on valid only;
+        # then the rows train before the seeds are known)
+        best = study.reference or min(study.depth_rows, key=lambda row: trained[row].result()["valid_ppl"])
+        with runner.lock:
+            runner.results["ensemble_row"] = best
+        seeds = [train(best, seed) for seed in study.ensemble_seeds]
+        members = [trained[best], *seeds]
+        averaged = steps.add(lambda: runner.average(best, study.average_last), needs=[trained[best]]) \
+            if study.average_last else None
+        top = max(study.beam_sweep.beams)
+        for split in study.splits:  # every row at the largest beam (claims 1, 2, 5, 6), as soon as it is trained
+            for row in study.rows:
+                evaluate(row, row, [trained[row]], split=split, beam=top)
+        for split in study.splits:  # the seeds, the ensemble and the average (claims 1, 4)
+            if study.reference:  # each member alone: the seed spread, the mean and the best member
+                for seed, member in zip(study.ensemble_seeds, seeds):
+                    evaluate(f"{best}-seed{seed}", best, [member], split=split, beam=top)
+            evaluate("ensemble", best, members, split=split, beam=top)
+            if averaged:
+                evaluate(f"{best}-average{study.average_last}", best, [averaged], split=split, beam=top)
+        for split in study.beam_sweep.splits:  # the smaller beams: the best single row and the ensemble (claim 3)
+            for beam in study.beam_sweep.beams:
+                evaluate(best, best, [trained[best]], split=split, beam=beam)
+                evaluate("ensemble", best, members, split=split, beam=beam)
+        rescorer = best if study.rescore.rescorer == "best" else study.rescore.rescorer
+        steps.add(lambda: rescore(runner, study, rescorer), needs=[trained[study.rescore.first_pass],
+                                                                   trained[rescorer]])
+        for row in long_rows:  # claims 5 and 1 on news
+            news = train(row)
+            for split in study.long_sentences.splits:
+                evaluate(row, row, [news], split=split, beam=top)
+    runner.save()
+    return runner.results
+
+
+def rescore(runner: Runner, study: Study, rescorer: str) -> None:
+    """Claim 7: the first pass's n-best lists rescored, the interpolation weight chosen on valid BLEU."""
     weight = None
-    if study.rescore.weight_grid:  # the interpolation weight chosen on valid BLEU
+    if study.rescore.weight_grid:
         tried = {w: runner.rescore(study.rescore.choose_on, study.rescore.first_pass, rescorer, w)["rescored"]
                  for w in study.rescore.weight_grid}
         weight = max(tried, key=lambda w: (tried[w], -w))
-        runner.results["rescore_weight"] = {"chosen": weight, "on": study.rescore.choose_on,
-                                            "valid_bleu": {str(w): b for w, b in tried.items()}}
+        with runner.lock:
+            runner.results["rescore_weight"] = {"chosen": weight, "on": study.rescore.choose_on,
+                                                "valid_bleu": {str(w): b for w, b in tried.items()}}
     for split in study.rescore.splits:
         runner.rescore(split, study.rescore.first_pass, rescorer, weight)
-    if study.long_sentences:  # claims 5 and 1 on news
-        for news in runner.train_all([(row, None) for row in long_rows], parallel):
-            row = news["row"]
-            for split in study.long_sentences.splits:
-                runner.evaluate(row, row, [news["checkpoint"]], split=split, beam=top)
-    runner.save()
-    return runner.results
 
 
 def main() -> None:
@@ -317,7 +401,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every command of the study (e.g. data.root=...)")
     parser.add_argument("--parallel", type=int, default=1, metavar="N",
-                        help="train N rows at a time, each on cores ÷ N threads (default 1: one at a time)")
+                        help="run N steps (trainings, evaluations) at a time, each on cores ÷ N threads "
+                             "(default 1: one at a time, on every core)")
     args = parser.parse_args()
     if args.parallel < 1:
         parser.error(f"--parallel {args.parallel}: at least 1")

@@ -1,6 +1,6 @@
 """The reproduction study's driver (study/reproduce.py) without training anything: the plan it loads (rows
 compared with each other train the same epochs; a plan naming a row it never trains is refused in one line) and
-how it schedules trainings side by side."""
+how it schedules its steps side by side."""
 
 from __future__ import annotations
 
@@ -67,46 +67,74 @@ def test_a_row_without_its_config_is_refused_in_one_line(tmp_path):
         reproduce.Study.load(plan)
 
 
-class RecordingRunner(reproduce.Runner):
-    """A runner whose trainings only record when they ran and on how many threads; `failing` fails."""
+class Recorder:
+    """Steps that only record when they ran: each sleeps `seconds[name]` (default 0.1); `failing` fails."""
 
-    def __init__(self, study, failing: str | None = None):
-        super().__init__(study, [])
-        self.failing, self.started, self.running, self.most_at_once = failing, [], 0, 0
+    def __init__(self, seconds: dict[str, float] | None = None, failing: str | None = None):
+        self.seconds, self.failing = seconds or {}, failing
+        self.started, self.ended, self.running, self.most_at_once = [], [], 0, 0
         self.count = threading.Lock()
 
-    def train(self, row, seed=None, threads=None):
-        with self.count:
-            self.started.append((row, threads))
-            self.running += 1
-            self.most_at_once = max(self.most_at_once, self.running)
-        time.sleep(0.2 if row != self.failing else 0.05)
-        with self.count:
-            self.running -= 1
-        if row == self.failing:
-            raise SystemExit(f"failed: {row}")
-        return {"row": row, "seed": seed}
+    def step(self, name: str):
+        def run():
+            with self.count:
+                self.started.append(name)
+                self.running += 1
+                self.most_at_once = max(self.most_at_once, self.running)
+            time.sleep(self.seconds.get(name, 0.1))
+            with self.count:
+                self.running -= 1
+                self.ended.append(name)
+            if name == self.failing:
+                raise SystemExit(f"failed: {name}")
+            return name
+        return run
 
 
-def small_study(tmp_path):
-    return reproduce.Study(folder=tmp_path, run_dir=tmp_path / "study", rows=[], depth_rows=[], ensemble_seeds=[],
-                           splits=[], beam_sweep=reproduce.BeamSweep([12], []),
-                           rescore=reproduce.Rescoring("a", "b"))
+def test_steps_run_side_by_side_in_the_plans_order():
+    recorder = Recorder()
+    with reproduce.Steps(2) as steps:
+        done = [steps.add(recorder.step(name)) for name in "abcd"]
+    assert [d.result() for d in done] == list("abcd")
+    assert recorder.started == list("abcd") and recorder.most_at_once == 2
+    one_at_a_time = Recorder()
+    with reproduce.Steps(1) as steps:
+        for name in "ab":
+            steps.add(one_at_a_time.step(name))
+    assert one_at_a_time.most_at_once == 1
 
 
-def test_side_by_side_trainings_share_the_cores_and_keep_the_plans_order(tmp_path):
-    runner = RecordingRunner(small_study(tmp_path))
-    done = runner.train_all([("a", None), ("b", None), ("c", 2), ("d", None)], parallel=2)
-    assert [d["row"] for d in done] == ["a", "b", "c", "d"] and done[2]["seed"] == 2
-    assert runner.most_at_once == 2
-    assert {threads for _, threads in runner.started} == {max(1, (os.cpu_count() or 2) // 2)}
-    one_at_a_time = RecordingRunner(small_study(tmp_path))
-    one_at_a_time.train_all([("a", None), ("b", None)], parallel=1)
-    assert one_at_a_time.most_at_once == 1 and {t for _, t in one_at_a_time.started} == {None}  # every core
+def test_a_step_waiting_for_a_training_leaves_its_worker_to_the_steps_that_can_run():
+    recorder = Recorder({"train": 0.6})
+    with reproduce.Steps(2) as steps:
+        trained = steps.add(recorder.step("train"))
+        steps.add(recorder.step("evaluate the new row"), needs=[trained])
+        for name in ("evaluate row 1", "evaluate row 2", "evaluate row 3"):
+            steps.add(recorder.step(name))
+    assert recorder.started.index("evaluate the new row") > recorder.ended.index("train")
+    assert recorder.ended[:3] == ["evaluate row 1", "evaluate row 2", "evaluate row 3"], \
+        "the evaluations that needed nothing ran while the training did"
 
 
-def test_a_failed_training_stops_the_study_before_the_trainings_still_waiting(tmp_path):
-    runner = RecordingRunner(small_study(tmp_path), failing="a")
-    with pytest.raises(SystemExit, match="failed: a"):
-        runner.train_all([("a", None), ("b", None), ("c", None), ("d", None), ("e", None)], parallel=2)
-    assert "e" not in [row for row, _ in runner.started], "queued trainings are cancelled, not run for hours"
+def test_a_step_added_twice_under_one_key_runs_once():
+    recorder = Recorder()
+    with reproduce.Steps(2) as steps:
+        first = steps.add(recorder.step("reference|test2016|beam12"), key="reference|test2016|beam12")
+        again = steps.add(recorder.step("reference|test2016|beam12"), key="reference|test2016|beam12")
+    assert first is again and recorder.started == ["reference|test2016|beam12"]
+
+
+def test_a_failed_step_stops_the_study_before_the_steps_still_waiting():
+    recorder = Recorder({"a": 0.05, "b": 0.3}, failing="a")
+    with pytest.raises(SystemExit, match="failed: a"), reproduce.Steps(2) as steps:
+        for name in "abcde":
+            steps.add(recorder.step(name))
+    assert recorder.started == ["a", "b"], "what runs finishes; what waits is not started (not run for hours)"
+    assert recorder.ended == ["a", "b"]
+
+
+def test_side_by_side_commands_share_the_cores(tmp_path):
+    study = reproduce.Study(folder=tmp_path, run_dir=tmp_path / "study", rows=[], depth_rows=[], ensemble_seeds=[],
+                            splits=[], beam_sweep=reproduce.BeamSweep([12], []), rescore=reproduce.Rescoring("a", "b"))
+    assert reproduce.Runner(study, [], parallel=2).threads == max(1, (os.cpu_count() or 2) // 2)
+    assert reproduce.Runner(study, [], parallel=1).threads is None  # every core
