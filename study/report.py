@@ -62,7 +62,8 @@ class StudyRuns:
         self.trained, self.evaluated = self.study.get("trained", {}), self.study.get("evaluated", {})
         self.layout = self.study.get("layout", {})
         self.reference = self.study.get("ensemble_row")
-        """None while the study's rows are still training: the report is then its progress."""
+        self.finished = bool(self.study.get("finished"))
+        """False while the study still runs (reproduce.py marks its end): the report is then its progress."""
 
     # --- what the study holds -------------------------------------------------------------------------
     def entry(self, label: str, split: str, beam: int) -> dict | None:
@@ -459,23 +460,30 @@ def verdict_table(verdicts: list[Verdict]) -> list[str]:
 
 
 def progress(runs: StudyRuns) -> str:
-    """tables.md while the rows still train: each finished training's valid perplexity and run."""
+    """tables.md while the study runs: each finished training's valid perplexity, each finished evaluation's
+    scores; the verdicts wait for every step of the plan."""
     replaced = len(runs.superseded())
     lines = [f"The study is running: {len(runs.trained)} trainings finished"
              + (f" ({replaced} of them replaced by a change to the plan)" if replaced else "")
-             + ", no evaluation yet (test sets are decoded "
-             "after every row has trained). Valid perplexity of the best checkpoint, read from MLflow:", "",
+             + f", {len(runs.evaluated) or 'no'} evaluation{'s' * (len(runs.evaluated) != 1)}; the verdicts come "
+             "when every step of the plan has run. Valid perplexity of the best checkpoint, read from MLflow:", "",
              "| training | layers | epochs | source | valid ppl | MLflow run |", "|---|---:|---:|---|---:|---|"]
     for name, trained in runs.trained.items():
         lines.append(f"| {name} | {runs.layers(name)} | {runs.epochs(name)} | "
                      f"{'reversed' if runs.reversed_source(name) else 'forward'} | "
                      f"{fmt(runs.valid_ppl(name))} | {trained['mlflow_run_id']} |")
+    if runs.evaluated:
+        lines += ["", "## Evaluations so far", "", "| evaluation | split | beam | BLEU | chrF | test ppl |",
+                  "|---|---|---:|---:|---:|---:|"]
+        lines += [f"| {e['label']} | {e['split']} | {e['beam']} | "
+                  + " | ".join(fmt(runs.score(e["label"], e["split"], e["beam"], m)) for m in ("bleu", "chrf", "ppl"))
+                  + " |" for e in runs.evaluated.values()]
     return "\n".join(lines + [""] + _runs_and_commands(runs)) + "\n"
 
 
 def tables(runs: StudyRuns) -> tuple[str, list[Verdict]]:
     """tables.md: the verdicts, each claim's table, the rows that count, the runs and the commands."""
-    if runs.reference is None:
+    if not runs.finished:
         return progress(runs), []
     sections, verdicts = [], []
     for claim in CLAIMS:
@@ -540,7 +548,7 @@ def plots(runs: StudyRuns, out: Path) -> list[Path]:
     axis.set(xlabel="step", ylabel="valid perplexity", yscale="log", title="validation perplexity")
     axis.legend(fontsize=6)
     written.append(save_figure(figure, out / "valid_ppl.png"))
-    if runs.reference is None:  # still training: no evaluation to plot
+    if not runs.finished:  # still running: the claims' plots wait for every step
         return written
 
     top, splits, reference = runs.top(), runs.splits(), runs.reference

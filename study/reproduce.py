@@ -330,6 +330,7 @@ def run(study: Study, overrides: list[str], parallel: int = 1) -> dict:
     runner = Runner(study, overrides, parallel)
     long_rows = study.long_sentences.rows if study.long_sentences else []
     with runner.lock:
+        runner.results.pop("finished", None)  # study/report.py judges the claims only once every step has run
         runner.results["layout"] = {  # what study/report.py needs to know of the plan, from the first training on
             "rows": study.rows, "depth_rows": study.depth_rows,
             "seeds": study.ensemble_seeds if study.reference else [], "long_rows": long_rows,
@@ -377,6 +378,7 @@ def run(study: Study, overrides: list[str], parallel: int = 1) -> dict:
             news = train(row)
             for split in study.long_sentences.splits:
                 evaluate(row, row, [news], split=split, beam=top)
+    runner.results["finished"] = True
     runner.save()
     return runner.results
 

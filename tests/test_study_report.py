@@ -30,7 +30,7 @@ def paper_like_study() -> dict:
     """Reversal −20% ppl at every depth, −10% ppl per added layer, seeds within 0.2 ppl / 0.4 BLEU, beam 2 at 80%
     of the gain, an ensemble above its best member, flat length bins, rarest words worst, vectors that group by
     meaning, rescoring +1 BLEU."""
-    snapshot = {"study": {"trained": {}, "evaluated": {}, "ensemble_row": REFERENCE, "layout": {
+    snapshot = {"study": {"trained": {}, "evaluated": {}, "ensemble_row": REFERENCE, "finished": True, "layout": {
         "rows": [f"{o}-{n}layer" for o in ("reversed", "forward") for n in (1, 2, 4)],
         "depth_rows": [f"reversed-{n}layer" for n in (1, 2, 4)], "seeds": SEEDS,
         "long_rows": ["news", "news-forward"], "long_splits": ["newstest2013"]}}, "runs": {}}
@@ -231,12 +231,21 @@ def test_the_report_regenerates_from_its_snapshot_alone(tmp_path):
 
 def test_while_the_rows_train_the_report_is_their_progress(tmp_path):
     study = paper_like_study()
-    del study["study"]["ensemble_row"]
+    del study["study"]["finished"]
     study["study"]["evaluated"] = {}
     text, found = report.tables(report.StudyRuns(study))
-    assert found == [] and "The study is running: 12 trainings finished" in text
+    assert found == [] and "The study is running: 12 trainings finished, no evaluations" in text
     assert "| reversed-4layer | 4 | 12 | reversed | 8.73 | train-reversed-4layer |" in text
     assert [p.name for p in report.plots(report.StudyRuns(study), tmp_path)] == ["valid_ppl.png"]
+
+
+def test_until_every_step_has_run_the_report_lists_the_evaluations_without_judging():
+    study = paper_like_study()
+    del study["study"]["finished"]  # the trainings and evaluations so far, as reproduce.py leaves them mid-study
+    text, found = report.tables(report.StudyRuns(study))
+    assert found == [] and "| # | the paper's claim |" not in text
+    assert f"{len(study['study']['evaluated'])} evaluations; the verdicts come when every step" in text
+    assert "| reversed-2layer | test2016 | 12 | 22.00 | – | 10.80 |" in text
 
 
 def test_depth_is_judged_on_the_depth_rows_and_reversal_on_the_plans_pairs():
