@@ -153,7 +153,8 @@ class Runner:
         threads = self.threads
         command = [sys.executable, "-m", "dist_s2s", *arguments, *self.overrides]
         env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-        print("$ dist-s2s " + " ".join(arguments) + (f"    # {threads} thread(s)" if threads else ""), flush=True)
+        with self.lock:  # one line per command, not two threads' lines run together
+            print("$ dist-s2s " + " ".join(arguments) + (f"    # {threads} thread(s)" if threads else ""), flush=True)
         started, wall = time.perf_counter(), time.time()
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
         if result.returncode != 0:
