@@ -20,6 +20,7 @@ import torch
 from conftest import small_model
 from sync_counter import BEAM_RESULT_READS, BEAM_STEP_BUDGET, DeviceMismatch, SyncCounter
 
+from dist_s2s.data.vocab import BOS_ID, EOS_ID
 from dist_s2s.decode import beam
 from dist_s2s.decode.rescore import pair_log_probs
 from dist_s2s.decode.translator import Translator
@@ -101,3 +102,24 @@ def test_every_non_blocking_copy_to_the_device_starts_from_pinned_memory():
                  if path.name != "device.py"
                  for number, line in enumerate(path.read_text().splitlines(), start=1) if "non_blocking=True" in line]
     assert not elsewhere, elsewhere
+
+
+def test_an_ensembles_perplexity_is_of_a_distribution_while_its_scores_stay_the_searchs():
+    """The members' mean log-probability sums to less than 1 where they disagree: scored as is it reads as the
+    members' geometric-mean perplexity; renormalized it is the distribution the search ranks by."""
+    first, second = small_model(seed=1).float().eval(), small_model(seed=2).float().eval()
+    pair = SimpleNamespace(ensemble=beam.Ensemble([first, second]), device=torch.device("cpu"))
+    alone = [pair_log_probs(stand_in(model), PAIRS) for model in (first, second)]
+    searched = pair_log_probs(pair, PAIRS)
+    assert searched == pytest.approx([(a + b) / 2 for a, b in zip(*alone)], rel=1e-5)  # the beam's scores
+    normalized = pair_log_probs(pair, PAIRS, normalized=True)
+    assert all(n > s for n, s in zip(normalized, searched)), "renormalizing raises every pair's probability"
+    by_hand = []
+    for src, tgt in PAIRS:
+        source = torch.tensor([src])
+        target_in, target_out = torch.tensor([[BOS_ID, *tgt]]), torch.tensor([*tgt, EOS_ID])
+        mean = sum(model.log_probs(model.decode(target_in, model.encode(source, torch.tensor([len(src)])))[0][0])
+                   for model in (first, second)) / 2
+        by_hand.append(torch.log_softmax(mean, dim=-1).gather(1, target_out[:, None]).sum().item())
+    assert normalized == pytest.approx(by_hand, rel=1e-5)
+    assert pair_log_probs(stand_in(first), PAIRS, normalized=True) == pytest.approx(alone[0], rel=1e-6)

@@ -67,16 +67,22 @@ def model_scores(translator: Translator, sources: list[str], candidates: list[Ca
 
 @torch.no_grad()
 def pair_log_probs(translator: Translator, pairs: list[tuple[list[int], list[int]]], *, batch_size: int = 64,
-                   progress: str | None = None) -> list[float]:
+                   progress: str | None = None, normalized: bool = False) -> list[float]:
     """Teacher-forced log p(target words + </s> | source ids) of each pair under the ensemble;
-    `progress` names a progress bar / log line counting pairs (None: silent)."""
+    `progress` names a progress bar / log line counting pairs (None: silent).
+
+    An ensemble's word score is the mean of its members' log-probabilities, the beam search's own score
+    (so rescoring an n-best list gives back its scores). That mean is no distribution: its probabilities
+    sum to less than 1 wherever the members disagree. `normalized` renormalizes it over the vocabulary
+    (the next-word distribution the search ranks by), which a perplexity needs; one model is unchanged."""
     pairs = [(src or [EOS_ID], tgt) for src, tgt in pairs]  # an empty source still conditions, on </s>
     with Progress(progress or "", len(pairs), unit="pairs", show=progress is not None) as bar:
-        return _pair_log_probs(translator, pairs, batch_size, bar)
+        return _pair_log_probs(translator, pairs, batch_size, bar,
+                               normalized=normalized and len(translator.ensemble.models) > 1)
 
 
 def _pair_log_probs(translator: Translator, pairs: list[tuple[list[int], list[int]]], batch_size: int,
-                    bar: Progress) -> list[float]:
+                    bar: Progress, *, normalized: bool) -> list[float]:
     scores = [0.0] * len(pairs)
     order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]))
     device = translator.device
@@ -94,12 +100,20 @@ def _pair_log_probs(translator: Translator, pairs: list[tuple[list[int], list[in
             tgt_out[row, :len(t) + 1] = torch.tensor([*t, EOS_ID])
         # The lengths stay on the host with every batch's (the model cuts its spans and masks there).
         src, tgt_in, tgt_out = (to_device(tensor, device) for tensor in (src, tgt_in, tgt_out))
-        per_member = []
+        per_member, summed = [], None
         for model in translator.ensemble.models:
             hidden, _ = model.decode(tgt_in, model.encode(src, src_lengths))
             log_probs = model.log_probs(hidden.flatten(0, 1)).view(*tgt_out.shape, -1)
-            per_member.append(log_probs.gather(2, tgt_out[:, :, None])[:, :, 0])
-        word_scores = torch.stack(per_member).mean(dim=0).masked_fill(tgt_out == PAD_ID, 0.0)
+            if normalized:  # the whole vocabulary's mean, one member's size at a time
+                summed = log_probs if summed is None else summed + log_probs
+            else:
+                per_member.append(log_probs.gather(2, tgt_out[:, :, None])[:, :, 0])
+        if normalized:
+            mean = torch.log_softmax(summed / len(translator.ensemble.models), dim=-1)
+            word_scores = mean.gather(2, tgt_out[:, :, None])[:, :, 0]
+        else:
+            word_scores = torch.stack(per_member).mean(dim=0)
+        word_scores = word_scores.masked_fill(tgt_out == PAD_ID, 0.0)
         for index, score in zip(chunk, word_scores.sum(dim=1).tolist()):  # one read of the device a batch
             scores[index] = score
         bar.advance(len(chunk))

@@ -153,9 +153,10 @@ def _track(config: Config, report_dir: Path, scores: dict[str, Any], artifacts: 
 
 def split_perplexity(translator: Translator, src_ids: list[list[int]], tgt_ids: list[list[int]]) -> float:
     """exp(-mean log-probability) of the references' words and </s> (§3.6's test perplexity), teacher-forced
-    through the ensemble; `tgt_ids` as prepared, <s> … </s>."""
+    through the ensemble (its mean log-probabilities renormalized: a distribution); `tgt_ids` as prepared,
+    <s> … </s>."""
     pairs = [(src, tgt[1:-1]) for src, tgt in zip(src_ids, tgt_ids)]
-    log_prob = sum(pair_log_probs(translator, pairs, progress="perplexity"))
+    log_prob = sum(pair_log_probs(translator, pairs, progress="perplexity", normalized=True))
     return math.exp(-log_prob / sum(len(t) + 1 for _, t in pairs))
 
 
