@@ -141,6 +141,12 @@ class Runner:
         with self.lock:
             return self.results.get(section, {}).get(key)
 
+    def note(self, key: str, value: Any) -> None:
+        """A study-wide fact (the layout, the reference, the chosen weight, the end) set and written at once."""
+        with self.lock:
+            self.results[key] = value
+        self.save()
+
     def record(self, section: str, key: str, entry: dict) -> dict:
         """`entry` as results[section][key], written to study.json at once (a crash keeps it)."""
         with self.lock:
@@ -330,14 +336,12 @@ class Steps:
 def run(study: Study, overrides: list[str], parallel: int = 1) -> dict:
     runner = Runner(study, overrides, parallel)
     long_rows = study.long_sentences.rows if study.long_sentences else []
-    with runner.lock:
-        runner.results.pop("finished", None)  # study/report.py judges the claims only once every step has run
-        runner.results["layout"] = {  # what study/report.py needs to know of the plan, from the first training on
-            "rows": study.rows, "depth_rows": study.depth_rows,
-            "seeds": study.ensemble_seeds if study.reference else [], "long_rows": long_rows,
-            "long_splits": study.long_sentences.splits if study.long_sentences else [],
-            "reversal_pairs": study.reversal_pairs, "superseded": study.superseded}
-    runner.save()
+    runner.note("finished", False)  # study/report.py judges the claims only once every step has run
+    runner.note("layout", {  # what study/report.py needs to know of the plan, from the first training on
+        "rows": study.rows, "depth_rows": study.depth_rows,
+        "seeds": study.ensemble_seeds if study.reference else [], "long_rows": long_rows,
+        "long_splits": study.long_sentences.splits if study.long_sentences else [],
+        "reversal_pairs": study.reversal_pairs, "superseded": study.superseded})
     with Steps(parallel) as steps:
         def train(row: str, seed: int | None = None) -> Future:
             return steps.add(lambda: runner.train(row, seed))
@@ -351,8 +355,7 @@ def run(study: Study, overrides: list[str], parallel: int = 1) -> dict:
         # the reference: named by the plan, or the depth row with the lowest valid ppl (selection on valid only;
         # then the rows train before the seeds are known)
         best = study.reference or min(study.depth_rows, key=lambda row: trained[row].result()["valid_ppl"])
-        with runner.lock:
-            runner.results["ensemble_row"] = best
+        runner.note("ensemble_row", best)
         seeds = [train(best, seed) for seed in study.ensemble_seeds]
         members = [trained[best], *seeds]
         averaged = steps.add(lambda: runner.average(best, study.average_last), needs=[trained[best]]) \
@@ -379,8 +382,7 @@ def run(study: Study, overrides: list[str], parallel: int = 1) -> dict:
             news = train(row)
             for split in study.long_sentences.splits:
                 evaluate(row, row, [news], split=split, beam=top)
-    runner.results["finished"] = True
-    runner.save()
+    runner.note("finished", True)
     return runner.results
 
 
@@ -391,9 +393,8 @@ def rescore(runner: Runner, study: Study, rescorer: str) -> None:
         tried = {w: runner.rescore(study.rescore.choose_on, study.rescore.first_pass, rescorer, w)["rescored"]
                  for w in study.rescore.weight_grid}
         weight = max(tried, key=lambda w: (tried[w], -w))
-        with runner.lock:
-            runner.results["rescore_weight"] = {"chosen": weight, "on": study.rescore.choose_on,
-                                                "valid_bleu": {str(w): b for w, b in tried.items()}}
+        runner.note("rescore_weight", {"chosen": weight, "on": study.rescore.choose_on,
+                                       "valid_bleu": {str(w): b for w, b in tried.items()}})
     for split in study.rescore.splits:
         runner.rescore(split, study.rescore.first_pass, rescorer, weight)
 
